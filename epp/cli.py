@@ -1,0 +1,30 @@
+"""`epp` console script."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from . import flags
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = flags.parse(argv)
+    logging.basicConfig(level=logging.DEBUG if args.v >= 4 else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from .datalayer.file_source import EndpointsFileError
+    from .server.app import serve
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        return runner(serve(args))
+    except (EndpointsFileError, OSError) as e:
+        logging.getLogger("epp").error("cannot start: %s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

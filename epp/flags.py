@@ -1,0 +1,113 @@
+"""Command-line flags with GIE's names, defaults and Go flag syntax (`--flag=false`, `-flag`, `50ms`)."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(text: str) -> float:
+    """Go duration syntax ("50ms", "1m30s"); a bare number is seconds. Returns seconds."""
+    t = text.strip()
+    try:
+        return float(t)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(t):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT[m.group(2)]
+        pos = m.end()
+    if pos != len(t) or not t:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 50ms, 2s, 1m)")
+    return total
+
+
+def boolean(text: str) -> bool:
+    v = text.strip().lower()
+    if v in ("1", "t", "true", "yes", "on"):
+        return True
+    if v in ("0", "f", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r} (use true or false)")
+
+
+def port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}")
+    return int(text)
+
+
+def objective(text: str) -> tuple[str, int]:
+    name, sep, prio = text.partition("=")
+    try:
+        if sep and name:
+            return name, int(prio)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"invalid objective {text!r} (use NAME=PRIORITY, e.g. batch=-1)")
+
+
+class Flags:
+    """Declares each flag as --name and -name (Go accepts both)."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.p = parser
+
+    def add(self, name: str, help: str, default=None, type=str, env: str | None = None, **kw) -> None:
+        if env and os.environ.get(env):
+            default = type(os.environ[env]) if type is not str else os.environ[env]
+        if type is boolean:
+            kw.update(nargs="?", const=True)
+        self.p.add_argument(f"--{name}", f"-{name}", default=default, type=type,
+                            help=f"{help} (default {default!r}{f'; env {env}' if env else ''})", **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="epp", description="Endpoint picker (Gateway API Inference Extension) over Envoy ext_proc.")
+    f = Flags(ap)
+    f.add("grpc-port", "ext_proc gRPC port", 9002, port)
+    f.add("grpc-health-port", "gRPC health port", 9003, port)
+    f.add("metrics-port", "Prometheus metrics port", 9090, port)
+    f.add("bind-address", "address every server binds", "0.0.0.0", env="EPP_BIND_ADDRESS")
+    f.add("endpoints-file", "YAML file listing the pool's endpoints (standalone discovery); re-read on change", None)
+    f.add("pool-name", "InferencePool name (also the pool label of metrics)", "", env="POOL_NAME")
+    f.add("pool-namespace", "InferencePool namespace", "default", env="NAMESPACE")
+    f.add("pool-group", "InferencePool API group", "inference.networking.k8s.io")
+    f.add("refresh-metrics-interval", "how often each endpoint's /metrics is scraped", duration("50ms"), duration)
+    f.add("metrics-staleness-threshold", "metrics older than this count as unknown", duration("2s"), duration)
+    f.add("metrics-scrape-timeout", "timeout of one /metrics scrape", duration("1s"), duration)
+    f.add("total-queued-requests-metric", "model-server metric for waiting requests", "vllm:num_requests_waiting")
+    f.add("total-running-requests-metric", "model-server metric for running requests", "vllm:num_requests_running")
+    f.add("kv-cache-usage-percentage-metric", "model-server metric for KV-cache usage (0..1)", "vllm:kv_cache_usage_perc")
+    f.add("lora-info-metric", "model-server metric for LoRA adapters", "vllm:lora_requests_info")
+    f.add("cache-info-metric", "model-server metric for KV-cache configuration", "vllm:cache_config_info")
+    f.add("secure-serving", "serve ext_proc over TLS", True, boolean)
+    f.add("cert-path", "directory with tls.crt and tls.key (else a self-signed certificate is made)", None)
+    f.add("max-num-of-endpoints", "endpoints per decision: more than 1 adds fallbacks to the destination list", 1, int)
+    f.add("objective", "an InferenceObjective priority for header x-gateway-inference-objective, NAME=PRIORITY "
+          "(repeatable; priority < 0 is sheddable)", None, objective, action="append")
+    f.add("decision-header", "add x-epp-decision (candidates' scores and the pick) to responses", False, boolean)
+    f.add("max-request-body-bytes", "larger request bodies are refused with 413", 128 << 20, int)
+    f.add("shutdown-grace-period", "on SIGTERM, how long in-flight streams may take to finish", duration("15s"), duration)
+    ap.add_argument("-v", "--v", dest="v", type=int, default=0, help="log verbosity (>= 4 is debug)")
+    return ap
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not args.endpoints_file:
+        if args.pool_name:
+            ap.error("InferencePool discovery (--pool-name) needs Kubernetes support, which this build lacks; "
+                     "use --endpoints-file")
+        ap.error("--endpoints-file is required")
+    if args.max_num_of_endpoints < 1:
+        ap.error("--max-num-of-endpoints must be >= 1")
+    if args.refresh_metrics_interval <= 0:
+        ap.error("--refresh-metrics-interval must be positive")
+    return args

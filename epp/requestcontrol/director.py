@@ -1,0 +1,196 @@
+"""Turns one request into a routing decision: parse, admit, pick candidates, schedule, and the
+response-side accounting once the answer is through."""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import orjson
+
+from ..datalayer.address import canonical
+from ..datalayer.endpoint import Endpoint, now
+from ..datalayer.store import EndpointStore
+from ..metrics import EPPMetrics
+from ..scheduling.scheduler import Scheduler
+from ..scheduling.types import LLMRequest, SchedulingResult
+from .errors import EPPError, bad_request
+from .parse import api_for_path, parse_body
+from .usage import Usage
+
+log = logging.getLogger(__name__)
+
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
+REQUEST_ID_HEADER = "x-request-id"
+
+
+@dataclass(slots=True)
+class Decision:
+    request: LLMRequest
+    targets: list[Endpoint]
+    destination: str                         # "ip:port" or an ordered comma list (fallbacks)
+    body: bytes | None = None                # a replacement body; None: forward the original bytes
+    explanation: bytes | None = None         # JSON for the x-epp-decision header, when enabled
+    started: float = field(default_factory=time.perf_counter)
+
+
+def parse_subset(value) -> list[str] | None:
+    """The proxy's subset hint: a list of strings or one comma-separated string; None when absent."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    out = []
+    for item in items:
+        if isinstance(item, str) and item.strip():
+            out.append(item.strip())
+    return out
+
+
+def _subset_filter(endpoints: Sequence[Endpoint], subset: list[str]) -> list[Endpoint]:
+    addresses, ips = set(), set()
+    for s in subset:
+        try:
+            addresses.add(canonical(s))
+        except ValueError:
+            ips.add(s.strip("[]"))  # a bare IP
+    return [ep for ep in endpoints if ep.address in addresses or ep.ip in ips]
+
+
+class Director:
+    def __init__(self, store: EndpointStore, scheduler: Scheduler, metrics: EPPMetrics | None = None,
+                 staleness: float = 2.0, objectives: dict[str, int] | None = None, explain: bool = False,
+                 queue_threshold: float = 5.0, kv_threshold: float = 0.8) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.staleness = staleness
+        self.objectives = objectives or {}
+        self.explain = explain
+        self.queue_threshold = queue_threshold
+        self.kv_threshold = kv_threshold
+        self._ids = itertools.count(1)
+        self._warned_stale = False
+        store.on_change(lambda added, removed: scheduler.endpoints_removed([e.address for e in removed]))
+
+    # ---------------------------------------------------------------- request path
+
+    def decide(self, headers: dict[str, str], path: str, raw_body: bytes | None,
+               subset: list[str] | None) -> Decision:
+        """Raises EPPError for anything the client should be told (and counts it)."""
+        try:
+            decision = self._decide(headers, path, raw_body, subset)
+        except EPPError as e:
+            if self.metrics:
+                self.metrics.request_error_total.labels(e.model, e.model, str(e.status)).inc()
+            raise
+        if self.metrics:
+            req = decision.request
+            self.metrics.request_total.labels(req.model, req.target_model).inc()
+        return decision
+
+    def _decide(self, headers: dict[str, str], path: str, raw_body: bytes | None,
+                subset: list[str] | None) -> Decision:
+        api = ""
+        body, model, prompt, stream, salt = None, "", b"", False, ""
+        if raw_body is not None:
+            api = api_for_path(path) or ""
+            if not api:
+                raise bad_request(f"unsupported path {path.split('?', 1)[0]!r} for a request with a body; "
+                                  f"supported: /v1/completions, /v1/chat/completions, /v1/responses")
+            body, model, prompt, stream, salt = parse_body(api, raw_body)
+        request = LLMRequest(
+            request_id=headers.get(REQUEST_ID_HEADER) or f"epp-{next(self._ids)}",
+            model=model, target_model=model, api=api, prompt=prompt, headers=headers, body=body,
+            priority=self._priority(headers), cache_salt=salt, stream=stream)
+        try:
+            candidates = self._candidates(subset)
+            if request.priority < 0 and self._saturated(candidates):
+                raise EPPError(429, "system saturated, sheddable request dropped")
+            result, state = self.scheduler.schedule(request, candidates, explain=self.explain)
+            targets = result.targets
+            if not targets:
+                raise EPPError(503, "no candidate endpoint left after filtering")
+        except EPPError as e:
+            e.model = model
+            raise
+        for ep in targets[:1]:
+            ep.in_flight += 1
+        hit_ratio = state.get("prefix-cache-scorer/hit-ratio")
+        if hit_ratio is not None and self.metrics:
+            self.metrics.prefix_hit_ratio.observe(hit_ratio)
+        decision = Decision(request=request, targets=targets, destination=",".join(ep.address for ep in targets))
+        if self.explain:
+            decision.explanation = self._explain(result)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request %s model=%r -> %s %s", request.request_id, model, decision.destination,
+                      decision.explanation.decode() if decision.explanation else "")
+        if self.metrics and model:
+            self.metrics.running_requests.labels(model).inc()
+        return decision
+
+    def _priority(self, headers: dict[str, str]) -> int:
+        name = headers.get(OBJECTIVE_HEADER)
+        return self.objectives.get(name, 0) if name else 0
+
+    def _candidates(self, subset: list[str] | None) -> list[Endpoint]:
+        endpoints = [ep for ep in self.store.snapshot() if ep.ready]
+        if subset is not None:
+            endpoints = _subset_filter(endpoints, subset)
+            if not endpoints:
+                raise EPPError(503, "no ready endpoint in the proxy's subset hint"
+                               + (f" {subset[:8]}" if subset else " (the hint is empty)"))
+        if not endpoints:
+            raise EPPError(503, "no ready endpoint in the pool")
+        t = now()
+        fresh = [ep for ep in endpoints if ep.metrics.fresh(t, self.staleness)]
+        if fresh:
+            self._warned_stale = False
+            return fresh
+        # Every endpoint's metrics are stale (scrapes failing, or not scraped yet): routing on load is
+        # impossible, but refusing all traffic would turn a metrics outage into a full outage.
+        if not self._warned_stale:
+            log.warning("metrics of all %d candidate endpoints are stale; routing without load data", len(endpoints))
+            self._warned_stale = True
+        return endpoints
+
+    def _saturated(self, endpoints: Sequence[Endpoint]) -> bool:
+        t = now()
+        total = 0.0
+        for ep in endpoints:
+            m = ep.metrics
+            if not m.fresh(t, self.staleness):
+                total += 1.0
+            else:
+                total += max(m.waiting / self.queue_threshold, m.kv_usage / self.kv_threshold)
+        return not endpoints or total / len(endpoints) >= 1.0
+
+    @staticmethod
+    def _explain(result: SchedulingResult) -> bytes:
+        return orjson.dumps({
+            "pick": [ep.address for ep in result.targets],
+            "profiles": {name: {"scores": pr.scores, "filtered": pr.filtered} for name, pr in result.profiles.items()},
+        })
+
+    # ---------------------------------------------------------------- response path
+
+    def done(self, decision: Decision, status: int | None, usage: Usage | None, error: EPPError | None = None) -> None:
+        """Once per decided request, when its stream ends (answered, failed or cancelled)."""
+        for ep in decision.targets[:1]:
+            ep.in_flight -= 1
+        m = self.metrics
+        if not m:
+            return
+        req = decision.request
+        labels = (req.model, req.target_model)
+        if req.model:
+            m.running_requests.labels(req.model).dec()
+        if status is not None and status >= 400:
+            m.request_error_total.labels(*labels, str(status)).inc()
+        if status is not None and status < 400:
+            m.request_duration.labels(*labels).observe(time.perf_counter() - decision.started)
+        if usage is not None and usage.seen:
+            m.input_tokens.labels(*labels).observe(usage.prompt_tokens)
+            m.output_tokens.labels(*labels).observe(usage.completion_tokens)
+            m.cached_tokens.labels(*labels).observe(usage.cached_tokens)

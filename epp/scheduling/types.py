@@ -1,0 +1,43 @@
+"""What the scheduler works on: the parsed request, per-request cycle state, the result."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..datalayer.endpoint import Endpoint
+
+
+@dataclass(slots=True)
+class LLMRequest:
+    request_id: str
+    model: str                # as the client named it
+    target_model: str         # what the model server will be asked for (after any rewrite)
+    api: str                  # "completions" | "chat" | "responses" | "" (no body)
+    prompt: bytes = b""       # the text prefix-affinity hashes (chat: the JSON of the messages)
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] | None = None
+    priority: int = 0
+    cache_salt: str = ""
+    stream: bool = False
+
+
+class CycleState(dict):
+    """Data plugins share during one request's scheduling (e.g. prefix keys computed once)."""
+
+
+@dataclass(slots=True)
+class ProfileResult:
+    targets: list[Endpoint]                      # picked, most preferred first
+    # endpoint address -> {scorer name: raw score}, plus "total"; filled only when explaining
+    scores: dict[str, dict[str, float]] | None = None
+    filtered: dict[str, int] | None = None       # filter name -> how many it removed (explaining)
+
+
+@dataclass(slots=True)
+class SchedulingResult:
+    profiles: dict[str, ProfileResult]
+    primary: str                                 # the profile whose targets the proxy routes to
+
+    @property
+    def targets(self) -> list[Endpoint]:
+        return self.profiles[self.primary].targets

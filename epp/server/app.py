@@ -1,0 +1,97 @@
+"""Wires the EPP together and runs it until SIGTERM/SIGINT."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
+from prometheus_client import REGISTRY, start_http_server
+
+from ..datalayer.file_source import EndpointsFile
+from ..datalayer.metrics_parse import MetricNames
+from ..datalayer.scraper import Scraper
+from ..datalayer.store import EndpointStore
+from ..metrics import EPPMetrics
+from ..requestcontrol.director import Director
+from ..scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
+from ..scheduling.scheduler import default_scheduler
+from .extproc import ExternalProcessor
+from .health import Health
+from .pool_metrics import PoolCollector
+from .tls import server_credentials
+
+log = logging.getLogger("epp")
+
+
+def _hostport(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.Event | None = None) -> int:
+    store = store or EndpointStore()
+    source = EndpointsFile(args.endpoints_file, store)
+    source.load()  # an unusable file is fatal at start: raises with the reason
+
+    metrics = EPPMetrics()
+    scheduler = default_scheduler(metrics, args.max_num_of_endpoints)
+    director = Director(store, scheduler, metrics, staleness=args.metrics_staleness_threshold,
+                        objectives=dict(args.objective or []), explain=args.decision_header)
+    prefix = scheduler.plugins_of(PrefixCacheScorer)
+    REGISTRY.register(PoolCollector(store, args.pool_name or os.path.basename(args.endpoints_file),
+                                    args.metrics_staleness_threshold,
+                                    (lambda: sum(len(p.index) for p in prefix)) if prefix else None))
+    names = MetricNames(waiting=args.total_queued_requests_metric, running=args.total_running_requests_metric,
+                        kv_usage=(args.kv_cache_usage_percentage_metric, "vllm:gpu_cache_usage_perc"),
+                        lora_info=args.lora_info_metric, cache_info=args.cache_info_metric)
+    scraper = Scraper(store, args.refresh_metrics_interval, args.metrics_scrape_timeout, vllm_names=names)
+
+    max_msg = max(args.max_request_body_bytes + (1 << 20), 4 << 20)
+    options = [("grpc.max_receive_message_length", max_msg), ("grpc.max_send_message_length", max_msg),
+               ("grpc.so_reuseport", 0), ("grpc.http2.max_pings_without_data", 0),
+               ("grpc.keepalive_permit_without_calls", 1)]
+    server = grpc.aio.server(options=options)
+    processor = ExternalProcessor(director, args.max_request_body_bytes)
+    pbg.add_ExternalProcessorServicer_to_server(processor, server)
+    target = _hostport(args.bind_address, args.grpc_port)
+    if args.secure_serving:
+        server.add_secure_port(target, server_credentials(args.cert_path))
+    else:
+        server.add_insecure_port(target)
+
+    health = Health()
+    health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health.add_to(health_server)
+    health_server.add_insecure_port(_hostport(args.bind_address, args.grpc_health_port))
+    await health.set(live=True, ready=False)
+
+    http_server, http_thread = start_http_server(args.metrics_port, addr=args.bind_address)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    await server.start()
+    await health_server.start()
+    scraper.start()
+    watcher = asyncio.create_task(source.watch(), name="endpoints file")
+    await health.set(live=True, ready=store.synced)
+    log.info("epp serving ext_proc on %s (%s), health on %d, metrics on %d; %d endpoints from %s",
+             target, "TLS" if args.secure_serving else "plaintext", args.grpc_health_port, args.metrics_port,
+             len(store.snapshot()), args.endpoints_file)
+    if ready_event is not None:
+        ready_event.set()
+
+    await stop.wait()
+    log.info("shutting down: no new streams; %d in flight get up to %.1fs", processor.active, args.shutdown_grace_period)
+    await health.set(live=True, ready=False)
+    await server.stop(args.shutdown_grace_period)
+    watcher.cancel()
+    await scraper.stop()
+    await health_server.stop(0)
+    http_server.shutdown()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,32 @@
+"""The ExternalProcessor gRPC service: one RequestStream per ext_proc stream."""
+from __future__ import annotations
+
+import logging
+
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
+
+from ..requestcontrol.director import Director
+from .stream import RequestStream
+
+log = logging.getLogger(__name__)
+
+
+class ExternalProcessor(pbg.ExternalProcessorServicer):
+    def __init__(self, director: Director, max_body: int) -> None:
+        self.director = director
+        self.max_body = max_body
+        self.active = 0
+
+    async def Process(self, request_iterator, context):
+        stream = RequestStream(self.director, self.max_body)
+        self.active += 1
+        try:
+            async for msg in request_iterator:
+                for resp in stream.on_message(msg):
+                    yield resp
+                if stream.closed:
+                    break
+        finally:
+            # runs on normal end, on client cancel (CancelledError) and on errors alike
+            self.active -= 1
+            stream.close()

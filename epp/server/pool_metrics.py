@@ -1,0 +1,38 @@
+"""Pool gauges computed when Prometheus scrapes, from the endpoint store (nothing to keep in sync)."""
+from __future__ import annotations
+
+from prometheus_client.core import GaugeMetricFamily
+
+from ..datalayer.endpoint import now
+from ..datalayer.store import EndpointStore
+
+
+class PoolCollector:
+    def __init__(self, store: EndpointStore, pool: str, staleness: float, prefix_sizes=None) -> None:
+        self.store = store
+        self.pool = pool
+        self.staleness = staleness
+        self.prefix_sizes = prefix_sizes  # callable -> total entries of prefix indexes
+
+    def collect(self):
+        eps = [ep for ep in self.store.snapshot() if ep.ready]
+        t = now()
+        fresh = [ep for ep in eps if ep.metrics.fresh(t, self.staleness)]
+        ready = GaugeMetricFamily("inference_pool_ready_pods", "The number of ready pods in the inference server pool.", labels=["name"])
+        ready.add_metric([self.pool], len(eps))
+        kv = GaugeMetricFamily("inference_pool_average_kv_cache_utilization",
+                               "The average kv cache utilization for an inference server pool.", labels=["name"])
+        kv.add_metric([self.pool], sum(ep.metrics.kv_usage for ep in fresh) / len(fresh) if fresh else 0.0)
+        queue = GaugeMetricFamily("inference_pool_average_queue_size",
+                                  "The average number of requests pending in the model server queue.", labels=["name"])
+        queue.add_metric([self.pool], sum(ep.metrics.waiting for ep in fresh) / len(fresh) if fresh else 0.0)
+        per_pod = GaugeMetricFamily("inference_pool_per_pod_queue_size",
+                                    "The total number of requests pending in the model server queue for each underlying pod.",
+                                    labels=["name", "model_server_pod"])
+        for ep in fresh:
+            per_pod.add_metric([self.pool, ep.name], ep.metrics.waiting)
+        yield from (ready, kv, queue, per_pod)
+        if self.prefix_sizes is not None:
+            size = GaugeMetricFamily("inference_extension_prefix_indexer_size", "Size of the prefix indexer.")
+            size.add_metric([], self.prefix_sizes())
+            yield size

@@ -1,0 +1,111 @@
+"""Envoy ext_proc message builders, and the header names of the Endpoint Picker Protocol."""
+from __future__ import annotations
+
+from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3.http_status_pb2 import HttpStatus
+from google.protobuf.struct_pb2 import Struct
+
+DEST = "x-gateway-destination-endpoint"
+DEST_SERVED = "x-gateway-destination-endpoint-served"
+PREFILLER = "x-prefiller-host-port"
+SUBSET_NS = "envoy.lb.subset_hint"
+SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+LB_NS = "envoy.lb"
+DECISION_HEADER = "x-epp-decision"
+# A client must never steer traffic: these are removed from every request (and set only by us).
+ROUTING_HEADERS = (DEST, PREFILLER, SUBSET_KEY, DEST_SERVED)
+
+MAX_CHUNK = 62_000  # bytes per re-emitted body chunk, as GIE: well under any gRPC message limit
+
+NONE = ProcessingMode.NONE
+STREAMED = ProcessingMode.STREAMED
+BUFFERED = ProcessingMode.BUFFERED
+BUFFERED_PARTIAL = ProcessingMode.BUFFERED_PARTIAL
+FULL_DUPLEX = ProcessingMode.FULL_DUPLEX_STREAMED
+
+_OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def header_value(h: HeaderValue) -> str:
+    return h.raw_value.decode("latin-1") if h.raw_value else h.value
+
+
+def header_mutation(set_headers: list[tuple[str, str]], remove: tuple[str, ...] | list[str] = ()) -> pb.HeaderMutation:
+    return pb.HeaderMutation(
+        set_headers=[HeaderValueOption(header=HeaderValue(key=k, raw_value=v.encode("latin-1", "replace")),
+                                       append_action=_OVERWRITE) for k, v in set_headers],
+        remove_headers=list(remove))
+
+
+def common(mutation: pb.HeaderMutation | None = None, clear_route_cache: bool = False,
+           body: bytes | None = None, streamed: tuple[bytes, bool] | None = None,
+           clear_body: bool = False) -> pb.CommonResponse:
+    c = pb.CommonResponse()
+    if mutation is not None:
+        c.header_mutation.CopyFrom(mutation)
+    if clear_route_cache:
+        c.clear_route_cache = True
+    if streamed is not None:
+        c.body_mutation.streamed_response.body = streamed[0]
+        c.body_mutation.streamed_response.end_of_stream = streamed[1]
+    elif body is not None:
+        c.body_mutation.body = body
+    elif clear_body:
+        c.body_mutation.clear_body = True
+    return c
+
+
+def request_headers_response(c: pb.CommonResponse | None = None, metadata: Struct | None = None) -> pb.ProcessingResponse:
+    r = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=c) if c is not None else pb.HeadersResponse())
+    if metadata is not None:
+        r.dynamic_metadata.CopyFrom(metadata)
+    return r
+
+
+def request_body_response(c: pb.CommonResponse | None = None, metadata: Struct | None = None) -> pb.ProcessingResponse:
+    r = pb.ProcessingResponse(request_body=pb.BodyResponse(response=c) if c is not None else pb.BodyResponse())
+    if metadata is not None:
+        r.dynamic_metadata.CopyFrom(metadata)
+    return r
+
+
+def response_headers_response(c: pb.CommonResponse | None = None) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=c) if c is not None else pb.HeadersResponse())
+
+
+def response_body_response(c: pb.CommonResponse | None = None) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(response_body=pb.BodyResponse(response=c) if c is not None else pb.BodyResponse())
+
+
+REQUEST_TRAILERS_OK = pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+RESPONSE_TRAILERS_OK = pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+
+
+def streamed_chunks(body: bytes, end_of_stream: bool, response_side: bool = False) -> list[pb.ProcessingResponse]:
+    """The body as full-duplex StreamedBodyResponse messages of at most MAX_CHUNK bytes each; an empty
+    body is one empty message (it still has to carry end_of_stream)."""
+    make = response_body_response if response_side else request_body_response
+    n = len(body)
+    if n <= MAX_CHUNK:
+        return [make(common(streamed=(body, end_of_stream)))]
+    out = []
+    for start in range(0, n, MAX_CHUNK):
+        end = start + MAX_CHUNK
+        out.append(make(common(streamed=(body[start:end], end_of_stream and end >= n))))
+    return out
+
+
+def lb_metadata(destination: str) -> Struct:
+    s = Struct()
+    s.update({LB_NS: {DEST: destination}})
+    return s
+
+
+def immediate(status: int, body: bytes, details: str) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
+        status=HttpStatus(code=status),
+        headers=header_mutation([("content-type", "application/json")]),
+        body=body,
+        details=details))

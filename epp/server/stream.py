@@ -1,0 +1,268 @@
+"""One ext_proc stream = one HTTP request: the state machine from request headers to the end of the
+answer. Pure: it turns each ProcessingRequest into the ProcessingResponses to send, so it can be
+driven message by message in tests without a network.
+
+Request body modes:
+- FULL_DUPLEX_STREAMED: the headers reply is held until the body has ended; then the headers reply
+  (destination, clear_route_cache), then the body re-emitted as StreamedBodyResponse chunks.
+- BUFFERED (and BUFFERED_PARTIAL): the headers are answered at once (spoofed routing headers
+  removed); the body arrives whole and its reply carries the destination.
+- STREAMED: when Envoy sends the body without waiting for the headers reply, like full duplex but each
+  body message still gets its own reply; otherwise the headers must be answered before any body is
+  seen, so the pick is made from the headers alone and the body is still checked at its end.
+- NONE, or no body at all: the pick is made at the headers.
+"""
+from __future__ import annotations
+
+import logging
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from ..requestcontrol.director import Decision, Director, parse_subset
+from ..requestcontrol.errors import EPPError
+from ..requestcontrol.parse import api_for_path, parse_body
+from ..requestcontrol.usage import UsageReader
+from . import protocol as p
+
+log = logging.getLogger(__name__)
+
+_BODY_METHODS = ("POST", "PUT", "PATCH")
+
+
+class RequestStream:
+    __slots__ = ("director", "max_body", "req_mode", "resp_mode", "early_body", "headers", "path",
+                 "method", "subset", "chunks", "size", "decision", "headers_answered", "pending_acks",
+                 "status", "usage", "finished", "closed", "decided_early")
+
+    def __init__(self, director: Director, max_body: int) -> None:
+        self.director = director
+        self.max_body = max_body
+        self.req_mode: int | None = None
+        self.resp_mode: int | None = None
+        self.early_body = False
+        self.headers: dict[str, str] = {}
+        self.path = ""
+        self.method = ""
+        self.subset: list[str] | None = None
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.decision: Decision | None = None
+        self.headers_answered = False
+        self.pending_acks = 0          # STREAMED body messages not answered yet
+        self.status: int | None = None
+        self.usage: UsageReader | None = None
+        self.finished = False          # accounting done
+        self.closed = False            # an immediate response was sent: nothing more to do
+        self.decided_early = False     # STREAMED without early body: picked at the headers
+
+    # ---------------------------------------------------------------- dispatch
+
+    def on_message(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        if self.closed:
+            return []
+        try:
+            kind = msg.WhichOneof("request")
+            if kind == "request_body":
+                return self._request_body(msg.request_body)
+            if kind == "response_body":
+                return self._response_body(msg.response_body, msg)
+            if kind == "request_headers":
+                return self._request_headers(msg)
+            if kind == "response_headers":
+                return self._response_headers(msg.response_headers, msg)
+            if kind == "request_trailers":
+                return self._request_trailers()
+            if kind == "response_trailers":
+                self._finish()
+                return [p.RESPONSE_TRAILERS_OK]
+            return []
+        except EPPError as e:
+            return self._reject(e)
+        except Exception:  # a bug must cost one request a 500, never the stream's silence
+            log.exception("internal error while processing a request")
+            return self._reject(EPPError(500, "internal error in the endpoint picker"))
+
+    def _reject(self, e: EPPError) -> list[pb.ProcessingResponse]:
+        self.closed = True
+        self.status = e.status
+        self._finish()
+        self.chunks = []
+        return [p.immediate(e.status, e.body(), f"epp_{e.code}")]
+
+    # ---------------------------------------------------------------- request side
+
+    def _request_headers(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        if msg.HasField("protocol_config"):
+            pc = msg.protocol_config
+            self.req_mode, self.resp_mode = pc.request_body_mode, pc.response_body_mode
+            self.early_body = pc.send_body_without_waiting_for_header_response
+        rh = msg.request_headers
+        h = self.headers
+        for hv in rh.headers.headers:
+            h[hv.key.lower()] = p.header_value(hv)
+        self.path = h.get(":path", "/")
+        self.method = h.get(":method", "GET").upper()
+        md = msg.metadata_context.filter_metadata.get(p.SUBSET_NS)
+        if md is not None and p.SUBSET_KEY in md.fields:
+            v = md.fields[p.SUBSET_KEY]
+            kind = v.WhichOneof("kind")
+            self.subset = parse_subset(list(x.string_value for x in v.list_value.values) if kind == "list_value"
+                                       else v.string_value if kind == "string_value" else [])
+        if rh.end_of_stream:
+            # no body: an API path still needs one (400), anything else is routed on load alone
+            raw = b"" if self.method in _BODY_METHODS and api_for_path(self.path) else None
+            return [self._decided_headers_response(self._decide(raw))]
+        mode = self.req_mode
+        if mode in (p.BUFFERED, p.BUFFERED_PARTIAL):
+            self.headers_answered = True
+            return [p.request_headers_response(p.common(p.header_mutation([], p.ROUTING_HEADERS)))]
+        if mode == p.NONE or (mode == p.STREAMED and not self.early_body):
+            self.decided_early = True
+            return [self._decided_headers_response(self._decide(None))]
+        return []  # FULL_DUPLEX (or STREAMED with early body, or unknown): wait for the body
+
+    def _request_body(self, b: pb.HttpBody) -> list[pb.ProcessingResponse]:
+        data = b.body
+        if data:
+            self.size += len(data)
+            if self.size > self.max_body:
+                raise EPPError(413, f"request body exceeds {self.max_body} bytes")
+            self.chunks.append(data)
+        mode = self.req_mode
+        eos = b.end_of_stream or b.end_of_stream_without_message
+        if mode == p.STREAMED:
+            if self.decided_early:
+                if eos:
+                    self._check_body()
+                return [p.request_body_response()]
+            self.pending_acks += 1
+            return self._complete_streamed() if eos else []
+        if mode in (p.BUFFERED, p.BUFFERED_PARTIAL):
+            if not eos and mode == p.BUFFERED:
+                return []  # whole body expected in one message; wait for the rest
+            return self._complete_buffered()
+        return self._complete_full_duplex(True) if eos else []
+
+    def _request_trailers(self) -> list[pb.ProcessingResponse]:
+        """Trailers end the body when they follow it."""
+        out: list[pb.ProcessingResponse] = []
+        if self.decision is None and not self.closed:
+            if self.req_mode == p.STREAMED:
+                out = self._complete_streamed()
+            elif self.req_mode in (p.BUFFERED, p.BUFFERED_PARTIAL):
+                out = self._complete_buffered()
+            else:
+                out = self._complete_full_duplex(False)
+            if self.closed:
+                return out
+        out.append(p.REQUEST_TRAILERS_OK)
+        return out
+
+    def _body(self) -> bytes:
+        chunks = self.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self.chunks = []
+        return body
+
+    def _decide(self, raw: bytes | None) -> Decision:
+        self.decision = self.director.decide(self.headers, self.path, raw, self.subset)
+        return self.decision
+
+    def _check_body(self) -> None:
+        api = api_for_path(self.path)
+        if api:
+            parse_body(api, self._body())
+        self.chunks = []
+
+    def _route_mutation(self, d: Decision, body_changed: bool) -> pb.HeaderMutation:
+        sets = [(p.DEST, d.destination)]
+        if body_changed:
+            sets.append(("content-length", str(len(d.body))))
+        return p.header_mutation(sets, p.ROUTING_HEADERS[1:])
+
+    def _decided_headers_response(self, d: Decision) -> pb.ProcessingResponse:
+        self.headers_answered = True
+        return p.request_headers_response(p.common(self._route_mutation(d, False), clear_route_cache=True),
+                                          p.lb_metadata(d.destination))
+
+    def _complete_full_duplex(self, eos: bool) -> list[pb.ProcessingResponse]:
+        body = self._body()
+        d = self._decide(body)
+        out_body = d.body if d.body is not None else body
+        return [p.request_headers_response(p.common(self._route_mutation(d, d.body is not None), clear_route_cache=True),
+                                           p.lb_metadata(d.destination)),
+                *p.streamed_chunks(out_body, eos)]
+
+    def _complete_buffered(self) -> list[pb.ProcessingResponse]:
+        d = self._decide(self._body())
+        changed = d.body is not None
+        c = p.common(self._route_mutation(d, changed), clear_route_cache=True, body=d.body if changed else None)
+        return [p.request_body_response(c, p.lb_metadata(d.destination))]
+
+    def _complete_streamed(self) -> list[pb.ProcessingResponse]:
+        d = self._decide(self._body())
+        out = [self._decided_headers_response(d)]
+        if d.body is not None:  # the new body rides on the first reply; the other chunks are dropped
+            out.append(p.request_body_response(p.common(body=d.body)))
+            out.extend(p.request_body_response(p.common(clear_body=True)) for _ in range(self.pending_acks - 1))
+        else:
+            out.extend(p.request_body_response() for _ in range(self.pending_acks))
+        self.pending_acks = 0
+        return out
+
+    # ---------------------------------------------------------------- response side
+
+    def _response_headers(self, rh: pb.HttpHeaders, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        ctype = ""
+        for hv in rh.headers.headers:
+            k = hv.key
+            if k == ":status":
+                try:
+                    self.status = int(p.header_value(hv))
+                except ValueError:
+                    pass
+            elif k == "content-type":
+                ctype = p.header_value(hv)
+        self._served(msg)
+        self.usage = UsageReader(sse="event-stream" in ctype)
+        d = self.decision
+        c = None
+        if d is not None and d.explanation is not None:
+            c = p.common(p.header_mutation([(p.DECISION_HEADER, d.explanation.decode())]))
+        if rh.end_of_stream or self.resp_mode in (p.NONE, None):
+            self._finish()
+        return [p.response_headers_response(c)]
+
+    def _response_body(self, b: pb.HttpBody, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+        data = b.body
+        if self.usage is not None:
+            self.usage.feed(data)
+        eos = b.end_of_stream or b.end_of_stream_without_message
+        if eos:
+            self._served(msg)
+            self._finish()
+        if self.resp_mode == p.FULL_DUPLEX:
+            return p.streamed_chunks(data, eos, response_side=True)
+        return [p.response_body_response()]
+
+    def _served(self, msg: pb.ProcessingRequest) -> None:
+        md = msg.metadata_context.filter_metadata.get(p.LB_NS)
+        if md is not None and p.DEST_SERVED in md.fields and self.director.metrics:
+            self.director.metrics.served_total.labels(md.fields[p.DEST_SERVED].string_value).inc()
+
+    # ---------------------------------------------------------------- end
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.decision is not None:
+            usage = self.usage.finish() if self.usage is not None else None
+            self.director.done(self.decision, self.status, usage)
+
+    def close(self) -> None:
+        """The stream is over (normally, or the client went away): release everything."""
+        self._finish()
+        self.chunks = []
+        self.usage = None
+        self.decision = None
