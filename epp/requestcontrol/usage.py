@@ -50,15 +50,14 @@ class UsageReader:
                 self._chunks.append(chunk)
                 self._size += len(chunk)
             return
-        if b"usage" not in chunk and b"usage" not in self._carry:
-            cut = chunk.rfind(b"\n")
-            self._carry = chunk[cut + 1:] if cut >= 0 else self._carry + chunk
-            if len(self._carry) > (1 << 20):
-                self._carry = b""  # a line this long is not an event we can use
-            return
-        data = self._carry + chunk
+        # a partial line left from the last chunk joins this one (SSE lines are short, so is the copy)
+        data = self._carry + chunk if self._carry else chunk
         cut = data.rfind(b"\n")
         complete, self._carry = (data[:cut], data[cut + 1:]) if cut >= 0 else (b"", data)
+        if len(self._carry) > (1 << 20):
+            self._carry = b""  # a line this long is not an event we can use
+        if b"usage" not in complete:
+            return
         for line in complete.split(b"\n"):
             if line.startswith(b"data:") and b"usage" in line:
                 self._event(line[5:].strip())
