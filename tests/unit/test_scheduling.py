@@ -1,0 +1,63 @@
+import random
+
+from epp.kvcache.prefix_index import PrefixIndex, block_keys
+from epp.scheduling.plugins.max_score_picker import MaxScorePicker
+from epp.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
+from epp.scheduling.plugins.queue_scorer import QueueScorer
+from epp.scheduling.types import CycleState, LLMRequest, ProfileResult, SchedulingResult
+
+from .helpers import endpoint
+
+
+def req(prompt: bytes, model="m", salt=""):
+    return LLMRequest(request_id="r", model=model, target_model=model, api="completions", prompt=prompt, cache_salt=salt)
+
+
+def test_block_keys_chain_and_seed():
+    a = block_keys("m", b"x" * 64 * 3 + b"tail", 64, 256)
+    assert len(a) == 3 and len(set(a)) == 3
+    assert block_keys("m", b"x" * 64 * 3, 64, 2) == a[:2]
+    assert block_keys("other", b"x" * 64, 64, 256) != a[:1]
+    # a key names the whole prefix: same block after a different first block differs
+    assert block_keys("m", b"y" * 64 + b"x" * 64, 64, 256)[1] != a[1]
+
+
+def test_index_consecutive_match_lru_and_removal():
+    idx = PrefixIndex(capacity_per_endpoint=3)
+    idx.add("a", [1, 2, 3])
+    idx.add("b", [1, 9])
+    assert idx.match([1, 2, 3, 4]) == {"a": 3, "b": 1}
+    idx.add("a", [7])                 # evicts a's oldest (1)
+    assert idx.match([1, 2]) == {"b": 1}
+    assert len(idx) == 5
+    idx.remove_endpoint("b")
+    assert idx.match([1]) == {} and len(idx) == 3
+
+
+def test_prefix_scorer_learns_from_its_picks():
+    scorer = PrefixCacheScorer()
+    eps = [endpoint(1), endpoint(2)]
+    prompt = b"p" * 6400
+    state = CycleState()
+    assert scorer.score(state, req(prompt), eps) == [0.0, 0.0]
+    scorer.pre_request(state, req(prompt), SchedulingResult({"d": ProfileResult([eps[1]])}, "d"))
+    state = CycleState()
+    assert scorer.score(state, req(prompt + b"q" * 640), eps) == [0.0, 100 / 110]
+    assert scorer.score(CycleState(), req(prompt, salt="other"), eps) == [0.0, 0.0]
+    scorer.endpoints_removed([eps[1].address])
+    assert scorer.score(CycleState(), req(prompt), eps) == [0.0, 0.0]
+
+
+def test_queue_scorer_min_max():
+    eps = [endpoint(1, waiting=0), endpoint(2, waiting=5), endpoint(3, waiting=10)]
+    assert QueueScorer().score(CycleState(), req(b""), eps) == [1.0, 0.5, 0.0]
+    assert QueueScorer().score(CycleState(), req(b""), eps[:1] * 2) == [1.0, 1.0]
+
+
+def test_max_score_picker_breaks_ties_at_random_and_orders_fallbacks():
+    eps = [endpoint(i) for i in range(1, 5)]
+    picker = MaxScorePicker(rng=random.Random(3))
+    seen = {picker.pick(None, None, eps, [1.0, 1.0, 0.5, 1.0])[0].name for _ in range(200)}
+    assert seen == {"pod-1", "pod-2", "pod-4"}
+    top = MaxScorePicker(maxNumOfEndpoints=3).pick(None, None, eps, [0.1, 0.9, 0.5, 0.7])
+    assert [e.name for e in top] == ["pod-2", "pod-4", "pod-3"]
