@@ -55,6 +55,8 @@ def _listener(name: str, port: int, http_filters: list[dict], cluster: str, acce
                 "dest_header": f"%REQ({DEST})%", "dest_metadata": f"%DYNAMIC_METADATA(envoy.lb:{DEST})%",
                 "decision": "%RESP(x-epp-decision)%", "duration_ms": "%DURATION%"}}}}]
     return {"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            # BUFFERED mode holds the whole body in this buffer; Envoy's 1 MiB default answers 413 above it
+            "per_connection_buffer_limit_bytes": 64 << 20,
             "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                             "typed_config": hcm}]}]}
 

@@ -1,0 +1,168 @@
+"""Real processes on loopback for integration tests: stand-in pods, epp, Envoy."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from envoy_bootstrap import bootstrap
+from standin_pod import Pod
+
+ENVOY = shutil.which("envoy") or os.path.join(os.path.dirname(sys.executable), "envoy")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+class PodGroup:
+    """Stand-in pods served by one asyncio loop in a background thread."""
+
+    def __init__(self, count: int, sse_events: int = 5, sse_gap: float = 0.05) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.pods = [Pod(free_port(), sse_events, sse_gap, name=f"pod-{i}") for i in range(count)]
+        for p in self.pods:
+            asyncio.run_coroutine_threadsafe(p.start(), self.loop).result(5)
+
+    def hits(self) -> int:
+        return sum(p.hits for p in self.pods)
+
+    def close(self) -> None:
+        for p in self.pods:
+            asyncio.run_coroutine_threadsafe(p.stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def write_endpoints(path: str, pods: list[Pod], labels: dict | None = None) -> None:
+    with open(path, "w") as f:
+        f.write("endpoints:\n" if pods else "endpoints: []\n")
+        for p in pods:
+            f.write(f'- name: {p.name}\n  address: "{p.address}"\n  labels: {json.dumps(labels or {"app": "sim"})}\n')
+
+
+class Epp:
+    def __init__(self, tmp: str, endpoints_file: str, *extra: str, name: str = "epp") -> None:
+        self.ports = {k: free_port() for k in ("grpc", "health", "metrics")}
+        self.log = os.path.join(tmp, f"{name}.log")
+        cmd = [sys.executable, "-m", "epp", "--endpoints-file", endpoints_file, "--bind-address", "127.0.0.1",
+               "--grpc-port", str(self.ports["grpc"]), "--grpc-health-port", str(self.ports["health"]),
+               "--metrics-port", str(self.ports["metrics"]), *extra]
+        if not any(a.startswith("--secure-serving") for a in extra):
+            cmd.append("--secure-serving=false")
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_port(self.ports["grpc"], 20, self.proc)
+        wait_port(self.ports["metrics"], 20, self.proc)
+
+    def metrics(self) -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports["metrics"], timeout=5)
+        try:
+            conn.request("GET", "/metrics")
+            return conn.getresponse().read().decode()
+        finally:
+            conn.close()
+
+    def sample(self, name: str, **labels) -> float | None:
+        from prometheus_client.parser import text_string_to_metric_families
+        total = None
+        for fam in text_string_to_metric_families(self.metrics()):
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    total = (total or 0.0) + s.value
+        return total
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        with open(self.log, errors="replace") as f:
+            return f.read()
+
+
+class Envoy:
+    def __init__(self, tmp: str, modes: list[str], epp_port: int | None, epp_tls: bool = False,
+                 direct_backend: int | None = None) -> None:
+        self.ports = {m: free_port() for m in modes}
+        self.access_log = os.path.join(tmp, "access.log")
+        cfg = os.path.join(tmp, "envoy.json")
+        with open(cfg, "w") as f:
+            json.dump(bootstrap(free_port(), self.ports, epp_port, epp_tls, direct_backend, self.access_log), f)
+        self.log = os.path.join(tmp, "envoy.log")
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen([ENVOY, "-c", cfg, "--use-dynamic-base-id", "--log-level", "warn",
+                                          "--file-flush-interval-msec", "50"], stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        for port in self.ports.values():
+            wait_port(port, 30, self.proc)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def post(port: int, path: str, body: bytes, headers: dict | list | None = None, timeout: float = 20):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.putrequest("POST", path, skip_accept_encoding=True)
+        items = headers.items() if isinstance(headers, dict) else (headers or [])
+        conn.putheader("content-type", "application/json")
+        conn.putheader("content-length", str(len(body)))
+        for k, v in items:
+            conn.putheader(k, v)
+        conn.endheaders(body)
+        r = conn.getresponse()
+        return r.status, r.read(), {k.lower(): v for k, v in r.getheaders()}
+    finally:
+        conn.close()
+
+
+def landed_right(status: int, raw: bytes, sent: bytes, pool: list[str]) -> str | None:
+    if status != 200:
+        return f"status {status}: {raw[:300]!r}"
+    r = json.loads(raw)
+    if r["served_by"] not in pool:
+        return f"served by {r['served_by']}, not in the pool"
+    if r["dest_header"] != r["served_by"]:
+        return f"served by {r['served_by']}, destination header {r['dest_header']!r}"
+    if r["body_sha256"] != hashlib.sha256(sent).hexdigest():
+        return f"body changed: sent {len(sent)} bytes, got {r['body_len']}"
+    return None
