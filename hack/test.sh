@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The test command: sets up .venv, runs the unit and integration suites (real Envoy, real sockets on
+# 127.0.0.1) and the shared black-box protocol check. Exits non-zero on any failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash hack/setup.sh || exit 1
+export PATH="$PWD/.venv/bin:$PATH"
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+.venv/bin/python -m pytest -q -p no:cacheprovider --junitxml="$out/junit.xml" "$@"
+pytest_rc=$?
+
+acceptance=../shared/acceptance/epp_protocol_check.py
+accept_rc=0
+if [ -f "$acceptance" ]; then
+  echo "--- shared acceptance check: $acceptance"
+  # the check starts `epp` itself; make every server it starts bind to loopback only
+  EPP_BIND_ADDRESS=127.0.0.1 .venv/bin/python "$acceptance" --epp-cmd "$PWD/.venv/bin/epp" | tee "$out/accept.txt"
+  accept_rc=${PIPESTATUS[0]}
+else
+  echo "--- shared acceptance check not found at $acceptance: skipped" >&2
+fi
+
+.venv/bin/python - "$out/junit.xml" "$out/accept.txt" <<'PY'
+import re, sys, xml.etree.ElementTree as ET
+passed = failed = skipped = 0
+try:
+    for s in ET.parse(sys.argv[1]).getroot().iter("testsuite"):
+        t, f, e, sk = (int(s.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
+        passed += t - f - e - sk; failed += f + e; skipped += sk
+except (OSError, ET.ParseError):
+    failed += 1
+try:
+    m = re.search(r"^(\d+) passed, (\d+) failed$", open(sys.argv[2]).read(), re.M)
+    if m:
+        passed += int(m.group(1)); failed += int(m.group(2))
+except OSError:
+    pass
+print(f"total: {passed} passed, {failed} failed, {skipped} skipped")
+PY
+[ $pytest_rc -eq 0 ] && [ $accept_rc -eq 0 ]
