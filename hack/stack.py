@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,27 +21,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from envoy_bootstrap import bootstrap  # noqa: E402
+from netutil import free_port, wait_port  # noqa: E402
 
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode} during start-up")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{what} did not open port {port} in {timeout:.0f}s")
 
 
 class Children:
@@ -93,7 +74,7 @@ def start_pods(kids: Children, args, endpoints_file: str) -> list[str]:
             f.write("endpoints:\n" + "".join(
                 f'- name: pod-{i}\n  address: "127.0.0.1:{port}"\n  labels: {{app: standin}}\n' for i, port in enumerate(ports)))
     for port in ports:
-        wait_port(port, p, "the pods")
+        wait_port(port, 30, p, "the pods")
     deadline = time.time() + 10
     while not os.path.exists(endpoints_file) and time.time() < deadline:
         time.sleep(0.1)
@@ -173,13 +154,13 @@ def main() -> int:
                                  "--bind-address", "127.0.0.1", "--secure-serving=false", "--decision-header",
                                  "--grpc-port", str(grpc_port), "--grpc-health-port", str(health_port),
                                  "--metrics-port", str(metrics_port)])
-        wait_port(grpc_port, epp, "epp")
+        wait_port(grpc_port, 30, epp, "epp")
         cfg = os.path.join(logdir, "envoy.json")
         with open(cfg, "w") as f:
             json.dump(bootstrap(free_port(), {"FULL_DUPLEX_STREAMED": args.port}, grpc_port,
                                 access_log=os.path.join(logdir, "access.log")), f, indent=1)
         env = kids.start("envoy", [envoy, "-c", cfg, "--use-dynamic-base-id", "--log-level", "warn"])
-        wait_port(args.port, env, "envoy")
+        wait_port(args.port, 30, env, "envoy")
         time.sleep(0.5)  # a few metric scrapes
         print(f"pods ({args.backend}): {', '.join(pods)}\nepp: ext_proc 127.0.0.1:{grpc_port}, metrics "
               f"http://127.0.0.1:{metrics_port}/metrics\nenvoy: http://127.0.0.1:{args.port}\nlogs: {logdir}")
@@ -198,6 +179,9 @@ def main() -> int:
     except KeyboardInterrupt:
         print("\nstopping", file=sys.stderr)
         return 0
+    except (RuntimeError, TimeoutError) as e:
+        print(f"{e} (logs in {logdir})", file=sys.stderr)
+        return 1
     finally:
         kids.stop_all()
 

@@ -276,3 +276,26 @@ def test_internal_error_is_a_500_not_a_dead_stream(monkeypatch):
     s = RequestStream(d, 1 << 20)
     s.on_message(req_headers())
     assert s.on_message(req_body(BODY))[0].immediate_response.status.code == 500
+
+
+@pytest.mark.parametrize("mode", [p.FULL_DUPLEX, p.BUFFERED])
+def test_changed_body_gets_a_matching_content_length(mode):
+    d = director([endpoint(1)])
+    real = d.decide
+    new = json.dumps({"model": "rewritten-\u00e9", "prompt": "x" * 70_000}, ensure_ascii=False).encode()
+
+    def rewriting(*a, **k):
+        dec = real(*a, **k)
+        dec.body = new
+        return dec
+    d.decide = rewriting
+    s = RequestStream(d, 1 << 20)
+    s.on_message(req_headers(mode=mode))
+    out = s.on_message(req_body(BODY))
+    c = getattr(out[0], kind(out[0])).response
+    assert set_headers(c)["content-length"] == str(len(new))
+    if mode == p.FULL_DUPLEX:
+        assert b"".join(r.request_body.response.body_mutation.streamed_response.body for r in out[1:]) == new
+        assert len(out) == 3  # 70 KB: two chunks
+    else:
+        assert c.body_mutation.body == new
