@@ -3,10 +3,15 @@
 Block keys are chained xxhash64 (each block's hash seeds the next), so a key names a whole prefix,
 as vLLM's block hashes do; the first block is seeded with the model name (and cache salt) so
 different models never share keys.
+
+Blocks are recorded deepest first, so a block is never older in an endpoint's LRU than the blocks
+after it: eviction takes the tail of a prefix before its head, and what an endpoint holds of any
+prefix is always a run from block 0. That makes "how far does the match reach" monotone in the
+block position, so matching is a binary search instead of a walk over every block.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 import xxhash
 
@@ -17,11 +22,11 @@ def block_keys(seed_text: str, data: bytes, block_bytes: int, max_blocks: int) -
     """Keys of the full blocks of `data` (a trailing partial block has no key), at most max_blocks."""
     n = min(len(data) // block_bytes, max_blocks)
     h = _xxh64(seed_text.encode())
-    out = [0] * n
-    mv = memoryview(data)
-    for i in range(n):
-        h = _xxh64(mv[i * block_bytes:(i + 1) * block_bytes], h)
-        out[i] = h
+    out = []
+    append = out.append
+    for block in [data[i:i + block_bytes] for i in range(0, n * block_bytes, block_bytes)]:
+        h = _xxh64(block, h)
+        append(h)
     return out
 
 
@@ -44,42 +49,48 @@ class PrefixIndex:
         lru = self._lru.get(endpoint)
         if lru is None:
             lru = self._lru[endpoint] = OrderedDict()
-        owners = self._owners
-        for k in keys:
-            if k in lru:
-                lru.move_to_end(k)
-            else:
-                lru[k] = None
+        rev = keys[::-1]
+        held = [k for k in rev if k in lru]
+        if len(held) != len(rev):
+            owners = self._owners
+            fresh = [k for k in rev if k not in lru]
+            lru.update(dict.fromkeys(fresh))
+            for k in fresh:
                 s = owners.get(k)
                 if s is None:
                     owners[k] = {endpoint}
                 else:
                     s.add(endpoint)
+        deque(map(lru.move_to_end, held), 0)  # touch in C, deepest first: block 0 ends most recent
         cap = self._capacity.get(endpoint, self.default_capacity)
-        while len(lru) > cap:
-            old, _ = lru.popitem(last=False)
-            s = owners.get(old)
-            if s is not None:
-                s.discard(endpoint)
-                if not s:
-                    del owners[old]
+        if len(lru) > cap:
+            owners = self._owners
+            for _ in range(len(lru) - cap):
+                old, _ = lru.popitem(last=False)
+                s = owners.get(old)
+                if s is not None:
+                    s.discard(endpoint)
+                    if not s:
+                        del owners[old]
 
     def match(self, keys: list[int]) -> dict[str, int]:
-        """Per endpoint, how many blocks from block 0 on it holds consecutively."""
-        counts: dict[str, int] = {}
+        """Per endpoint, how many blocks from block 0 on it holds."""
         owners = self._owners
-        for i, k in enumerate(keys):
-            holders = owners.get(k)
-            if not holders:
-                break
-            advanced = False
-            for ep in holders:
-                if counts.get(ep, 0) == i:
-                    counts[ep] = i + 1
-                    advanced = True
-            if not advanced:
-                break
-        return counts
+        first = owners.get(keys[0]) if keys else None
+        if not first:
+            return {}
+        out: dict[str, int] = {}
+        for ep in first:
+            lo, hi = 1, len(keys)  # ep holds keys[:lo]; find the first index it does not hold
+            while lo < hi:
+                mid = (lo + hi) // 2
+                s = owners.get(keys[mid])
+                if s is not None and ep in s:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            out[ep] = lo
+        return out
 
     def remove_endpoint(self, endpoint: str) -> None:
         lru = self._lru.pop(endpoint, None)

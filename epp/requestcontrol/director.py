@@ -72,6 +72,7 @@ class Director:
         self.kv_threshold = kv_threshold
         self._ids = itertools.count(1)
         self._warned_stale = False
+        self._by_model: dict[tuple[str, str], _Series] = {}
         store.on_change(lambda added, removed: scheduler.endpoints_removed([e.address for e in removed]))
 
     # ---------------------------------------------------------------- request path
@@ -86,9 +87,15 @@ class Director:
                 self.metrics.request_error_total.labels(e.model, e.model, str(e.status)).inc()
             raise
         if self.metrics:
-            req = decision.request
-            self.metrics.request_total.labels(req.model, req.target_model).inc()
+            self._series(decision.request).request_total.inc()
         return decision
+
+    def _series(self, req: LLMRequest) -> "_Series":
+        key = (req.model, req.target_model)
+        s = self._by_model.get(key)
+        if s is None:
+            s = self._by_model[key] = _Series(self.metrics, *key)
+        return s
 
     def _decide(self, headers: dict[str, str], path: str, raw_body: bytes | None,
                 subset: list[str] | None) -> Decision:
@@ -127,7 +134,7 @@ class Director:
             log.debug("request %s model=%r -> %s %s", request.request_id, model, decision.destination,
                       decision.explanation.decode() if decision.explanation else "")
         if self.metrics and model:
-            self.metrics.running_requests.labels(model).inc()
+            self._series(request).running.inc()
         return decision
 
     def _priority(self, headers: dict[str, str]) -> int:
@@ -144,7 +151,8 @@ class Director:
         if not endpoints:
             raise EPPError(503, "no ready endpoint in the pool")
         t = now()
-        fresh = [ep for ep in endpoints if ep.metrics.fresh(t, self.staleness)]
+        oldest = t - self.staleness
+        fresh = [ep for ep in endpoints if ep.metrics.updated >= oldest and ep.metrics.updated > 0.0]
         if fresh:
             self._warned_stale = False
             return fresh
@@ -179,18 +187,31 @@ class Director:
         """Once per decided request, when its stream ends (answered, failed or cancelled)."""
         for ep in decision.targets[:1]:
             ep.in_flight -= 1
-        m = self.metrics
-        if not m:
+        if not self.metrics:
             return
         req = decision.request
-        labels = (req.model, req.target_model)
+        s = self._series(req)
         if req.model:
-            m.running_requests.labels(req.model).dec()
+            s.running.dec()
         if status is not None and status >= 400:
-            m.request_error_total.labels(*labels, str(status)).inc()
+            self.metrics.request_error_total.labels(req.model, req.target_model, str(status)).inc()
         if status is not None and status < 400:
-            m.request_duration.labels(*labels).observe(time.perf_counter() - decision.started)
+            s.duration.observe(time.perf_counter() - decision.started)
         if usage is not None and usage.seen:
-            m.input_tokens.labels(*labels).observe(usage.prompt_tokens)
-            m.output_tokens.labels(*labels).observe(usage.completion_tokens)
-            m.cached_tokens.labels(*labels).observe(usage.cached_tokens)
+            s.input_tokens.observe(usage.prompt_tokens)
+            s.output_tokens.observe(usage.completion_tokens)
+            s.cached_tokens.observe(usage.cached_tokens)
+
+
+class _Series:
+    """One model's metric children, looked up once instead of per request."""
+
+    __slots__ = ("request_total", "running", "duration", "input_tokens", "output_tokens", "cached_tokens")
+
+    def __init__(self, m: EPPMetrics, model: str, target: str) -> None:
+        self.request_total = m.request_total.labels(model, target)
+        self.running = m.running_requests.labels(model)
+        self.duration = m.request_duration.labels(model, target)
+        self.input_tokens = m.input_tokens.labels(model, target)
+        self.output_tokens = m.output_tokens.labels(model, target)
+        self.cached_tokens = m.cached_tokens.labels(model, target)

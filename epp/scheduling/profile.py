@@ -45,13 +45,12 @@ class Profile:
             if observe:
                 observe("Scorer", ws.scorer, perf_counter() - t)
             w = ws.weight
-            for i, s in enumerate(scores):
-                s = 0.0 if s < 0.0 else 1.0 if s > 1.0 else s  # NaN-safe enough: NaN compares false
-                if s != s:
-                    s = 0.0
-                totals[i] += w * s
-                if table is not None:
-                    table[endpoints[i].address][ws.scorer.name] = round(s, 4)
+            # clamp to [0, 1]; NaN fails both comparisons and counts as 0
+            scores = [s if 0.0 <= s <= 1.0 else (1.0 if s > 1.0 else 0.0) for s in scores]
+            totals = [total + w * s for total, s in zip(totals, scores)]
+            if table is not None:
+                for ep, s in zip(endpoints, scores):
+                    table[ep.address][ws.scorer.name] = round(s, 4)
         if table is not None:
             for ep, total in zip(endpoints, totals):
                 table[ep.address]["total"] = round(total, 4)

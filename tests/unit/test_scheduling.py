@@ -27,11 +27,13 @@ def test_index_consecutive_match_lru_and_removal():
     idx.add("a", [1, 2, 3])
     idx.add("b", [1, 9])
     assert idx.match([1, 2, 3, 4]) == {"a": 3, "b": 1}
-    idx.add("a", [7])                 # evicts a's oldest (1)
-    assert idx.match([1, 2]) == {"b": 1}
+    idx.add("a", [7])                 # evicts the deepest block of a's prefix first (3), never its head
+    assert idx.match([1, 2, 3]) == {"a": 2, "b": 1}
     assert len(idx) == 5
     idx.remove_endpoint("b")
-    assert idx.match([1]) == {} and len(idx) == 3
+    assert idx.match([1]) == {"a": 1} and len(idx) == 3
+    idx.remove_endpoint("a")
+    assert idx.match([1]) == {} and len(idx) == 0
 
 
 def test_prefix_scorer_learns_from_its_picks():
@@ -61,3 +63,21 @@ def test_max_score_picker_breaks_ties_at_random_and_orders_fallbacks():
     assert seen == {"pod-1", "pod-2", "pod-4"}
     top = MaxScorePicker(maxNumOfEndpoints=3).pick(None, None, eps, [0.1, 0.9, 0.5, 0.7])
     assert [e.name for e in top] == ["pod-2", "pod-4", "pod-3"]
+
+
+def test_index_matches_what_a_walk_would_find():
+    """Binary-search matching equals a block-by-block walk on random traffic with eviction."""
+    import random
+    rng = random.Random(0)
+    idx = PrefixIndex(capacity_per_endpoint=200)
+    prompts = [bytes(rng.choices(b"ab", k=64 * rng.randint(1, 40))) for _ in range(60)]
+    walked = {}
+    for step in range(400):
+        keys = block_keys("m", rng.choice(prompts), 64, 256)
+        got = idx.match(keys)
+        for ep, n in got.items():
+            assert all(ep in idx._owners.get(k, ()) for k in keys[:n])
+            assert n == len(keys) or ep not in idx._owners.get(keys[n], ())
+        idx.add(f"ep{step % 4}", keys)
+        walked[step] = got
+    assert any(walked.values())
