@@ -11,7 +11,7 @@ def stack(tmp_path_factory):
     pods = PodGroup(3)
     efile = f"{tmp}/endpoints.yaml"
     write_endpoints(efile, pods.pods)
-    epp = Epp(tmp, efile, "--decision-header", "--refresh-metrics-interval", "50ms")
+    epp = Epp(tmp, efile, "--decision-header", "--refresh-metrics-interval", "50ms", "--objective", "batch=-1")
     envoy = Envoy(tmp, MODES, epp.ports["grpc"])
 
     class Stack:

@@ -148,3 +148,26 @@ def test_pool_metrics(stack):
     assert stack.epp.sample("inference_extension_scheduler_e2e_duration_seconds_count") >= 1
     assert stack.epp.sample("inference_extension_plugin_duration_seconds_count", plugin_type="queue-scorer") >= 1
     assert stack.epp.sample("inference_extension_prefix_indexer_size") > 0
+
+
+def test_sheddable_requests_get_429_only_while_the_pool_is_saturated(stack):
+    def set_metrics(waiting, kv):
+        for pod in stack.pods.pods:
+            st, _, _ = post(int(pod.address.rsplit(":", 1)[1]), "/admin/metrics", json.dumps({"waiting": waiting, "kv": kv}).encode())
+            assert st == 200
+    b = b'{"model": "m", "prompt": "batch job"}'
+    port = stack.envoy.ports["FULL_DUPLEX_STREAMED"]
+    try:
+        set_metrics(20, 0.95)
+        time.sleep(0.3)
+        before = stack.pods.hits()
+        st, raw, _ = post(port, "/v1/completions", b, {"x-gateway-inference-objective": "batch"})
+        assert st == 429 and "sheddable" in json.loads(raw)["error"]["message"]
+        assert stack.pods.hits() == before
+        st, raw, _ = post(port, "/v1/completions", b)  # not sheddable: served even when saturated
+        assert landed_right(st, raw, b, stack.pool) is None
+    finally:
+        set_metrics(0, 0.0)
+        time.sleep(0.3)
+    st, raw, _ = post(port, "/v1/completions", b, {"x-gateway-inference-objective": "batch"})
+    assert landed_right(st, raw, b, stack.pool) is None
