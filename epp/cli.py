@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
 from . import flags
@@ -14,11 +15,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from .datalayer.file_source import EndpointsFileError
     from .server.app import serve
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
+    runner = asyncio.run
+    if os.environ.get("EPP_EVENT_LOOP", "uvloop") == "uvloop":
+        try:
+            import uvloop
+            runner = uvloop.run
+        except ImportError:
+            pass
     try:
         return runner(serve(args))
     except (EndpointsFileError, OSError) as e:

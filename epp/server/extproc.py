@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+import grpc
+
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
 
 from ..requestcontrol.director import Director
@@ -21,9 +23,10 @@ class ExternalProcessor(pbg.ExternalProcessorServicer):
         stream = RequestStream(self.director, self.max_body)
         self.active += 1
         try:
-            async for msg in request_iterator:
+            read, write = context.read, context.write
+            while (msg := await read()) is not grpc.aio.EOF:
                 for resp in stream.on_message(msg):
-                    yield resp
+                    await write(resp)
                 if stream.closed:
                     break
         finally:
