@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add("cache-info-metric", "model-server metric for KV-cache configuration", "vllm:cache_config_info")
     f.add("secure-serving", "serve ext_proc over TLS", True, boolean)
     f.add("cert-path", "directory with tls.crt and tls.key (else a self-signed certificate is made)", None)
+    f.add("ext-proc-server", "ext_proc transport: native (lean HTTP/2, fastest) or grpcio", "native",
+          choices=("native", "grpcio"))
     f.add("max-num-of-endpoints", "endpoints per decision: more than 1 adds fallbacks to the destination list", 1, int)
     f.add("objective", "an InferenceObjective priority for header x-gateway-inference-objective, NAME=PRIORITY "
           "(repeatable; priority < 0 is sheddable)", None, objective, action="append")

@@ -8,6 +8,7 @@ import signal
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
+from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest
 from prometheus_client import REGISTRY, start_http_server
 
 from ..datalayer.file_source import EndpointsFile
@@ -21,7 +22,11 @@ from ..scheduling.scheduler import default_scheduler
 from .extproc import ExternalProcessor
 from .health import Health
 from .pool_metrics import PoolCollector
-from .tls import server_credentials
+from .h2grpc import GrpcMethodServer
+from .stream import RequestStream
+from .tls import server_credentials, ssl_context
+
+EXT_PROC_METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 
 log = logging.getLogger("epp")
 
@@ -49,17 +54,23 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
     scraper = Scraper(store, args.refresh_metrics_interval, args.metrics_scrape_timeout, vllm_names=names)
 
     max_msg = max(args.max_request_body_bytes + (1 << 20), 4 << 20)
-    options = [("grpc.max_receive_message_length", max_msg), ("grpc.max_send_message_length", max_msg),
-               ("grpc.so_reuseport", 0), ("grpc.http2.max_pings_without_data", 0),
-               ("grpc.keepalive_permit_without_calls", 1)]
-    server = grpc.aio.server(options=options)
-    processor = ExternalProcessor(director, args.max_request_body_bytes)
-    pbg.add_ExternalProcessorServicer_to_server(processor, server)
     target = _hostport(args.bind_address, args.grpc_port)
-    if args.secure_serving:
-        server.add_secure_port(target, server_credentials(args.cert_path))
+    if args.ext_proc_server == "grpcio":
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", max_msg), ("grpc.max_send_message_length", max_msg),
+            ("grpc.so_reuseport", 0), ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.keepalive_permit_without_calls", 1)])
+        processor = ExternalProcessor(director, args.max_request_body_bytes)
+        pbg.add_ExternalProcessorServicer_to_server(processor, server)
+        if args.secure_serving:
+            server.add_secure_port(target, server_credentials(args.cert_path))
+        else:
+            server.add_insecure_port(target)
+        active = lambda: processor.active  # noqa: E731
     else:
-        server.add_insecure_port(target)
+        server = GrpcMethodServer(EXT_PROC_METHOD, lambda: RequestStream(director, args.max_request_body_bytes),
+                                  ProcessingRequest, max_msg)
+        active = lambda: server.active_streams  # noqa: E731
 
     health = Health()
     health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -74,19 +85,22 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    await server.start()
+    if args.ext_proc_server == "grpcio":
+        await server.start()
+    else:
+        await server.start(args.bind_address, args.grpc_port, ssl_context(args.cert_path) if args.secure_serving else None)
     await health_server.start()
     scraper.start()
     watcher = asyncio.create_task(source.watch(), name="endpoints file")
     await health.set(live=True, ready=store.synced)
-    log.info("epp serving ext_proc on %s (%s), health on %d, metrics on %d; %d endpoints from %s",
-             target, "TLS" if args.secure_serving else "plaintext", args.grpc_health_port, args.metrics_port,
+    log.info("epp serving ext_proc on %s (%s, %s server), health on %d, metrics on %d; %d endpoints from %s",
+             target, "TLS" if args.secure_serving else "plaintext", args.ext_proc_server, args.grpc_health_port, args.metrics_port,
              len(store.snapshot()), args.endpoints_file)
     if ready_event is not None:
         ready_event.set()
 
     await stop.wait()
-    log.info("shutting down: no new streams; %d in flight get up to %.1fs", processor.active, args.shutdown_grace_period)
+    log.info("shutting down: no new streams; %d in flight get up to %.1fs", active(), args.shutdown_grace_period)
     await health.set(live=True, ready=False)
     await server.stop(args.shutdown_grace_period)
     watcher.cancel()
