@@ -1,0 +1,90 @@
+"""Latency profiles: what one engine step costs on a given model and GPU.
+
+A vLLM V1 step runs every scheduled token through the model once. Its time is modelled as
+
+    step = fixed + prefill_token * P + decode_seq * D + kv_read_token * K
+
+P = prefill tokens in the step, D = decoding sequences, K = KV tokens the step's attention reads
+(the context already in cache for every scheduled sequence). Every term comes from FLOPs or bytes:
+
+* fixed: the weights are read from HBM once per step whatever the batch (decode is memory-bound), plus
+  host overhead (scheduling, sampling, kernel launches) and, with tensor parallelism, the all-reduces.
+* prefill_token: 2 x params FLOPs per token at a realistic model FLOPs utilisation (MFU).
+* decode_seq: each decoding sequence is one more token through the same matmuls: the same 2 x params
+  FLOPs, so the same cost as a prefill token (small next to `fixed` until batches reach ~100).
+* kv_read_token: bytes of KV per token / effective HBM bandwidth (per GPU under TP, heads are split).
+
+Constants (public spec sheets): H100 SXM bf16 dense 989 TFLOP/s, HBM3 3.35 TB/s; we assume 80% of
+peak bandwidth is achieved and MFU 50% (1 GPU) or 45% (TP4, communication overlaps imperfectly).
+KV bytes/token = layers x kv_heads x head_dim x 2 (K and V) x 2 bytes (bf16).
+
+llama-8b-h100 (Llama-3.1-8B, 8.03e9 params, 32 layers, 8 KV heads, head_dim 128, one H100):
+  weights 16.06 GB / (0.8 x 3.35e12 B/s) = 5.99 ms; + 1.0 ms host overhead  -> fixed = 7.0 ms
+  2 x 8.03e9 = 16.06 GFLOP / (0.5 x 989e12)  = 32.5 us               -> prefill_token = decode_seq = 32.5 us
+  KV 32 x 8 x 128 x 2 x 2 = 131,072 B / 2.68e12 B/s = 48.9 ns        -> kv_read_token = 48.9 ns
+  blocks: 0.9 x 80 GB - 16.06 GB weights - ~4 GB activations = ~52 GB / (131,072 x 16) -> 24,800 blocks
+llama-70b-4xh100 (Llama-3.1-70B, 70.6e9 params, 80 layers, 8 KV heads, head_dim 128, TP=4):
+  weights 141.2 GB / 4 GPUs = 35.3 GB / 2.68e12 = 13.2 ms; + 160 all-reduces x ~15 us = 2.4 ms;
+  + 1.0 ms host                                                       -> fixed = 16.6 ms
+  2 x 70.6e9 = 141.2 GFLOP / (4 x 0.45 x 989e12) = 79.3 us            -> prefill_token = decode_seq = 79.3 us
+  KV 80 x 8 x 128 x 2 x 2 = 327,680 B, /4 per GPU = 81,920 B / 2.68e12 = 30.6 ns -> kv_read_token
+  blocks: 4 x 72 GB - 141.2 GB - ~8 GB = ~139 GB / (327,680 x 16) -> 26,500 blocks
+Transfers: KV moves between pods at the node's network bandwidth share (AWS EFA 3,200 Gb/s = 400 GB/s
+per 8-GPU node -> 50 GB/s per GPU, so 50 GB/s for 8B on 1 GPU and 200 GB/s for 70B on 4 GPUs), plus
+~1 ms of setup; CPU offload reloads over PCIe Gen5 x16 (~50 GB/s achieved per GPU).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    fixed_s: float
+    prefill_token_s: float
+    decode_seq_s: float
+    kv_read_token_s: float
+    kv_bytes_per_token: int        # whole model (all GPUs): what a P/D transfer or an offload moves
+    net_bandwidth_Bps: float       # P/D KV transfer bandwidth
+    net_latency_s: float           # per-transfer setup (handshake, descriptor exchange)
+    pcie_bandwidth_Bps: float      # CPU offload tier <-> GPU
+    num_gpu_blocks: int            # default KV capacity at block size 16
+    max_model_len: int
+
+    def step_time(self, prefill_tokens: int, decode_seqs: int, kv_tokens_read: int) -> float:
+        if prefill_tokens == 0 and decode_seqs == 0:
+            return 0.0
+        return (self.fixed_s + self.prefill_token_s * prefill_tokens + self.decode_seq_s * decode_seqs
+                + self.kv_read_token_s * kv_tokens_read)
+
+    def transfer_time(self, tokens: int) -> float:
+        return self.net_latency_s + tokens * self.kv_bytes_per_token / self.net_bandwidth_Bps
+
+    def reload_time(self, tokens: int) -> float:
+        return tokens * self.kv_bytes_per_token / self.pcie_bandwidth_Bps
+
+
+PROFILES = {
+    "llama-8b-h100": Profile(
+        name="llama-8b-h100", fixed_s=7.0e-3, prefill_token_s=32.5e-6, decode_seq_s=32.5e-6,
+        kv_read_token_s=48.9e-9, kv_bytes_per_token=131_072, net_bandwidth_Bps=50e9, net_latency_s=1e-3,
+        pcie_bandwidth_Bps=50e9, num_gpu_blocks=24_800, max_model_len=131_072),
+    "llama-70b-4xh100": Profile(
+        name="llama-70b-4xh100", fixed_s=16.6e-3, prefill_token_s=79.3e-6, decode_seq_s=79.3e-6,
+        kv_read_token_s=30.6e-9, kv_bytes_per_token=327_680, net_bandwidth_Bps=200e9, net_latency_s=1e-3,
+        pcie_bandwidth_Bps=200e9, num_gpu_blocks=26_500, max_model_len=131_072),
+}
+
+OVERRIDABLE = [f.name for f in fields(Profile) if f.name != "name"]
+
+
+def get(name: str, **overrides) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return replace(PROFILES[name], **changes)
+
+
+def describe(p: Profile) -> dict:
+    return asdict(p)
