@@ -190,7 +190,10 @@ def _pod_class():
             self.address = f"127.0.0.1:{self.port}"
             self.name = f"pod-{self.port}"
 
+        metrics_served = 0
+
         def metrics_text(self) -> bytes:
+            BenchPod.metrics_served += 1
             return super().metrics_text() + self.extra_metrics
 
         async def _handle(self, method, path, headers, body, writer) -> None:
@@ -220,7 +223,15 @@ async def _serve_pods(count: int, ports_file: str, metrics_kb: float) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    page = len(pods[0].metrics_text()) if pods else 0
+    while not stop.is_set():  # every 0.5 s: how many /metrics pages were served, for the scrape benchmark
+        with open(ports_file + ".stats.tmp", "w") as f:
+            json.dump({"t": time.monotonic(), "metrics_served": BenchPod.metrics_served, "page_bytes": page}, f)
+        os.replace(ports_file + ".stats.tmp", ports_file + ".stats")
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except asyncio.TimeoutError:
+            pass
     for p in pods:
         await p.stop()
 
@@ -246,6 +257,15 @@ def start_pods(kids: Children, count: int, metrics_kb: float, name: str = "pods"
         time.sleep(0.05)
     with open(ports_file) as f:
         return p, json.load(f)
+
+
+def pod_stats(kids: Children, name: str = "pods") -> dict:
+    """The pods process's latest counters (written every 0.5 s)."""
+    try:
+        with open(os.path.join(kids.logdir, f"{name}.ports.json.stats")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def write_endpoints(path: str, ports: list[int]) -> None:
