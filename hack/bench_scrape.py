@@ -26,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from bench_overhead import (Children, cpu_seconds, install_signal_handlers, pod_stats, start_epp,  # noqa: E402
-                            start_pods, watchdog, write_endpoints)
+                            start_pods, summarize_raw, watchdog, write_endpoints)
 from netutil import free_port  # noqa: E402
 
 
@@ -46,6 +46,13 @@ def measure(kids: Children, ports: list[int], n: int, a, pods_pid: int) -> dict:
         time.sleep(a.settle)  # start-up, first connections, imports done
         if epp.poll() is not None:
             raise RuntimeError(f"epp exited with {epp.returncode} (log {kids.logdir}/epp-{n}.log)")
+        spy = None
+        raw = os.path.join(kids.logdir, f"py-spy-scrape-{n}.txt")
+        if a.py_spy:
+            exe = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or shutil.which("py-spy")
+            if exe:  # samples the same window (its own overhead lands in py-spy, not in epp)
+                spy = kids.start(f"py-spy-{n}", [exe, "record", "-p", str(epp.pid), "-d", str(int(a.window)), "-r", "200",
+                                                 "--format", "raw", "-o", raw, "--nonblocking"])
         c0, p0, t0, s0 = cpu_seconds(epp.pid), cpu_seconds(pods_pid), time.monotonic(), pod_stats(kids)
         per_second = []
         last_c, last_t = c0, t0
@@ -60,7 +67,14 @@ def measure(kids: Children, ports: list[int], n: int, a, pods_pid: int) -> dict:
         wall = t1 - t0
         served = (s1.get("metrics_served", 0) - s0.get("metrics_served", 0)) / max(1e-9, s1.get("t", 1) - s0.get("t", 0))
         expected = n / parse_interval(a.interval)
-        return {"endpoints": n, "window_s": wall, "epp_cpu_frac": (c1 - c0) / wall,
+        profile = None
+        if spy is not None:
+            deadline = time.time() + 10
+            while spy.poll() is None and time.time() < deadline:
+                time.sleep(0.1)
+            kids.stop(spy)
+            profile = summarize_raw(raw, 12) if os.path.exists(raw) else None
+        return {"profile": profile,"endpoints": n, "window_s": wall, "epp_cpu_frac": (c1 - c0) / wall,
                 "epp_cpu_frac_1s_median": statistics.median(per_second) if per_second else None,
                 "epp_cpu_frac_1s_max": max(per_second) if per_second else None,
                 "pods_cpu_frac": (p1 - p0) / wall, "scrapes_per_s": served, "expected_scrapes_per_s": expected,
@@ -78,6 +92,7 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=5.0, help="seconds before the window opens")
     ap.add_argument("--window", type=float, default=15.0, help="seconds of measurement")
     ap.add_argument("--repeats", type=int, default=1, help="windows per pool size (fresh epp each)")
+    ap.add_argument("--py-spy", action="store_true", help="sample epp with py-spy during the window (adds a profile)")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench_scrape.json"))
     a = ap.parse_args()
     sizes = [int(s) for s in a.endpoints.split(",")]
@@ -117,6 +132,13 @@ def main() -> int:
                      f"{(r['us_per_scrape'] or float('nan')):.0f} us | {goal} |")
     lines.append(f"\n(pods process, for reference: " + ", ".join(
         f"{r['endpoints']} endpoints {r['pods_cpu_frac'] * 100:.0f}%" for r in results) + " of a core serving the pages)")
+    for r in results:
+        pr = r.get("profile")
+        if pr:
+            lines += ["", f"### py-spy of idle epp, {r['endpoints']} endpoints ({pr['samples']} samples)", "",
+                      "| self % | function | | incl % | function |", "|---:|---|---|---:|---|"]
+            for (fs, _, ps), (fi, _, pi) in zip(pr["self"], pr["inclusive"]):
+                lines.append(f"| {ps * 100:.1f} | {fs} | | {pi * 100:.1f} | {fi} |")
     text = "\n".join(lines)
     print("\n" + text)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
