@@ -32,6 +32,7 @@ class EngineConfig:
     offload_blocks: int = 0
     hash_seed: int = 0
     pin_timeout_s: float = 480.0       # VLLM_NIXL_ABORT_REQUEST_TIMEOUT
+    max_loras: int = 0                 # distinct adapters per batch (0 = no limit)
     vocab_ids: list[int] = field(default_factory=lambda: list(range(100, 1000)))
 
 
@@ -222,6 +223,9 @@ class Engine:
                     self.kv.commit(req)
                     self._write_blocks(req)
                     req.status = Status.WAITING
+                elif self._lora_blocked(req):
+                    skipped.append(self.waiting.popleft())   # as vLLM: later requests may go ahead
+                    continue
                 elif req.num_computed_tokens == 0:
                     gpu, cpu = self.kv.lookup(req)
                     hit_tokens = len(gpu) * self.cfg.block_size
@@ -252,6 +256,12 @@ class Engine:
         if not sched_reqs:
             return None
         return self._execute(now, sched_reqs, scheduled, len(preempted))
+
+    def _lora_blocked(self, req: Request) -> bool:
+        if not req.lora_id or not self.cfg.max_loras:
+            return False
+        active = {r.lora_id for r in self.running if r.lora_id}
+        return req.lora_id not in active and len(active) >= self.cfg.max_loras
 
     def _admit(self, req: Request, n: int, now: float, scheduled, sched_reqs) -> None:
         self.waiting.popleft()

@@ -92,12 +92,14 @@ class SimTokenizer:
 
     def word_token_ids(self) -> list[int]:
         """Ids of tokens that decode to a space plus lowercase letters: clean text for generated output."""
-        out = []
+        from .build import _WORDS
+        words = set(_WORDS)
+        out, fallback = [], []
         for tok, i in self._tok.get_vocab().items():
             s = self._tok.decode([i])
             if len(s) >= 3 and s[0] == " " and s[1:].isalpha() and s[1:].islower():
-                out.append(i)
-        return sorted(out)
+                (out if s[1:] in words else fallback).append(i)
+        return sorted(out) if len(out) >= 50 else sorted(out + fallback)
 
 
 _cache: dict[str, SimTokenizer] = {}

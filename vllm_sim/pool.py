@@ -1,0 +1,134 @@
+"""Start a pool of simulated vLLM servers on consecutive loopback ports.
+
+    python -m vllm_sim.pool --count 4 --base-port 8200 --roles prefill,decode,decode,decode \\
+        --endpoints-file out/endpoints.yaml -- --time-scale 1 --profile llama-8b-h100
+
+Prints one `name address role` line per sim once all answer /health, writes the EPP's endpoints file
+(`endpoints: [{name, address, labels: {app: sim, llm-d.ai/role: ...}}]`), and on SIGINT/SIGTERM stops
+every child before exiting. Children also die with the launcher (PR_SET_PDEATHSIG on Linux), so a
+killed launcher leaves no orphans. Unknown flags go to every sim; `{port}` and `{index}` in them are
+substituted per sim (e.g. a per-pod KV-events topic).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROLES = ("prefill", "decode", "prefill-decode", "both", "")
+
+
+def _pdeathsig() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def write_endpoints(path: str, sims: list[dict]) -> None:
+    lines = ["endpoints:"]
+    for s in sims:
+        lines.append(f"  - name: {s['name']}")
+        lines.append(f"    address: \"{s['address']}\"")
+        lines.append("    labels:")
+        lines.append("      app: sim")
+        if s["role"]:
+            lines.append(f"      llm-d.ai/role: {s['role']}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="vllm_sim.pool", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--count", type=int, required=True)
+    ap.add_argument("--base-port", type=int, default=8200)
+    ap.add_argument("--roles", default="decode", help="comma list, cycled over the sims (e.g. prefill,decode)")
+    ap.add_argument("--endpoints-file", default=None)
+    ap.add_argument("--name-prefix", default="sim")
+    ap.add_argument("--startup-timeout", type=float, default=30.0)
+    args, sim_args = ap.parse_known_args(argv)
+    sim_args = [a for a in sim_args if a != "--"]
+    roles = [r.strip() for r in args.roles.split(",")]
+    bad = [r for r in roles if r not in ROLES]
+    if bad:
+        ap.error(f"unknown roles {bad}; use prefill, decode, prefill-decode")
+
+    sims, procs = [], []
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + 5
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
+    try:
+        for i in range(args.count):
+            port = args.base_port + i
+            role = roles[i % len(roles)]
+            extra = [a.replace("{port}", str(port)).replace("{index}", str(i)) for a in sim_args]
+            cmd = [sys.executable, "-m", "vllm_sim", "--host", "127.0.0.1", "--port", str(port), *extra]
+            procs.append(subprocess.Popen(cmd, preexec_fn=_pdeathsig))
+            sims.append({"name": f"{args.name_prefix}-{i}", "address": f"127.0.0.1:{port}", "role": role,
+                         "port": port})
+        deadline = time.monotonic() + args.startup_timeout
+        pending = {s["port"] for s in sims}
+        while pending:
+            for p in procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"a sim exited during start-up (code {p.returncode})")
+            pending = {port for port in pending if not _healthy(port)}
+            if pending and time.monotonic() > deadline:
+                raise RuntimeError(f"sims on ports {sorted(pending)} not healthy after {args.startup_timeout}s")
+            if pending:
+                time.sleep(0.1)
+        if args.endpoints_file:
+            write_endpoints(args.endpoints_file, sims)
+        for s in sims:
+            print(f"{s['name']} {s['address']} {s['role'] or '-'}", flush=True)
+        print("pool ready", flush=True)
+        while True:
+            for p in procs:
+                if p.poll() is not None:
+                    print(f"a sim exited (code {p.returncode}); pool keeps the others", file=sys.stderr, flush=True)
+                    procs.remove(p)
+                    break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+    except RuntimeError as exc:
+        print(f"vllm_sim.pool: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
