@@ -62,6 +62,17 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy since boot (from /proc/stat): minus our processes, the
+    foreign load (other work on the machine) during a run."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK  # all but idle and iowait (guest time is inside user)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _die_with_parent() -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -457,6 +468,7 @@ class Procs:
     def sample(self) -> dict[str, float]:
         s = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         s["loadgen"] = time.process_time()
+        s["machine"] = machine_busy_seconds()
         return s
 
 
@@ -529,6 +541,8 @@ async def run_load(target: Target, payload: Payload, rate: float, count: int, se
         "achieved_rps": len(ok) / span, "offered_rps": offered, "send_seconds": sent_at - start, "wall_s": wall,
         "lag_p99_ms": pct(lags, 99) * 1e3, "new_conns": target.opened - opened0,
         "cpu_s": {k: cpu1[k] - cpu0[k] for k in cpu0},
+        "foreign_cpu_frac": max(0.0, (cpu1["machine"] - cpu0["machine"]) - sum(
+            cpu1[k] - cpu0[k] for k in cpu0 if k != "machine")) / wall,
     }
 
 
@@ -715,12 +729,14 @@ async def fixed_rate(a, targets: dict[str, Target], sizes: list[int], procs: Pro
             "envoy_cpu_us_per_req_epp": med([x["cpu_s"]["envoy"] / max(1, x["ok"]) * 1e6 for x in e]),
             "loadgen_cpu_frac": max(x["cpu_s"]["loadgen"] / x["wall_s"] for x in d + e),
             "lag_p99_ms": max(x["lag_p99_ms"] for x in d + e),
+            "foreign_cpu_frac": med([x["foreign_cpu_frac"] for x in d + e]),
             "runs": reps,
         }
         r = out[size]
         print(f"  {size:>3} KB  direct p50 {r['direct_p50_ms']:.2f} p99 {r['direct_p99_ms']:.2f} | epp p50 "
               f"{r['epp_p50_ms']:.2f} p99 {r['epp_p99_ms']:.2f} | added p50 {r['added_p50_ms']:+.2f} p99 "
-              f"{r['added_p99_ms']:+.2f} ms | epp {r['epp_cpu_us_per_req']:.0f} us CPU/req | errors {r['errors']}",
+              f"{r['added_p99_ms']:+.2f} ms | epp {r['epp_cpu_us_per_req']:.0f} us CPU/req | errors {r['errors']} | "
+              f"other load on the machine {r['foreign_cpu_frac'] * 100:.0f}% of a core",
               flush=True)
     return out
 
@@ -736,7 +752,7 @@ async def ramp(a, target: Target, size: int, base_p99_ms: float, procs: Procs) -
             count = max(50, int(rate * a.step_seconds))
             r = await run_load(target, payload, rate, count, 5000 + rep, a.arrival, procs, timeout=10)
             steps.append({k: r[k] for k in ("rate", "count", "errors", "codes", "p50_ms", "p99_ms", "achieved_rps", "offered_rps",
-                                            "lag_p99_ms", "cpu_s", "wall_s")})
+                                            "lag_p99_ms", "cpu_s", "wall_s", "foreign_cpu_frac")})
             lg = r["cpu_s"]["loadgen"] / r["wall_s"]
             bad = []
             if r["errors"]:
@@ -749,7 +765,8 @@ async def ramp(a, target: Target, size: int, base_p99_ms: float, procs: Procs) -
                 why = f"at {rate:.0f} req/s: " + "; ".join(bad)
                 break
             last_good = rate
-            cpu = {k: v / r["wall_s"] for k, v in r["cpu_s"].items()}
+            cpu = {k: v / r["wall_s"] for k, v in r["cpu_s"].items() if k != "machine"}
+            cpu["foreign"] = r["foreign_cpu_frac"]
             bound_by = cpu
             if lg > 0.9 or r["lag_p99_ms"] > 20:
                 why = f"stopped at {rate:.0f} req/s: load generator saturated (CPU {lg:.0%}, lag p99 {r['lag_p99_ms']:.1f} ms)"
@@ -769,23 +786,23 @@ def report(res: dict) -> str:
     a = res["args"]
     lines = [f"## epp overhead (Envoy+epp FULL_DUPLEX_STREAMED vs Envoy direct), {a['rate']:.0f} req/s {a['arrival']}, "
              f"{a['count']} req/run, median of {a['reps']} runs",
-             "", "| endpoints | prompt | direct p50 | direct p99 | epp p50 | epp p99 | added p50 | added p99 | p50 ratio | p99 ratio | epp CPU/req | errors |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "", "| endpoints | prompt | direct p50 | direct p99 | epp p50 | epp p99 | added p50 | added p99 | p50 ratio | p99 ratio | epp CPU/req | errors | other load |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n, ph in res["phases"].items():
         for size, r in ph["fixed"].items():
             lines.append(f"| {n} | {size} KB | {fmt(r['direct_p50_ms'])} ms | {fmt(r['direct_p99_ms'])} ms | {fmt(r['epp_p50_ms'])} ms | "
                          f"{fmt(r['epp_p99_ms'])} ms | {fmt(r['added_p50_ms'], '+.2f')} ms | {fmt(r['added_p99_ms'], '+.2f')} ms | "
                          f"{fmt(r['epp_p50_ms'] / r['direct_p50_ms'])}x | {fmt(r['epp_p99_ms'] / r['direct_p99_ms'])}x | "
-                         f"{fmt(r['epp_cpu_us_per_req'], '.0f')} us | {r['errors']} |")
+                         f"{fmt(r['epp_cpu_us_per_req'], '.0f')} us | {r['errors']} | {r['foreign_cpu_frac'] * 100:.0f}% |")
     lines += ["", f"## highest sustained rate (open-loop ramp x{a['ramp_factor']}, {a['step_seconds']} s steps, "
               f"median of {a['ramp_reps']} ramps; good = no errors, p99 <= max(5x base, base+20 ms), throughput >= 95%)", "",
-              "| endpoints | prompt | epp last good | direct last good | ratio | CPU at epp's last good (epp / envoy / pods / loadgen, % of a core) | stopped because |",
+              "| endpoints | prompt | epp last good | direct last good | ratio | CPU at epp's last good (epp / envoy / pods / loadgen / other load, % of a core) | stopped because |",
               "|---:|---:|---:|---:|---:|---|---|"]
     for n, ph in res["phases"].items():
         for size, r in ph.get("ramp", {}).items():
             d = res["direct_ramp"].get(size, {}).get("last_good_rps", math.nan)
             cpu = next((x["cpu_at_last_good"] for x in reversed(r["reps"]) if x["cpu_at_last_good"]), None) or {}
-            c = " / ".join(f"{cpu.get(k, math.nan) * 100:.0f}" for k in ("epp", "envoy", "pods", "loadgen")) if cpu else "n/a"
+            c = " / ".join(f"{cpu.get(k, math.nan) * 100:.0f}" for k in ("epp", "envoy", "pods", "loadgen", "foreign")) if cpu else "n/a"
             why = r["reps"][len(r["reps"]) // 2]["why"] if r["reps"] else ""
             flag = " (load generator bound)" if r["loadgen_bound"] else ""
             lines.append(f"| {n} | {size} KB | {fmt(r['last_good_rps'], '.0f')} req/s{flag} | {fmt(d, '.0f')} req/s | "
@@ -804,7 +821,8 @@ def report(res: dict) -> str:
     lag = max((r["lag_p99_ms"] for ph in res["phases"].values() for r in ph["fixed"].values()), default=0)
     lines.append(f"load generator at {a['rate']:.0f} req/s: max CPU {lg * 100:.0f}% of a core, timer lag p99 <= {lag:.2f} ms"
                  + (" (CPU-BOUND: latency figures are suspect)" if lg > 0.8 else ""))
-    lines.append(f"machine: {os.cpu_count()} CPUs, {res['machine']}")
+    lines.append(f"machine: {os.cpu_count()} CPUs, {res['machine']}; 'other load' = machine-wide busy CPU minus "
+                 f"Envoy, epp, the pods and the load generator (other work sharing the machine)")
     for n, ph in res["phases"].items():
         for size, pr in ph.get("profile", {}).items():
             if "self" not in pr:
