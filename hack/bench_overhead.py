@@ -375,9 +375,11 @@ class Conn(asyncio.Protocol):
 
 
 class Payload:
-    """Completions bodies of a fixed size, each prompt starting with a unique 12-digit number."""
+    """Completions bodies of a fixed size, each prompt starting with a unique 12-digit number (or,
+    with Payload.shared, ending with it)."""
 
     counter = 0
+    shared = False
 
     def __init__(self, size: int) -> None:
         rnd = random.Random(size)
@@ -400,6 +402,8 @@ class Payload:
 
     def parts(self) -> list[bytes]:
         Payload.counter += 1
+        if Payload.shared:  # one long shared prefix, the unique number last: the prefix index's best case
+            return [self.head, self.pre, self.fill, b" %012d" % Payload.counter, self.post]
         return [self.head, self.pre, b"%012d " % Payload.counter, self.fill, self.post]
 
 
@@ -741,7 +745,7 @@ async def fixed_rate(a, targets: dict[str, Target], sizes: list[int], procs: Pro
     return out
 
 
-async def ramp(a, target: Target, size: int, base_p99_ms: float, procs: Procs) -> dict:
+async def ramp(a, target: Target, size: int, base_p99_ms: float, procs: Procs, factor: float | None = None) -> dict:
     payload = Payload(size * 1024)
     limit = max(5 * base_p99_ms, base_p99_ms + 20.0)
     results = []
@@ -771,7 +775,7 @@ async def ramp(a, target: Target, size: int, base_p99_ms: float, procs: Procs) -
             if lg > 0.9 or r["lag_p99_ms"] > 20:
                 why = f"stopped at {rate:.0f} req/s: load generator saturated (CPU {lg:.0%}, lag p99 {r['lag_p99_ms']:.1f} ms)"
                 break
-            rate = round(rate * a.ramp_factor)
+            rate = round(rate * (factor or a.ramp_factor))
         results.append({"last_good": last_good, "why": why, "cpu_at_last_good": bound_by, "steps": steps})
     goods = [r["last_good"] or 0 for r in results]
     return {"last_good_rps": med(goods), "all": goods, "p99_limit_ms": limit,
@@ -785,7 +789,8 @@ def fmt(v, spec=".2f"):
 def report(res: dict) -> str:
     a = res["args"]
     lines = [f"## epp overhead (Envoy+epp FULL_DUPLEX_STREAMED vs Envoy direct), {a['rate']:.0f} req/s {a['arrival']}, "
-             f"{a['count']} req/run, median of {a['reps']} runs",
+             f"{a['count']} req/run, median of {a['reps']} runs, {a['prompts']} prompts"
+             + (f", epp {' '.join(a['epp_arg'])}" if a['epp_arg'] else ""),
              "", "| endpoints | prompt | direct p50 | direct p99 | epp p50 | epp p99 | added p50 | added p99 | p50 ratio | p99 ratio | epp CPU/req | errors | other load |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n, ph in res["phases"].items():
@@ -865,7 +870,7 @@ async def bench(a, kids: Children) -> dict:
     for n in a.endpoints:
         efile = os.path.join(kids.logdir, f"endpoints-{n}.yaml")
         write_endpoints(efile, pool_ports[:n])
-        epp = start_epp(kids, efile, grpc_port, a.refresh, name=f"epp-{n}")
+        epp = start_epp(kids, efile, grpc_port, a.refresh, extra=a.epp_arg, name=f"epp-{n}")
         procs.pids["epp"] = epp.pid
         try:
             print(f"# {n} endpoints (epp pid {epp.pid})", flush=True)
@@ -889,7 +894,8 @@ async def bench(a, kids: Children) -> dict:
                 ph["ramp"] = {}
                 for size in a.sizes:
                     if size not in res["direct_ramp"]:
-                        res["direct_ramp"][size] = await ramp(a, targets["direct"], size, ph["fixed"][size]["direct_p99_ms"], procs)
+                        res["direct_ramp"][size] = await ramp(a, targets["direct"], size, ph["fixed"][size]["direct_p99_ms"], procs,
+                                                         factor=max(a.ramp_factor, 1.5))  # a reference: coarser steps
                         print(f"  {size:>3} KB  direct sustains {fmt(res['direct_ramp'][size]['last_good_rps'], '.0f')} req/s "
                               f"({res['direct_ramp'][size]['reps'][0]['why']})", flush=True)
                     r = ph["ramp"][size] = await ramp(a, targets["epp"], size, ph["fixed"][size]["epp_p99_ms"], procs)
@@ -926,12 +932,16 @@ def main() -> int:
     ap.add_argument("--arrival", choices=("poisson", "even"), default="poisson")
     ap.add_argument("--ramp-reps", type=int, default=None, help="ramps per case (default 3; quick 1; 0 = no ramp)")
     ap.add_argument("--ramp-factor", type=float, default=None, help="rate step factor (default 1.25; quick 1.6)")
-    ap.add_argument("--step-seconds", type=float, default=None, help="seconds per ramp step (default 3; quick 0.8)")
+    ap.add_argument("--step-seconds", type=float, default=None, help="seconds per ramp step (default 2; quick 0.8)")
     ap.add_argument("--max-rate", type=float, default=20000)
     ap.add_argument("--micro-seconds", type=float, default=None, help="per in-process case (default 2; quick 0.7)")
     ap.add_argument("--idle-seconds", type=float, default=None, help="idle epp CPU window (default 3; quick 1)")
     ap.add_argument("--refresh", default="50ms", help="epp --refresh-metrics-interval")
     ap.add_argument("--metrics-kb", type=float, default=0, help="extra vLLM histogram lines on each pod's /metrics")
+    ap.add_argument("--prompts", choices=("unique", "shared"), default="unique",
+                    help="unique: every prompt starts differently (prefix-index worst case: every block new, "
+                         "LRU evictions); shared: one prefix, unique ending (best case)")
+    ap.add_argument("--epp-arg", action="append", default=[], help="extra epp flag, e.g. --epp-arg=--ext-proc-server=grpcio")
     ap.add_argument("--envoy-concurrency", type=int, default=2)
     ap.add_argument("--py-spy", type=float, default=0, help="seconds of py-spy sampling of epp per size (0 = off)")
     ap.add_argument("--profile-rate", type=float, default=400, help="req/s while py-spy samples")
@@ -950,9 +960,10 @@ def main() -> int:
     a.reps = a.reps or (3 if q else 5)
     a.ramp_reps = (1 if q else 3) if a.ramp_reps is None else a.ramp_reps
     a.ramp_factor = a.ramp_factor or (1.6 if q else 1.25)
-    a.step_seconds = a.step_seconds or (0.8 if q else 3.0)
+    a.step_seconds = a.step_seconds or (0.8 if q else 2.0)
     a.micro_seconds = a.micro_seconds or (0.5 if q else 2.0)
     a.idle_seconds = a.idle_seconds or (1.0 if q else 3.0)
+    Payload.shared = a.prompts == "shared"
     install_signal_handlers()
     watchdog(150 if q else 1800)
     logdir = tempfile.mkdtemp(prefix="epp-bench-")
