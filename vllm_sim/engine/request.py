@@ -41,6 +41,7 @@ class Request:
     load_ready_at: float | None = None   # internal (CPU) reload completes at this engine time
     load_tokens: int = 0                 # tokens that the load brings
     load_external: bool = False          # completion reported by the transport (P/D)
+    had_load: bool = False
     # timestamps in engine time
     first_scheduled_time: float | None = None
     first_token_time: float | None = None

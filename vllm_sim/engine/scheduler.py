@@ -148,8 +148,9 @@ class Engine:
             load_tokens = max(0, req.num_prompt_tokens - 1 - hit_tokens)
         else:
             load_tokens = len(cpu_keys) * self.cfg.block_size
-        if not self.kv.allocate(req, req.num_tokens, gpu):
+        if not self.kv.allocate(req, hit_tokens + load_tokens, gpu):
             return False
+        req.had_load = True
         req.num_computed_tokens = hit_tokens + load_tokens
         if req.remote_prefill is not None and req.num_preemptions == 0:
             req.num_cached_tokens = hit_tokens + load_tokens   # vLLM counts externally loaded tokens as cached
@@ -213,49 +214,60 @@ class Engine:
             i += 1
 
         if not preempted:
-            skipped: list[Request] = []
-            while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
-                req = self.waiting[0]
-                if req.status is Status.LOADING:
-                    if req.load_ready_at is None or req.load_ready_at > now:
-                        skipped.append(self.waiting.popleft())
-                        continue
-                    self.kv.commit(req)
-                    self._write_blocks(req)
-                    req.status = Status.WAITING
-                elif self._lora_blocked(req):
-                    skipped.append(self.waiting.popleft())   # as vLLM: later requests may go ahead
-                    continue
-                elif req.num_computed_tokens == 0:
-                    gpu, cpu = self.kv.lookup(req)
-                    hit_tokens = len(gpu) * self.cfg.block_size
-                    if req.num_cached_tokens < 0:
-                        req.num_cached_tokens = hit_tokens + len(cpu) * self.cfg.block_size
-                        self.kv.record_query(req.num_tokens, req.num_cached_tokens)
-                    remote = req.remote_prefill is not None and req.num_preemptions == 0
-                    if cpu or (remote and req.num_prompt_tokens - 1 - hit_tokens > 0):
-                        if not self._start_load(req, now, gpu, cpu):
-                            break
-                        skipped.append(self.waiting.popleft())
-                        continue
-                    n = min(req.num_tokens - hit_tokens, budget)
-                    if not self.kv.allocate(req, hit_tokens + n, gpu):
-                        break
-                    req.num_computed_tokens = hit_tokens
-                    self._admit(req, n, now, scheduled, sched_reqs)
-                    budget -= n
-                    continue
-                n = min(req.num_tokens - req.num_computed_tokens, budget)
-                if not self.kv.allocate(req, req.num_computed_tokens + n):
-                    break
-                self._admit(req, n, now, scheduled, sched_reqs)
-                budget -= n
-            for r in reversed(skipped):
-                self.waiting.appendleft(r)
+            self._schedule_waiting(now, budget, scheduled, sched_reqs)
 
         if not sched_reqs:
             return None
         return self._execute(now, sched_reqs, scheduled, len(preempted))
+
+    def _schedule_waiting(self, now: float, budget: int, scheduled: dict, sched_reqs: list) -> None:
+        bs = self.cfg.block_size
+        blocked = False     # once the head cannot get blocks, only requests already holding blocks may pass
+        idx = 0
+        while idx < len(self.waiting) and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
+            req = self.waiting[idx]
+            holds_blocks = bool(self.kv.req_blocks.get(req.request_id))
+            if req.status is Status.LOADING:
+                if req.load_ready_at is None or req.load_ready_at > now:
+                    idx += 1
+                    continue
+                for i, b, _ in self.kv.commit(req):
+                    self._write_block(req, i, b)
+                req.status = Status.WAITING
+            elif blocked and not holds_blocks:
+                idx += 1
+                continue
+            elif self._lora_blocked(req):
+                idx += 1            # as vLLM: later requests with an active (or no) adapter may go ahead
+                continue
+            elif req.num_computed_tokens == 0:
+                gpu, cpu = self.kv.lookup(req)
+                hit_tokens = len(gpu) * bs
+                if req.num_cached_tokens < 0:
+                    req.num_cached_tokens = hit_tokens + len(cpu) * bs
+                    self.kv.record_query(req.num_tokens, req.num_cached_tokens)
+                remote = req.remote_prefill is not None and req.num_preemptions == 0
+                if cpu or (remote and req.num_prompt_tokens - 1 - hit_tokens > 0):
+                    if not self._start_load(req, now, gpu, cpu):
+                        blocked = True
+                    idx += 1
+                    continue
+                n = min(req.num_tokens - hit_tokens, budget)
+                if not self.kv.allocate(req, hit_tokens + n, gpu):
+                    blocked = True
+                    idx += 1
+                    continue
+                req.num_computed_tokens = hit_tokens
+                self._admit(idx, req, n, now, scheduled, sched_reqs)
+                budget -= n
+                continue
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if not self.kv.allocate(req, req.num_computed_tokens + n):
+                blocked = True
+                idx += 1
+                continue
+            self._admit(idx, req, n, now, scheduled, sched_reqs)
+            budget -= n
 
     def _lora_blocked(self, req: Request) -> bool:
         if not req.lora_id or not self.cfg.max_loras:
@@ -263,8 +275,8 @@ class Engine:
         active = {r.lora_id for r in self.running if r.lora_id}
         return req.lora_id not in active and len(active) >= self.cfg.max_loras
 
-    def _admit(self, req: Request, n: int, now: float, scheduled, sched_reqs) -> None:
-        self.waiting.popleft()
+    def _admit(self, idx: int, req: Request, n: int, now: float, scheduled, sched_reqs) -> None:
+        del self.waiting[idx]
         req.status = Status.RUNNING
         if req.first_scheduled_time is None:
             req.first_scheduled_time = now

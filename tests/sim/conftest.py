@@ -1,0 +1,109 @@
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import aiohttp
+import pytest
+
+from vllm_sim.cli import build_parser
+from vllm_sim.server import SimServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class InProcSim:
+    """A SimServer on the test's own event loop, on a loopback port."""
+
+    def __init__(self, *flags: str):
+        self.port = free_port()
+        self.args = build_parser().parse_args(["--port", str(self.port), *flags])
+        self.server = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self):
+        self.server = SimServer(self.args)
+        await self.server.start()
+        self.http = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.http.close()
+        await self.server.stop()
+
+    async def post(self, path, body=None, raw=None):
+        data = raw if raw is not None else None
+        kw = {"data": data} if raw is not None else {"json": body}
+        async with self.http.post(self.url + path, **kw) as r:
+            ctype = r.headers.get("Content-Type", "")
+            out = await r.json() if "json" in ctype else await r.text()
+            return r.status, out
+
+    async def get(self, path):
+        async with self.http.get(self.url + path) as r:
+            ctype = r.headers.get("Content-Type", "")
+            return r.status, (await r.json() if "json" in ctype else await r.text())
+
+    async def wait_idle(self, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _, d = await self.get("/debug/engine")
+            if d["running"] == 0 and d["waiting"] == 0:
+                return d
+            await asyncio.sleep(0.02)
+        raise AssertionError("engine did not go idle")
+
+
+class SimProcess:
+    def __init__(self, *flags: str, env=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([PY, "-m", "vllm_sim", "--port", str(self.port), *flags], cwd=ROOT,
+                                     env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+
+    def wait_healthy(self, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"sim exited: {self.proc.stdout.read()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=0.5) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("sim not healthy")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def sim_process():
+    started = []
+
+    def start(*flags, env=None):
+        p = SimProcess(*flags, env=env)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
