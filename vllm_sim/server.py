@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -70,14 +71,14 @@ class SimServer:
     def _build_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         r = app.router
-        r.add_post("/v1/completions", lambda q: self._generate(q, chat=False))
-        r.add_post("/v1/chat/completions", lambda q: self._generate(q, chat=True))
-        r.add_post("/v1/completions/render", lambda q: self._render(q, chat=False))
-        r.add_post("/v1/chat/completions/render", lambda q: self._render(q, chat=True))
+        r.add_post("/v1/completions", functools.partial(self._generate, chat=False))
+        r.add_post("/v1/chat/completions", functools.partial(self._generate, chat=True))
+        r.add_post("/v1/completions/render", functools.partial(self._render, chat=False))
+        r.add_post("/v1/chat/completions/render", functools.partial(self._render, chat=True))
         r.add_get("/v1/models", self._models)
         r.add_get("/health", self._health)
         r.add_get("/ping", self._health)
-        r.add_get("/version", lambda q: _json({"version": "0.0.0-sim"}))
+        r.add_get("/version", self._version)
         r.add_get("/metrics", self._metrics)
         r.add_post("/tokenize", self._tokenize)
         r.add_post("/detokenize", self._detokenize)
@@ -364,6 +365,9 @@ class SimServer:
             data.append({"id": name, "object": "model", "created": created, "owned_by": "vllm", "root": path,
                          "parent": self.model_name, "max_model_len": self.profile.max_model_len})
         return _json({"object": "list", "data": data})
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return _json({"version": "0.0.0-sim"})
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)

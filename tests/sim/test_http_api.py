@@ -1,0 +1,189 @@
+"""The OpenAI-compatible HTTP surface over real loopback sockets."""
+import asyncio
+
+import aiohttp
+import orjson
+
+from vllm_sim import tokenizer
+
+from .conftest import InProcSim
+
+FAST = ("--time-scale", "50", "--max-model-len", "256", "--num-gpu-blocks-override", "64")
+
+
+async def sse(sim, path, body):
+    events = []
+    async with sim.http.post(sim.url + path, json=body) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        raw = (await r.read()).decode()
+    for block in raw.split("\n\n"):
+        if block:
+            assert block.startswith("data: "), block
+            events.append(block[6:])
+    return events
+
+
+async def test_completion_non_streaming_usage_and_cache_hit():
+    async with InProcSim(*FAST) as sim:
+        prompt = "the model server sends every request through the gateway " * 4
+        n_prompt = len(tokenizer.load().encode(prompt))
+        st, body = await sim.post("/v1/completions", {"model": "sim-model", "prompt": prompt, "max_tokens": 7,
+                                                      "ignore_eos": True, "router_hint": {"x": 1}})
+        assert st == 200, body
+        assert body["object"] == "text_completion" and body["model"] == "sim-model"
+        ch = body["choices"][0]
+        assert ch["finish_reason"] == "length" and isinstance(ch["text"], str) and ch["text"]
+        u = body["usage"]
+        assert u["prompt_tokens"] == n_prompt and u["completion_tokens"] == 7 and u["total_tokens"] == n_prompt + 7
+        assert u["prompt_tokens_details"]["cached_tokens"] == 0
+        # the same prompt again hits every full block of the prompt (but never the last token)
+        st, body = await sim.post("/v1/completions", {"prompt": prompt, "max_tokens": 2})
+        assert body["usage"]["prompt_tokens_details"]["cached_tokens"] == (n_prompt - 1) // 16 * 16 > 0
+
+
+async def test_streaming_completion_and_chat_with_usage():
+    async with InProcSim(*FAST) as sim:
+        ev = await sim_events(sim, "/v1/completions", {"prompt": "hello there", "max_tokens": 4, "stream": True,
+                                                      "stream_options": {"include_usage": True}})
+        assert ev[-1] == "[DONE]"
+        chunks = [orjson.loads(e) for e in ev[:-1]]
+        text_chunks = [c for c in chunks if c["choices"]]
+        assert len(text_chunks) == 4
+        assert [c["choices"][0]["finish_reason"] for c in text_chunks] == [None, None, None, "length"]
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
+        ev = await sim_events(sim, "/v1/chat/completions", {
+            "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+            "max_completion_tokens": 3, "stream": True})
+        chunks = [orjson.loads(e) for e in ev[:-1]]
+        assert ev[-1] == "[DONE]"
+        assert chunks[0]["object"] == "chat.completion.chunk"
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert sum(1 for c in chunks if c["choices"][0]["delta"].get("content")) == 3
+        assert all("usage" not in c for c in chunks)        # no include_usage: no usage field
+
+
+async def sim_events(sim, path, body):
+    return await sse(sim, path, body)
+
+
+async def test_chat_non_streaming_counts_template_tokens():
+    async with InProcSim(*FAST) as sim:
+        msgs = [{"role": "user", "content": [{"type": "text", "text": "Explain prefix caching"}]}]
+        tok = tokenizer.load()
+        expect = len(tok.encode(tok.apply_chat_template(msgs)))
+        st, body = await sim.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 5})
+        assert st == 200
+        assert body["object"] == "chat.completion"
+        assert body["choices"][0]["message"]["role"] == "assistant"
+        assert body["usage"]["prompt_tokens"] == expect
+
+
+async def test_ignore_eos_seed_and_echo():
+    async with InProcSim(*FAST, "--eos-prob", "0.5") as sim:
+        a = (await sim.post("/v1/completions", {"prompt": "x y z", "max_tokens": 20, "ignore_eos": True,
+                                                "seed": 3}))[1]
+        b = (await sim.post("/v1/completions", {"prompt": "x y z", "max_tokens": 20, "ignore_eos": True,
+                                                "seed": 3}))[1]
+        assert a["usage"]["completion_tokens"] == 20
+        assert a["choices"][0]["text"] == b["choices"][0]["text"]        # same seed, same output
+        stops = [(await sim.post("/v1/completions", {"prompt": "x y z", "max_tokens": 50, "seed": s}))[1]
+                 for s in range(5)]
+        assert any(r["choices"][0]["finish_reason"] == "stop" for r in stops)    # EOS can end a request early
+        assert all(r["usage"]["completion_tokens"] <= 50 for r in stops)
+        e = (await sim.post("/v1/completions", {"prompt": "echo me", "max_tokens": 2, "echo": True}))[1]
+        assert e["choices"][0]["text"].startswith("echo me")
+
+
+async def test_error_cases():
+    async with InProcSim(*FAST) as sim:
+        async def err(path, body=None, raw=None, status=400):
+            st, b = await sim.post(path, body, raw=raw)
+            assert st == status, (body, b)
+            assert set(b["error"]) >= {"message", "type", "code"} and b["error"]["code"] == status
+            return b["error"]
+
+        await err("/v1/completions", raw=b"{not json")
+        await err("/v1/completions", raw=b"[1, 2]")
+        await err("/v1/completions", {"max_tokens": 3})                          # no prompt
+        await err("/v1/completions", {"prompt": 5})
+        await err("/v1/completions", {"prompt": "a", "max_tokens": "ten"})
+        await err("/v1/completions", {"prompt": "a", "max_tokens": 0})
+        await err("/v1/completions", {"prompt": "a", "n": 2})
+        await err("/v1/completions", {"prompt": "a", "temperature": -1})
+        await err("/v1/completions", {"prompt": "a", "stream_options": {"include_usage": True}})
+        await err("/v1/completions", {"prompt": ["a", "b"]})
+        await err("/v1/completions", {"prompt": [1, 99999999]})
+        await err("/v1/completions", {"prompt": ""})
+        await err("/v1/chat/completions", {"messages": []})
+        await err("/v1/chat/completions", {"messages": [{"content": "no role"}]})
+        e = await err("/v1/completions", {"model": "nope", "prompt": "a"}, status=404)
+        assert e["type"] == "NotFoundError" and "nope" in e["message"]
+        e = await err("/v1/completions", {"prompt": "word " * 300})                # over max_model_len 256
+        assert "maximum context length is 256" in e["message"]
+        e = await err("/v1/completions", {"prompt": "word " * 10, "max_tokens": 250})  # prompt + output too long
+        assert "in the completion" in e["message"]
+        # none of these reached the engine
+        _, d = await sim.get("/debug/engine")
+        assert d["steps"] == 0
+
+
+async def test_models_health_tokenize_detokenize_render():
+    async with InProcSim(*FAST, "--served-model-name", "alpha", "beta") as sim:
+        st, m = await sim.get("/v1/models")
+        assert st == 200 and [x["id"] for x in m["data"]] == ["alpha", "beta"]
+        assert (await sim.get("/health"))[0] == 200
+        st, t = await sim.post("/tokenize", {"model": "beta", "prompt": "hello world"})
+        tok = tokenizer.load()
+        assert t["tokens"] == tok.encode("hello world") and t["count"] == len(t["tokens"])
+        assert t["max_model_len"] == 256
+        st, d = await sim.post("/detokenize", {"model": "alpha", "tokens": t["tokens"]})
+        assert d["prompt"] == "hello world"
+        msgs = [{"role": "user", "content": "hi"}]
+        st, t2 = await sim.post("/tokenize", {"messages": msgs})
+        st, r = await sim.post("/v1/chat/completions/render", {"model": "alpha", "messages": msgs})
+        assert st == 200 and r["prompt_token_ids"] == t2["tokens"] == tok.encode(tok.apply_chat_template(msgs))
+        st, r = await sim.post("/v1/completions/render", {"prompt": "hello world"})
+        assert r["prompt_token_ids"] == tok.encode("hello world")
+        st, e = await sim.post("/v1/completions/render", {"model": "gamma", "prompt": "x"})
+        assert st == 404
+        assert (await sim.post("/detokenize", {"tokens": "abc"}))[0] == 400
+
+
+async def test_client_disconnect_frees_sequence_and_blocks():
+    async with InProcSim("--time-scale", "1", "--num-gpu-blocks-override", "64") as sim:
+        timeout = aiohttp.ClientTimeout(total=0.3)
+        async with aiohttp.ClientSession(timeout=timeout) as s:
+            try:     # 2000 tokens at ~7 ms each: far longer than the client waits
+                async with s.post(sim.url + "/v1/completions",
+                                  json={"prompt": "long story " * 20, "max_tokens": 2000, "stream": True}) as r:
+                    await r.read()
+            except asyncio.TimeoutError:
+                pass
+        _, d = await sim.get("/debug/engine")
+        for _ in range(50):
+            _, d = await sim.get("/debug/engine")
+            if d["running"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert d["running"] == 0 and d["waiting"] == 0 and d["steps"] > 0
+        _, kv = await sim.get("/debug/kv_cache")
+        assert kv["usage"] == 0.0          # every block back in the free queue (cached content may remain)
+        # non-streaming too
+        async with aiohttp.ClientSession(timeout=timeout) as s:
+            try:
+                async with s.post(sim.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2000}) as r:
+                    await r.read()
+            except asyncio.TimeoutError:
+                pass
+        await sim.wait_idle()
+        assert (await sim.get("/debug/kv_cache"))[1]["usage"] == 0.0
+
+
+async def test_concurrent_requests_batch_together():
+    async with InProcSim("--time-scale", "20") as sim:
+        bodies = [{"prompt": f"request number {i}", "max_tokens": 30, "ignore_eos": True} for i in range(6)]
+        res = await asyncio.gather(*(sim.post("/v1/completions", b) for b in bodies))
+        assert all(st == 200 and r["usage"]["completion_tokens"] == 30 for st, r in res)
+        _, d = await sim.get("/debug/engine")
+        assert d["steps"] < 6 * 31            # continuous batching: decodes shared steps
