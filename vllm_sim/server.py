@@ -376,7 +376,7 @@ class SimServer:
         if self.args.metrics_delay_s:
             await asyncio.sleep(self.args.metrics_delay_s)
         if self.args.metrics_garbage:
-            return web.Response(body=b"vllm:num_requests_running{ this is not prometheus text\n\x00\xff",
+            return web.Response(body=b"vllm:num_requests_running{ this is not prometheus text\n<html>garbage</html>\n",
                                 content_type="text/plain")
         return web.Response(body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
