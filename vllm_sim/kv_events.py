@@ -76,7 +76,9 @@ class KVEventPublisher:
         self.dp_rank = data_parallel_rank
         self.seq = 0
         self.buffer: deque[tuple[int, bytes]] = deque(maxlen=max(1, cfg.buffer_steps))
-        self.ctx = zmq.asyncio.Context()
+        # PUB sends never block (NOBLOCK, drop at the high-water mark), so a plain socket is enough there
+        self.ctx = zmq.Context()
+        self.actx = zmq.asyncio.Context(self.ctx)
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, cfg.hwm)
         self.pub.setsockopt(zmq.LINGER, 0)
@@ -89,7 +91,7 @@ class KVEventPublisher:
         else:
             self.pub.connect(self.cfg.endpoint)
         if self.cfg.replay_endpoint:
-            self.router = self.ctx.socket(zmq.ROUTER)
+            self.router = self.actx.socket(zmq.ROUTER)
             self.router.setsockopt(zmq.LINGER, 0)
             self.router.bind(self.cfg.replay_endpoint)
             self._task = asyncio.create_task(self._serve_replay())
@@ -120,4 +122,3 @@ class KVEventPublisher:
         self.pub.close(0)
         if self.router is not None:
             self.router.close(0)
-        self.ctx.term()

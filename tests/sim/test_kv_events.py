@@ -1,0 +1,161 @@
+"""KV events in vLLM's wire format, decoded with plain msgpack and replayed into an index that must equal
+the engine's cache as the debug endpoint shows it."""
+import asyncio
+import json
+
+import msgpack
+import zmq
+import zmq.asyncio
+
+from .conftest import InProcSim, free_port
+
+
+class Index:
+    def __init__(self):
+        self.tiers = {"GPU": set(), "CPU": set()}
+        self.seqs = []
+        self.stored_tokens = {}
+
+    def apply(self, frames):
+        topic, seq, payload = frames
+        assert len(seq) == 8
+        self.seqs.append(int.from_bytes(seq, "big"))
+        batch = msgpack.unpackb(payload, raw=False)
+        assert isinstance(batch, list) and len(batch) == 3
+        ts, events, dp_rank = batch
+        assert isinstance(ts, float) and dp_rank == 0
+        for ev in events:
+            tag = ev[0]
+            if tag == "BlockStored":
+                _, hashes, parent, token_ids, block_size, lora_id, medium = ev[:7]
+                assert block_size == 16 and len(token_ids) == 16 * len(hashes)
+                assert parent is None or isinstance(parent, int)
+                assert lora_id is None and medium in ("GPU", "CPU")
+                for h in hashes:
+                    assert isinstance(h, int) and 0 <= h < 2 ** 64
+                    self.tiers[medium].add(h)
+            elif tag == "BlockRemoved":
+                _, hashes, medium = ev
+                for h in hashes:
+                    self.tiers[medium].discard(h)
+            elif tag == "AllBlocksCleared":
+                assert ev == ["AllBlocksCleared"]
+                for t in self.tiers.values():
+                    t.clear()
+            else:
+                raise AssertionError(f"unknown event {ev!r}")
+        return topic
+
+
+class Reader:
+    """Keeps receiving, as a real subscriber does: a ZMQ SUB socket only sends its subscription to a newly
+    connected publisher while the application is using the socket."""
+
+    def __init__(self, sub, index):
+        self.sub, self.index, self.last = sub, index, 0.0
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self):
+        while True:
+            self.index.apply(await self.sub.recv_multipart())
+            self.last = asyncio.get_running_loop().time()
+
+    async def settle(self, quiet=0.15):
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(quiet)
+        while loop.time() - self.last < quiet:
+            await asyncio.sleep(quiet)
+
+    def stop(self):
+        self.task.cancel()
+
+
+async def test_events_replay_into_the_engine_cache_with_offload_and_replay_socket():
+    port, replay_port = free_port(), free_port()
+    ctx = zmq.asyncio.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.bind(f"tcp://127.0.0.1:{port}")      # "central" mode: the reader binds, each pod connects
+    topic = "kv@127.0.0.1:8000@sim-model"
+    cfg = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://127.0.0.1:{port}",
+           "replay_endpoint": f"tcp://127.0.0.1:{replay_port}", "topic": topic, "buffer_steps": 1000}
+    try:
+        async with InProcSim("--time-scale", "100", "--num-gpu-blocks-override", "24", "--kv-offload-blocks", "30",
+                             "--kv-events-config", json.dumps(cfg)) as sim:
+            index = Index()
+            reader = Reader(sub, index)
+            await asyncio.sleep(0.5)                 # ZMQ slow joiner: let the PUB connect and see the subscription
+            # enough distinct prompts to overflow 24 GPU blocks into the CPU tier
+            for i in range(8):
+                prompt = f"customer {i} asks about the invoice and the refund policy " * 6
+                st, _ = await sim.post("/v1/completions", {"prompt": prompt, "max_tokens": 20, "ignore_eos": True})
+                assert st == 200
+            await reader.settle()
+            _, kv = await sim.get("/debug/kv_cache")
+            assert set(kv["tiers"]["GPU"]) == index.tiers["GPU"] and index.tiers["GPU"]
+            assert set(kv["tiers"]["CPU"]) == index.tiers["CPU"] and index.tiers["CPU"]
+            assert index.seqs == list(range(len(index.seqs)))
+            # a prompt whose blocks were offloaded: served from the CPU tier, then back on GPU
+            first = "customer 0 asks about the invoice and the refund policy " * 6
+            st, r = await sim.post("/v1/completions", {"prompt": first, "max_tokens": 2})
+            assert r["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+            await reader.settle()
+            _, kv = await sim.get("/debug/kv_cache")
+            assert set(kv["tiers"]["GPU"]) == index.tiers["GPU"]
+            assert set(kv["tiers"]["CPU"]) == index.tiers["CPU"]
+            # reset: AllBlocksCleared
+            async with sim.http.post(sim.url + "/reset_prefix_cache") as resp:
+                assert resp.status == 200
+            await reader.settle()
+            assert index.tiers == {"GPU": set(), "CPU": set()}
+            # the replay socket resends buffered batches from a sequence number on
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.connect(f"tcp://127.0.0.1:{replay_port}")
+            await dealer.send_multipart([b"", (3).to_bytes(8, "big")])
+            replayed = []
+            while True:
+                frames = await asyncio.wait_for(dealer.recv_multipart(), 2)
+                assert frames[0] == b""
+                seq = int.from_bytes(frames[1], "big", signed=True)
+                if seq == -1:
+                    break
+                replayed.append(seq)
+                msgpack.unpackb(frames[2])
+            assert replayed == index.seqs[3:]
+            dealer.close(0)
+            reader.stop()
+    finally:
+        sub.close(0)
+        ctx.term()
+
+
+async def test_topic_frame_and_wildcard_bind():
+    port = free_port()
+    cfg = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://*:{port}", "topic": "kv@t"}
+    from vllm_sim.kv_events import _is_wildcard, parse_kv_events_config
+    assert _is_wildcard(cfg["endpoint"]) and not _is_wildcard("tcp://127.0.0.1:5557")
+    assert parse_kv_events_config(json.dumps({**cfg, "enable_kv_cache_events": False})) is None
+    # run with a loopback-bound endpoint (tests bind on 127.0.0.1 only): the sim binds, the reader connects
+    cfg["endpoint"] = f"tcp://127.0.0.1:{port}"
+    ctx = zmq.asyncio.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"kv@")
+    try:
+        from vllm_sim import kv_events
+        orig = kv_events._is_wildcard
+        kv_events._is_wildcard = lambda ep: True     # bind mode on a loopback address
+        try:
+            async with InProcSim("--time-scale", "100", "--kv-events-config", json.dumps(cfg)) as sim:
+                sub.connect(f"tcp://127.0.0.1:{port}")
+                recv = asyncio.ensure_future(sub.recv_multipart())
+                await asyncio.sleep(0.5)
+                await sim.post("/v1/completions", {"prompt": "one two three " * 12, "max_tokens": 1})
+                frames = await asyncio.wait_for(recv, 2)
+                assert frames[0] == b"kv@t" and int.from_bytes(frames[1], "big") == 0
+                ev = msgpack.unpackb(frames[2])[1][0]
+                assert ev[0] == "BlockStored" and ev[6] == "GPU" and ev[2] is None
+        finally:
+            kv_events._is_wildcard = orig
+    finally:
+        sub.close(0)
+        ctx.term()
