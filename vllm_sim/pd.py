@@ -76,6 +76,7 @@ class PDConnector:
                 self.nixl = NixlTransport(self.server.engine_id, self.server.engine.kv_data,
                                           self.server.engine.block_bytes())
                 self.counts["transport"] = "nixl"
+                self._tasks.add(asyncio.create_task(self._poll_notifs()))
             except Exception as exc:   # nixl absent or UCX unusable here: plain HTTP
                 if self.server.args.kv_transport == "nixl":
                     raise
@@ -88,6 +89,14 @@ class PDConnector:
             await self.session.close()
         if self.nixl:
             self.nixl.close()
+
+    async def _poll_notifs(self) -> None:
+        while True:
+            await asyncio.sleep(0.005 if self.server.engine.pinned else 0.05)
+            for rid in self.nixl.released_requests():
+                if self.server.engine.release_pinned(rid):
+                    self.counts["released"] += 1
+                    self.server.wake()
 
     def stats(self) -> dict:
         return dict(self.counts)
@@ -144,7 +153,7 @@ class PDConnector:
         p = req.remote_prefill or {}
         bs = e.cfg.block_size
         start = time.monotonic()
-        ok = False
+        ok = notified = False
         hit_tokens = req.num_computed_tokens - req.load_tokens
         first, last = hit_tokens // bs, -(-req.num_computed_tokens // bs)
         try:
@@ -155,7 +164,9 @@ class PDConnector:
             base = f"http://{p['remote_host']}:{p['remote_port']}"
             if local:
                 if self.nixl:
-                    nbytes = await self.nixl.read(self.session, base, p.get("remote_engine_id"), remote, local)
+                    nbytes = await self.nixl.read(self.session, base, p.get("remote_engine_id"),
+                                                  p.get("remote_request_id"), remote, local)
+                    notified = True
                 else:
                     nbytes = await self._http_read(base, p.get("remote_request_id"), remote, local)
                 self.counts["bytes_pulled"] += nbytes
@@ -165,7 +176,8 @@ class PDConnector:
         except Exception as exc:
             log.warning("KV pull for %s failed: %s", req.request_id, exc)
         finally:
-            await self._release(p)
+            if not notified:      # NIXL's READ notification releases the blocks; otherwise tell the prefill side
+                await self._release(p)
         self.counts["pulls" if ok else "pull_failures"] += 1
         modelled = srv.clock.wall_delay(srv.profile.transfer_time(req.load_tokens))
         rest = modelled - (time.monotonic() - start)
