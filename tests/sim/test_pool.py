@@ -1,0 +1,70 @@
+"""The pool launcher: consecutive ports, endpoints file, no orphans on SIGTERM."""
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import yaml
+
+from .conftest import ROOT, free_port
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:   # a zombie is dead for our purpose
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def test_pool_starts_writes_endpoints_and_stops_children(tmp_path):
+    base = free_port()
+    while base > 65000:
+        base = free_port()
+    ep = tmp_path / "endpoints.yaml"
+    proc = subprocess.Popen([sys.executable, "-m", "vllm_sim.pool", "--count", "3", "--base-port", str(base),
+                             "--roles", "prefill,decode", "--endpoints-file", str(ep), "--",
+                             "--time-scale", "10", "--served-model-name", "pool-model"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.strip())
+            if line.strip() == "pool ready":
+                break
+        assert "pool ready" in lines, lines
+        assert f"sim-1 127.0.0.1:{base + 1} decode" in lines
+        doc = yaml.safe_load(ep.read_text())
+        assert doc == {"endpoints": [
+            {"name": "sim-0", "address": f"127.0.0.1:{base}", "labels": {"app": "sim", "llm-d.ai/role": "prefill"}},
+            {"name": "sim-1", "address": f"127.0.0.1:{base + 1}", "labels": {"app": "sim", "llm-d.ai/role": "decode"}},
+            {"name": "sim-2", "address": f"127.0.0.1:{base + 2}", "labels": {"app": "sim", "llm-d.ai/role": "prefill"}},
+        ]}
+        for i in range(3):
+            with urllib.request.urlopen(f"http://127.0.0.1:{base + i}/v1/models", timeout=2) as r:
+                assert b"pool-model" in r.read()
+        kids = children(proc.pid)
+        assert len(kids) == 3
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        time.sleep(0.2)
+        assert not [k for k in kids if alive(k)], "orphaned sims"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
