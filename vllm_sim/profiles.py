@@ -10,8 +10,11 @@ P = prefill tokens in the step, D = decoding sequences, K = KV tokens the step's
 * fixed: the weights are read from HBM once per step whatever the batch (decode is memory-bound), plus
   host overhead (scheduling, sampling, kernel launches) and, with tensor parallelism, the all-reduces.
 * prefill_token: 2 x params FLOPs per token at a realistic model FLOPs utilisation (MFU).
-* decode_seq: each decoding sequence is one more token through the same matmuls: the same 2 x params
-  FLOPs, so the same cost as a prefill token (small next to `fixed` until batches reach ~100).
+* decode_seq: each decoding sequence is one more row through the same matmuls (2 x params FLOPs), but
+  at decode batch sizes that compute hides under the weight read: step time is max(weight read, B x
+  compute) until the batch turns compute-bound at B* = weight read / per-token compute. A straight line
+  through that roofline over B = 1..256 has slope ~ (256 - B*) x per-token compute / 256; we add ~5 us of
+  per-sequence host work (sampling, output processing).
 * kv_read_token: bytes of KV per token / effective HBM bandwidth (per GPU under TP, heads are split).
 
 Constants (public spec sheets): H100 SXM bf16 dense 989 TFLOP/s, HBM3 3.35 TB/s; we assume 80% of
@@ -20,13 +23,15 @@ KV bytes/token = layers x kv_heads x head_dim x 2 (K and V) x 2 bytes (bf16).
 
 llama-8b-h100 (Llama-3.1-8B, 8.03e9 params, 32 layers, 8 KV heads, head_dim 128, one H100):
   weights 16.06 GB / (0.8 x 3.35e12 B/s) = 5.99 ms; + 1.0 ms host overhead  -> fixed = 7.0 ms
-  2 x 8.03e9 = 16.06 GFLOP / (0.5 x 989e12)  = 32.5 us               -> prefill_token = decode_seq = 32.5 us
+  2 x 8.03e9 = 16.06 GFLOP / (0.5 x 989e12)  = 32.5 us               -> prefill_token = 32.5 us
+  B* = 5.99 ms / 32.5 us = 184; (256 - 184) x 32.5 us / 256 = 9.1 us; + 5 us host -> decode_seq = 14 us
   KV 32 x 8 x 128 x 2 x 2 = 131,072 B / 2.68e12 B/s = 48.9 ns        -> kv_read_token = 48.9 ns
   blocks: 0.9 x 80 GB - 16.06 GB weights - ~4 GB activations = ~52 GB / (131,072 x 16) -> 24,800 blocks
 llama-70b-4xh100 (Llama-3.1-70B, 70.6e9 params, 80 layers, 8 KV heads, head_dim 128, TP=4):
   weights 141.2 GB / 4 GPUs = 35.3 GB / 2.68e12 = 13.2 ms; + 160 all-reduces x ~15 us = 2.4 ms;
   + 1.0 ms host                                                       -> fixed = 16.6 ms
-  2 x 70.6e9 = 141.2 GFLOP / (4 x 0.45 x 989e12) = 79.3 us            -> prefill_token = decode_seq = 79.3 us
+  2 x 70.6e9 = 141.2 GFLOP / (4 x 0.45 x 989e12) = 79.3 us            -> prefill_token = 79.3 us
+  B* = 13.2 ms / 79.3 us = 166; (256 - 166) x 79.3 us / 256 = 27.9 us; + 5 us host -> decode_seq = 33 us
   KV 80 x 8 x 128 x 2 x 2 = 327,680 B, /4 per GPU = 81,920 B / 2.68e12 = 30.6 ns -> kv_read_token
   blocks: 4 x 72 GB - 141.2 GB - ~8 GB = ~139 GB / (327,680 x 16) -> 26,500 blocks
 Transfers: KV moves between pods at the node's network bandwidth share (AWS EFA 3,200 Gb/s = 400 GB/s
@@ -67,11 +72,11 @@ class Profile:
 
 PROFILES = {
     "llama-8b-h100": Profile(
-        name="llama-8b-h100", fixed_s=7.0e-3, prefill_token_s=32.5e-6, decode_seq_s=32.5e-6,
+        name="llama-8b-h100", fixed_s=7.0e-3, prefill_token_s=32.5e-6, decode_seq_s=14e-6,
         kv_read_token_s=48.9e-9, kv_bytes_per_token=131_072, net_bandwidth_Bps=50e9, net_latency_s=1e-3,
         pcie_bandwidth_Bps=50e9, num_gpu_blocks=24_800, max_model_len=131_072),
     "llama-70b-4xh100": Profile(
-        name="llama-70b-4xh100", fixed_s=16.6e-3, prefill_token_s=79.3e-6, decode_seq_s=79.3e-6,
+        name="llama-70b-4xh100", fixed_s=16.6e-3, prefill_token_s=79.3e-6, decode_seq_s=33e-6,
         kv_read_token_s=30.6e-9, kv_bytes_per_token=327_680, net_bandwidth_Bps=200e9, net_latency_s=1e-3,
         pcie_bandwidth_Bps=200e9, num_gpu_blocks=26_500, max_model_len=131_072),
 }
