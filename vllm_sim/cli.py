@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--num-gpu-blocks-override", type=int, default=None)
     a("--max-num-seqs", type=int, default=256)
     a("--max-num-batched-tokens", type=int, default=8192)
+    a("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
     a("--kv-offload-blocks", type=int, default=0, help="CPU tier capacity in blocks (0 = none)")
     a("--time-scale", type=float, default=1.0, help="engine seconds per wall second (10 = ten times faster)")
     a("--seed", type=int, default=0)
@@ -75,7 +76,9 @@ async def serve(args) -> None:
 
 
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:   # vLLM flags the simulator does not model (e.g. --tensor-parallel-size 4): accept, say so
+        print(f"vllm-sim: ignoring flags it does not model: {' '.join(unknown)}", file=sys.stderr)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         asyncio.run(serve(args))

@@ -50,7 +50,7 @@ class _EngineCollector:
                                labels=["block_size", "num_gpu_blocks", "num_cpu_blocks", "cache_dtype",
                                        "enable_prefix_caching", "gpu_memory_utilization", "engine"])
         cc.add_metric([str(e.cfg.block_size), str(e.cfg.num_gpu_blocks), str(e.cfg.offload_blocks), "auto",
-                       "True", "0.9", s.engine_label], 1.0)
+                       str(e.cfg.enable_prefix_caching), "0.9", s.engine_label], 1.0)
         yield cc
         if s.lora_enabled:
             run, wait = s.lora_names(e)

@@ -91,5 +91,9 @@ def get(name: str, **overrides) -> Profile:
     return replace(PROFILES[name], **changes)
 
 
+def replace_field(p: Profile, **changes) -> Profile:
+    return replace(p, **changes)
+
+
 def describe(p: Profile) -> dict:
     return asdict(p)

@@ -151,7 +151,7 @@ async def test_models_health_tokenize_detokenize_render():
 
 
 async def test_client_disconnect_frees_sequence_and_blocks():
-    async with InProcSim("--time-scale", "1", "--num-gpu-blocks-override", "64") as sim:
+    async with InProcSim("--time-scale", "1", "--num-gpu-blocks-override", "256") as sim:
         timeout = aiohttp.ClientTimeout(total=0.3)
         async with aiohttp.ClientSession(timeout=timeout) as s:
             try:     # 2000 tokens at ~7 ms each: far longer than the client waits
@@ -187,3 +187,16 @@ async def test_concurrent_requests_batch_together():
         assert all(st == 200 and r["usage"]["completion_tokens"] == 30 for st, r in res)
         _, d = await sim.get("/debug/engine")
         assert d["steps"] < 6 * 31            # continuous batching: decodes shared steps
+
+
+async def test_prefix_caching_can_be_disabled_and_tiny_caches_cap_max_model_len():
+    async with InProcSim("--time-scale", "50", "--no-enable-prefix-caching", "--num-gpu-blocks-override", "8") as sim:
+        prompt = "one two three four five six seven eight nine ten " * 4
+        for _ in range(2):
+            st, r = await sim.post("/v1/completions", {"prompt": prompt, "max_tokens": 2})
+            assert st == 200 and r["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+        # 8 blocks x 16 tokens: a longer sequence could never be scheduled, so it is refused up front
+        st, e = await sim.post("/v1/completions", {"prompt": "word " * 200})
+        assert st == 400 and "maximum context length is 128" in e["error"]["message"]
+        st, t = await sim.post("/tokenize", {"prompt": "x"})
+        assert t["max_model_len"] == 128

@@ -52,7 +52,9 @@ class DoubleFree(AssertionError):
 
 
 class KVCache:
-    def __init__(self, num_blocks: int, block_size: int = 16, offload_blocks: int = 0, hash_seed: int = 0):
+    def __init__(self, num_blocks: int, block_size: int = 16, offload_blocks: int = 0, hash_seed: int = 0,
+                 enable_caching: bool = True):
+        self.enable_caching = enable_caching
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.hash_seed = hash_seed
@@ -85,6 +87,8 @@ class KVCache:
     def lookup(self, req: Request) -> tuple[list[int], list[int]]:
         """Longest cached prefix: (GPU block ids, then CPU-tier keys continuing it). Leaves at least
         one token to compute, as the engine must run the last token to sample."""
+        if not self.enable_caching:
+            return [], []
         max_blocks = (req.num_tokens - 1) // self.block_size
         keys = self.request_keys(req, max_blocks * self.block_size)
         gpu: list[int] = []
@@ -181,7 +185,7 @@ class KVCache:
         for i in range(done, full):
             b, k = blocks[i], keys[i]
             out.append((i, b, k))
-            if k in self.cached or self.block_hash[b] is not None:
+            if not self.enable_caching or k in self.cached or self.block_hash[b] is not None:
                 continue   # same content already cached in another block: keep one copy keyed
             self.block_hash[b] = k
             self.cached[k] = b

@@ -33,6 +33,7 @@ class EngineConfig:
     hash_seed: int = 0
     pin_timeout_s: float = 480.0       # VLLM_NIXL_ABORT_REQUEST_TIMEOUT
     max_loras: int = 0                 # distinct adapters per batch (0 = no limit)
+    enable_prefix_caching: bool = True
     vocab_ids: list[int] = field(default_factory=lambda: list(range(100, 1000)))
 
 
@@ -58,7 +59,8 @@ class Engine:
     def __init__(self, cfg: EngineConfig, profile: Profile, seed: int = 0):
         self.cfg = cfg
         self.profile = profile
-        self.kv = KVCache(cfg.num_gpu_blocks, cfg.block_size, cfg.offload_blocks, cfg.hash_seed)
+        self.kv = KVCache(cfg.num_gpu_blocks, cfg.block_size, cfg.offload_blocks, cfg.hash_seed,
+                          cfg.enable_prefix_caching)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
