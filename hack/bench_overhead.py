@@ -133,10 +133,14 @@ def install_signal_handlers() -> None:
         signal.signal(sig, on_signal)
 
 
+class Overtime(Exception):
+    """The run's hard time bound passed (not a TimeoutError: nothing on the way may swallow it)."""
+
+
 def watchdog(seconds: float) -> None:
     """A hard bound on the whole run: SIGALRM raises, the finally blocks stop the children."""
     def on_alarm(signum, frame):
-        raise TimeoutError(f"benchmark exceeded its {seconds:.0f}s bound")
+        raise Overtime(f"benchmark exceeded its {seconds:.0f}s bound")
     signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(int(seconds))
 
@@ -975,7 +979,7 @@ def main() -> int:
     t0 = time.time()
     try:
         res = run_uv(bench(a, kids))
-    except (KeyboardInterrupt, TimeoutError, RuntimeError) as e:
+    except (KeyboardInterrupt, Overtime, TimeoutError, RuntimeError) as e:
         print(f"stopped: {e!r} (logs in {logdir})", file=sys.stderr)
         return 1
     finally:

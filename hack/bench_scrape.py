@@ -25,7 +25,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from bench_overhead import (Children, cpu_seconds, install_signal_handlers, pod_stats, start_epp,  # noqa: E402
+from bench_overhead import (Children, Overtime, cpu_seconds, install_signal_handlers, pod_stats, start_epp,  # noqa: E402
                             start_pods, summarize_raw, watchdog, write_endpoints)
 from netutil import free_port  # noqa: E402
 
@@ -111,7 +111,7 @@ def main() -> int:
                 results.append(r)
                 print(f"{n} endpoints: epp {r['epp_cpu_frac'] * 100:.1f}% of a core, {r['scrapes_per_s']:.0f} scrapes/s "
                       f"(expected {r['expected_scrapes_per_s']:.0f}), page {r['page_bytes']} B", flush=True)
-    except (KeyboardInterrupt, TimeoutError, RuntimeError) as e:
+    except (KeyboardInterrupt, Overtime, TimeoutError, RuntimeError) as e:
         print(f"stopped: {e!r} (logs in {logdir})", file=sys.stderr)
         return 1
     finally:
