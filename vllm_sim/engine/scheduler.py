@@ -219,8 +219,23 @@ class Engine:
             self._schedule_waiting(now, budget, scheduled, sched_reqs)
 
         if not sched_reqs:
+            if not self.running and self._break_load_deadlock():
+                return self.step(now)
             return None
         return self._execute(now, sched_reqs, scheduled, len(preempted))
+
+    def _break_load_deadlock(self) -> bool:
+        """Requests whose KV was loaded hold blocks while they wait; if they have taken every block, none
+        can get the one more it needs and nothing runs to free any. Recompute the latest of them."""
+        holders = [r for r in self.waiting if r.status is Status.WAITING and self.kv.req_blocks.get(r.request_id)]
+        if not holders:
+            return False
+        victim = holders[-1]
+        self.kv.free_request(victim)
+        victim.num_computed_tokens = 0
+        victim.num_preemptions += 1
+        self.num_preemptions_total += 1
+        return True
 
     def _schedule_waiting(self, now: float, budget: int, scheduled: dict, sched_reqs: list) -> None:
         bs = self.cfg.block_size
