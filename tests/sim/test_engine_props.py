@@ -18,8 +18,11 @@ workload = st.fixed_dictionaries({
                                st.integers(0, 40),          # prefix length
                                st.integers(1, 60),          # own suffix length
                                st.integers(1, 30),          # max tokens
-                               st.integers(0, 3)),          # arrival gap in steps
+                               st.integers(0, 3),           # arrival gap in steps
+                               st.sampled_from(["plain"] * 4 + ["remote_prefill", "remote_decode"]),
+                               st.integers(0, 2)),          # LoRA id (0 = base model)
                      min_size=1, max_size=14),
+    "max_loras": st.integers(0, 2),
 })
 
 
@@ -45,19 +48,42 @@ def replay(index: dict, events: list) -> None:
 def run(w, seed=0):
     bs = w["block_size"]
     e = Engine(EngineConfig(num_gpu_blocks=w["blocks"], block_size=bs, max_num_seqs=w["max_seqs"],
-                            max_num_batched_tokens=w["budget"], offload_blocks=w["offload"]), PROFILE, seed)
+                            max_num_batched_tokens=w["budget"], offload_blocks=w["offload"],
+                            max_loras=w.get("max_loras", 0)), PROFILE, seed)
     prefixes = [[1000 * (p + 1) + i for i in range(40)] for p in range(4)]
     pending = []
-    for i, (pid, plen, slen, mt, gap) in enumerate(w["reqs"]):
+    for i, spec in enumerate(w["reqs"]):
+        pid, plen, slen, mt, gap = spec[:5]
+        kind, lora = spec[5:] if len(spec) > 5 else ("plain", 0)
         prompt = prefixes[pid][:plen] + [7 + (i * 31 + j) % 500 for j in range(slen)]
         # the whole request must fit in the cache, or it can never run (vLLM rejects those too)
         if -(-(len(prompt) + mt) // bs) > w["blocks"]:
             continue
-        pending.append((gap, Request(f"r{i}", prompt, mt, arrival_time=0.0)))
+        r = Request(f"r{i}", prompt, mt, arrival_time=0.0, lora_id=lora,
+                    remote_decode=kind == "remote_decode",
+                    remote_prefill={"remote_block_ids": [0]} if kind == "remote_prefill" else None)
+        pending.append((gap, r))
     reqs = [r for _, r in pending]
     index = {"GPU": set(), "CPU": set()}
     now, steps, idle = 0.0, 0, 0
-    while pending or e.has_unfinished():
+    loads: list = []        # P/D pulls in flight: (steps left, request); every third one fails
+    pins: dict = {}         # pinned prefill results: steps until the decoder has read them
+    n_loads = 0
+    while pending or e.has_unfinished() or loads or e.pinned:
+        for r in e.take_pending_loads():
+            n_loads += 1
+            loads.append([2, r, n_loads % 3 != 0])
+        for item in list(loads):
+            item[0] -= 1
+            if item[0] <= 0:
+                loads.remove(item)
+                e.finish_remote_load(item[1].request_id, item[2], now)
+        for rid in list(e.pinned):
+            pins[rid] = pins.get(rid, 3) - 1
+            if pins[rid] <= 0:
+                assert e.release_pinned(rid)
+                assert not e.release_pinned(rid)      # a second release must not free the blocks again
+                del pins[rid]
         while pending and pending[0][0] <= idle:
             _, r = pending.pop(0)
             r.arrival_time = now
@@ -101,17 +127,22 @@ def test_workloads_exercise_preemption_and_offload():
 def test_engine_invariants(w):
     e, reqs = run(w)
     # tokens conserved: every request got exactly its max_tokens, and the counters agree
+    def expected(r):
+        return 1 if r.remote_decode else r.max_tokens
+
     for r in reqs:
         assert r.is_finished and r.finish_reason == "length"
-        assert len(r.output_token_ids) == r.max_tokens
+        assert len(r.output_token_ids) == expected(r)
     # preempted requests keep their output when recomputed, so no token is generated twice
-    assert e.generation_tokens_total == sum(r.max_tokens for r in reqs)
+    assert e.generation_tokens_total == sum(expected(r) for r in reqs)
     assert e.prompt_tokens_total == sum(r.num_prompt_tokens for r in reqs)
     # all blocks back in the free queue, none leaked or freed twice
     assert e.kv.num_free() == e.cfg.num_gpu_blocks
     assert not e.kv.req_blocks
     # FCFS: requests that were neither preempted nor waited for a KV reload started in arrival order
-    firsts = [(r.arrival_time, r.first_scheduled_time) for r in reqs if r.num_preemptions == 0 and not r.had_load]
+    # (nor skipped for a LoRA slot)
+    firsts = [(r.arrival_time, r.first_scheduled_time) for r in reqs
+              if r.num_preemptions == 0 and not r.had_load and not (r.lora_id and w.get("max_loras"))]
     firsts.sort(key=lambda x: x[0])
     starts = [s for _, s in firsts]
     assert starts == sorted(starts)
