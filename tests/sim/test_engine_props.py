@@ -183,3 +183,28 @@ def test_step_time_grows_with_prefill_and_decodes():
     assert p.step_time(0, 1, 100) < p.step_time(2000, 1, 100)
     assert p.step_time(0, 1, 0) < p.step_time(0, 64, 64 * 1000)
     assert abs(p.step_time(0, 1, 0) - (p.fixed_s + p.decode_seq_s)) < 1e-12
+
+
+def test_cpu_tier_hit_costs_a_reload_not_a_prefill():
+    def ttft(offload: int) -> tuple[float, int]:
+        e = Engine(EngineConfig(num_gpu_blocks=300, block_size=16, offload_blocks=offload), PROFILE)
+        t = 0.0
+        first = Request("first", list(range(100, 4196)), 1, 0.0)           # 256 blocks
+        filler = Request("filler", list(range(5000, 9096)), 1, 0.0)        # evicts most of them from GPU
+        for r in (first, filler):
+            e.add_request(r)
+            while e.has_unfinished():
+                out = e.step(t)
+                t = out.end if out else e.next_wakeup() or t
+        again = Request("again", list(range(100, 4196)), 1, t)
+        e.add_request(again)
+        while e.has_unfinished():
+            out = e.step(t)
+            t = out.end if out else (e.next_wakeup() or t)
+        return again.first_token_time - again.arrival_time, again.num_cached_tokens
+
+    cold, cached_cold = ttft(0)
+    warm, cached_warm = ttft(512)
+    assert cached_cold < 1000 and cached_warm == 4080
+    # reloading ~4k tokens over PCIe is ~10 ms; prefilling them is ~130 ms on the 8B profile
+    assert warm < cold / 3, (warm, cold)
