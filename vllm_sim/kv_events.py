@@ -4,6 +4,8 @@ Per engine step with cache changes, one message of three frames: topic, an 8-byt
 number, and a msgpack payload `[ts, events, data_parallel_rank]` (a msgspec struct encoded array-like).
 Events are arrays tagged by their class name:
     ["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium(, lora_name)]
+(lora_id is None for the base model; lora_name is appended only for LoRA blocks, as msgspec omits trailing
+defaults.)
     ["BlockRemoved", block_hashes, medium]
     ["AllBlocksCleared"]
 The PUB socket binds when the endpoint host is a wildcard and connects otherwise. An optional ROUTER
@@ -53,10 +55,14 @@ def parse_kv_events_config(text: str | None) -> KVEventsConfig | None:
                           hwm=int(d.get("hwm", 100_000)))
 
 
-def encode_event(ev) -> list:
+def encode_event(ev, lora_name_of=None) -> list:
     if isinstance(ev, Stored):
         out = ["BlockStored", ev.block_hashes, ev.parent_block_hash, ev.token_ids, ev.block_size, ev.lora_id,
                ev.medium]
+        if ev.lora_id and lora_name_of is not None:     # newer vLLM appends lora_name (omitted when None)
+            name = lora_name_of(ev.lora_id)
+            if name is not None:
+                out.append(name)
         return out
     if isinstance(ev, Removed):
         return ["BlockRemoved", ev.block_hashes, ev.medium]
@@ -84,6 +90,7 @@ class KVEventPublisher:
         self.pub.setsockopt(zmq.LINGER, 0)
         self.router = None
         self._task = None
+        self.lora_name_of = None
 
     async def start(self) -> None:
         if _is_wildcard(self.cfg.endpoint):
@@ -97,7 +104,8 @@ class KVEventPublisher:
             self._task = asyncio.create_task(self._serve_replay())
 
     def publish(self, ts: float, events: list) -> None:
-        payload = msgpack.packb([ts, [encode_event(e) for e in events], self.dp_rank], use_bin_type=True)
+        payload = msgpack.packb([ts, [encode_event(e, self.lora_name_of) for e in events], self.dp_rank],
+                                use_bin_type=True)
         seq = self.seq
         self.seq += 1
         self.buffer.append((seq, payload))

@@ -38,6 +38,12 @@ class LoraRegistry:
         a = self.adapters.get(name)
         return a[0] if a else None
 
+    def name_of(self, lora_id: int) -> str | None:
+        for name, (i, _) in self.adapters.items():
+            if i == lora_id:
+                return name
+        return None
+
     def load(self, body: dict) -> str:
         if not self.enabled:
             raise bad_request("LoRA is not enabled (start with --enable-lora)")

@@ -45,7 +45,8 @@ class _EngineCollector:
         yield gauge("vllm:num_requests_running", "Number of requests in model execution batches.", len(e.running))
         yield gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", len(e.waiting))
         yield gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", e.kv_usage())
-        yield gauge("vllm:num_preemptions", "Cumulative number of preemptions.", e.num_preemptions_total)
+        yield counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.",
+                      e.num_preemptions_total)
         cc = GaugeMetricFamily("vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
                                labels=["block_size", "num_gpu_blocks", "num_cpu_blocks", "cache_dtype",
                                        "enable_prefix_caching", "gpu_memory_utilization", "engine"])

@@ -63,6 +63,8 @@ class SimServer:
         self.engine_id = args.engine_id or str(uuid.uuid4())
         kv_cfg = parse_kv_events_config(args.kv_events_config)
         self.kv_events = KVEventPublisher(kv_cfg, args.data_parallel_rank) if kv_cfg else None
+        if self.kv_events:
+            self.kv_events.lora_name_of = self.lora.name_of
         pd_cfg = parse_kv_transfer_config(args.kv_transfer_config)
         self.pd = PDConnector(self, pd_cfg) if pd_cfg else None
         self.waiters: dict[str, asyncio.Queue] = {}
