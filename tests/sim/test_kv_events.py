@@ -159,3 +159,27 @@ async def test_topic_frame_and_wildcard_bind():
     finally:
         sub.close(0)
         ctx.term()
+
+
+async def test_lora_blocks_carry_lora_id_and_name():
+    port = free_port()
+    ctx = zmq.asyncio.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.bind(f"tcp://127.0.0.1:{port}")
+    cfg = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://127.0.0.1:{port}"}
+    try:
+        async with InProcSim("--time-scale", "100", "--enable-lora", "--lora-modules", "sql=/a/sql",
+                             "--kv-events-config", json.dumps(cfg)) as sim:
+            recv = asyncio.ensure_future(sub.recv_multipart())
+            await asyncio.sleep(0.5)
+            prompt = "select the rows from the table " * 8
+            await sim.post("/v1/completions", {"model": "sql", "prompt": prompt, "max_tokens": 1})
+            ev = msgpack.unpackb((await asyncio.wait_for(recv, 2))[2])[1][0]
+            assert ev[0] == "BlockStored" and ev[5] == 1 and ev[6] == "GPU" and ev[7] == "sql"
+            # the same text on the base model is different content: no hit on the adapter's blocks
+            st, r = await sim.post("/v1/completions", {"prompt": prompt, "max_tokens": 1})
+            assert r["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    finally:
+        sub.close(0)
+        ctx.term()
