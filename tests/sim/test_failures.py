@@ -38,3 +38,8 @@ def test_exit_after_requests(sim_process):
     except (urllib.error.URLError, ConnectionError):
         pass
     assert p.proc.wait(5) == 17
+
+
+def test_exit_after_seconds(sim_process):
+    p = sim_process("--exit-after-s", "0.5").wait_healthy()
+    assert p.proc.wait(5) == 17

@@ -200,3 +200,14 @@ async def test_prefix_caching_can_be_disabled_and_tiny_caches_cap_max_model_len(
         assert st == 400 and "maximum context length is 128" in e["error"]["message"]
         st, t = await sim.post("/tokenize", {"prompt": "x"})
         assert t["max_model_len"] == 128
+
+
+async def test_time_scale_maps_engine_time_onto_wall_time():
+    async with InProcSim("--time-scale", "10") as sim:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        st, r = await sim.post("/v1/completions", {"prompt": "tick tock", "max_tokens": 200, "ignore_eos": True})
+        wall = loop.time() - t0
+        assert st == 200
+        # 200 decode steps of ~7 ms engine time = ~1.4 engine seconds = ~0.14 s at ten times real time
+        assert 0.13 < wall < 0.6, wall
