@@ -17,6 +17,9 @@ P = prefill tokens in the step, D = decoding sequences, K = KV tokens the step's
   per-sequence host work (sampling, output processing).
 * kv_read_token: bytes of KV per token / effective HBM bandwidth (per GPU under TP, heads are split).
 
+Not modelled: attention FLOPs of long prefills (at 8k context they add ~25% to a prefill token of the 8B
+model), speculative decoding, CUDA-graph batch-size steps.
+
 Constants (public spec sheets): H100 SXM bf16 dense 989 TFLOP/s, HBM3 3.35 TB/s; we assume 80% of
 peak bandwidth is achieved and MFU 50% (1 GPU) or 45% (TP4, communication overlaps imperfectly).
 KV bytes/token = layers x kv_heads x head_dim x 2 (K and V) x 2 bytes (bf16).

@@ -28,3 +28,15 @@ def test_encode_decode_and_chat_format():
     assert tok.apply_chat_template(msgs, add_generation_prompt=False).endswith("there<|im_end|>\n")
     assert tok.eos_token_id == 2
     assert tokenizer.load() is tok                                       # cached per directory
+
+
+async def test_server_uses_the_tokenizer_directory_given(tmp_path):
+    import shutil
+
+    from .conftest import InProcSim
+    for f in ("tokenizer.json", "chat_template.jinja"):
+        shutil.copy(os.path.join(tokenizer.DEFAULT_DIR, f), tmp_path / f)
+    async with InProcSim("--tokenizer", str(tmp_path)) as sim:
+        st, t = await sim.post("/tokenize", {"prompt": "gateway"})
+        assert st == 200 and t["tokens"] == tokenizer.load().encode("gateway")
+        assert sim.server.tok.directory == str(tmp_path)

@@ -74,6 +74,9 @@ class SimTokenizer:
                 import jinja2
                 self._template = jinja2.Environment().from_string(text)
             except ImportError:
+                import logging
+                logging.getLogger("vllm_sim").warning(
+                    "%s has its own chat template but jinja2 is not installed: using ChatML instead", directory)
                 self._template = None
 
     def encode(self, text: str) -> list[int]:
