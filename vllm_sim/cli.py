@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="engine seconds a prefill keeps blocks pinned for the decoder (VLLM_NIXL_ABORT_REQUEST_TIMEOUT)")
     a("--kv-transport", choices=("auto", "nixl", "http"), default="auto")
     a("--engine-id", default=None)
+    a("--pd-sidecar", action="store_true",
+      help="act as llm-d's routing sidecar too: run the prefill leg named by x-prefiller-host-port")
     a("--enable-lora", action="store_true")
     a("--max-loras", type=int, default=1)
     a("--max-lora-rank", type=int, default=16)

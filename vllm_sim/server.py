@@ -20,6 +20,7 @@ from .lora import LoraRegistry, parse_modules
 from .metrics import SimMetrics
 from .pd import PDConnector, parse_kv_transfer_config
 from . import profiles
+from . import sidecar as sidecar_mod
 from . import tokenizer as tokmod
 
 log = logging.getLogger("vllm_sim")
@@ -67,6 +68,7 @@ class SimServer:
             self.kv_events.lora_name_of = self.lora.name_of
         pd_cfg = parse_kv_transfer_config(args.kv_transfer_config)
         self.pd = PDConnector(self, pd_cfg) if pd_cfg else None
+        self.sidecar = sidecar_mod.Sidecar() if args.pd_sidecar else None
         self.waiters: dict[str, asyncio.Queue] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
@@ -105,6 +107,8 @@ class SimServer:
             await self.kv_events.start()
         if self.pd:
             await self.pd.start()
+        if self.sidecar:
+            await self.sidecar.start()
         self._loop_task = asyncio.create_task(self._engine_loop())
         self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
@@ -120,6 +124,8 @@ class SimServer:
             await self._runner.cleanup()
         if self.pd:
             await self.pd.stop()
+        if self.sidecar:
+            await self.sidecar.stop()
         if self.kv_events:
             self.kv_events.close()
 
@@ -232,10 +238,17 @@ class SimServer:
 
     # ---- generation -----------------------------------------------------------------------------------
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        reported_cached = None
         try:
             body = await self._body(request)
             g = openai_api.parse(body, chat, request.headers.get("x-request-id"))
             g.model, lora_id, lora_name = self._resolve_model(g.model)
+            target = request.headers.get(sidecar_mod.HEADER) if self.sidecar else None
+            if target:
+                leg = await self.sidecar.prefill(target, request.path, body, request.headers.get("x-request-id"))
+                if leg is not None:
+                    g.kv_transfer_params = leg["kv_transfer_params"]
+                    reported_cached = leg["cached_tokens"]
             fail = self.failures.maybe_fail()
             if fail is not None:
                 raise fail
@@ -252,6 +265,7 @@ class SimServer:
                       eos_token_id=self.tok.eos_token_id, eos_prob=self.args.eos_prob,
                       seed=g.seed, lora_id=lora_id, lora_name=lora_name, remote_decode=remote_decode,
                       remote_prefill=remote_prefill)
+        req.reported_cached_tokens = reported_cached
         q: asyncio.Queue = asyncio.Queue()
         self.waiters[req.request_id] = q
         self.engine.add_request(req)
@@ -268,7 +282,10 @@ class SimServer:
                 self.wake()
 
     def _usage(self, req: Request) -> dict:
-        return openai_api.usage(req.num_prompt_tokens, len(req.output_token_ids), max(0, req.num_cached_tokens))
+        cached = max(0, req.num_cached_tokens)
+        if req.reported_cached_tokens is not None:
+            cached = req.reported_cached_tokens      # as the sidecar reports it: what the prefill leg said
+        return openai_api.usage(req.num_prompt_tokens, len(req.output_token_ids), cached)
 
     async def _complete(self, g, req: Request, q: asyncio.Queue, created: int, prompt_text: str) -> web.Response:
         ids: list[int] = []
@@ -422,4 +439,5 @@ class SimServer:
                       "running": len(e.running), "waiting": len(e.waiting), "steps": e.step_count,
                       "preemptions": e.num_preemptions_total, "pinned": len(e.pinned),
                       "engine_time": self.clock.now(), "time_scale": self.clock.scale,
-                      "pd": self.pd.stats() if self.pd else None})
+                      "pd": self.pd.stats() if self.pd else None,
+                      "sidecar": self.sidecar.counts if self.sidecar else None})

@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import time
+import urllib.error
 import urllib.request
 
 import orjson
@@ -110,3 +111,39 @@ def test_pd_round_trip_over_nixl(sim_process):
             break
         time.sleep(0.02)
     assert get(prefill.url + "/debug/engine")["pinned"] == 0
+
+
+def test_pd_through_the_built_in_sidecar(sim_process):
+    flags = ("--kv-transfer-config", KVT, "--kv-transport", "http", "--time-scale", "20")
+    prefill = sim_process(*flags, "--max-model-len", "512")
+    decode = sim_process(*flags, "--pd-sidecar")
+    prefill.wait_healthy(), decode.wait_healthy()
+    prompt = "a long shared context for the sidecar to disaggregate " * 15
+    body = {"prompt": prompt, "max_tokens": 5, "ignore_eos": True, "stream": False}
+    req = urllib.request.Request(decode.url + "/v1/completions", data=orjson.dumps(body),
+                                 headers={"Content-Type": "application/json",
+                                          "x-prefiller-host-port": f"127.0.0.1:{prefill.port}",
+                                          "x-request-id": "req-42"})
+    with urllib.request.urlopen(req, timeout=20) as r:
+        doc = orjson.loads(r.read())
+    assert doc["id"] == "cmpl-req-42" and doc["usage"]["completion_tokens"] == 5
+    assert doc["usage"]["prompt_tokens_details"]["cached_tokens"] == 0     # what the prefill leg reported
+    d = get(decode.url + "/debug/engine")
+    assert d["sidecar"]["prefill_legs"] == 1 and d["pd"]["pulls"] == 1
+    # a 4xx from the prefiller goes back to the client (this prompt fits the decoder, not the prefiller)
+    bad = urllib.request.Request(decode.url + "/v1/completions",
+                                 data=orjson.dumps({"prompt": "word " * 600, "max_tokens": 1}),
+                                 headers={"Content-Type": "application/json",
+                                          "x-prefiller-host-port": f"127.0.0.1:{prefill.port}"})
+    try:
+        urllib.request.urlopen(bad, timeout=5)
+        raise AssertionError("expected 400")
+    except urllib.error.HTTPError as e:
+        assert e.code == 400 and "maximum context length is 512" in orjson.loads(e.read())["error"]["message"]
+    # an unreachable prefiller: decode alone
+    lone = urllib.request.Request(decode.url + "/v1/completions",
+                                  data=orjson.dumps({"prompt": "solo " * 30, "max_tokens": 2}),
+                                  headers={"Content-Type": "application/json", "x-prefiller-host-port": "127.0.0.1:1"})
+    with urllib.request.urlopen(lone, timeout=20) as r:
+        assert orjson.loads(r.read())["usage"]["completion_tokens"] == 2
+    assert get(decode.url + "/debug/engine")["sidecar"]["prefill_fallbacks"] == 1

@@ -42,6 +42,7 @@ class Request:
     load_tokens: int = 0                 # tokens that the load brings
     load_external: bool = False          # completion reported by the transport (P/D)
     had_load: bool = False
+    reported_cached_tokens: int | None = None   # set by the P/D sidecar: the prefill leg's figure
     # timestamps in engine time
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
