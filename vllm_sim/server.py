@@ -135,8 +135,9 @@ class SimServer:
 
     # ---- the engine loop ----------------------------------------------------------------------------
     def now(self) -> float:
-        """Engine time: the end of the step in flight while busy, else the scaled wall clock."""
-        return self._t if self._busy else self.clock.now()
+        """Engine time: the scaled wall clock, held back to the end of the step in flight when the loop runs
+        late (so events are never stamped after steps that have not yet happened)."""
+        return min(self.clock.now(), self._t) if self._busy else self.clock.now()
 
     def wake(self) -> None:
         self._wake.set()
