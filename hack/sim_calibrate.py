@@ -142,6 +142,20 @@ def kv_exhaustion(p) -> dict:
             "queue_max": q[-1], "preemptions": e.num_preemptions_total}
 
 
+def pd_decode_ttft(p, n_prompt=4096) -> tuple[float, float]:
+    """Decode-side TTFT when the prompt's KV is pulled from a prefill pod instead of computed."""
+    e = engine(p)
+    r = Request("r", prompt(n_prompt, random.Random(11)), 1, 0.0, remote_prefill={"remote_block_ids": [0]})
+    e.add_request(r)
+    t = 0.0
+    while e.has_unfinished():
+        out = e.step(t)
+        for pulled in e.take_pending_loads():          # the transport: modelled network time
+            e.finish_remote_load(pulled.request_id, True, t + p.transfer_time(pulled.load_tokens))
+        t = out.end if out else max(t, e.next_wakeup() or t)
+    return r.first_token_time - r.arrival_time, ttft_single(p, n_prompt)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", nargs="+", default=sorted(profiles.PROFILES))
@@ -167,6 +181,9 @@ def main() -> None:
               f"prefills beside them ({during / before:.1f}x)")
         print("prefix share -> TTFT (4k prompt): " + "  ".join(f"{s:.0%} {t * 1e3:.0f} ms"
                                                              for s, t in prefix_share(p)))
+        pd, local = pd_decode_ttft(p)
+        print(f"P/D: decode TTFT for a 4k prompt pulled over the network {pd * 1e3:.1f} ms "
+              f"(vs {local * 1e3:.0f} ms prefilling it locally)")
         k = kv_exhaustion(p)
         print(f"KV exhaustion (520 blocks, 16 x 2k-token requests): at most {k['peak_running']} running, "
               f"{k['peak_waiting']} waiting; queue time p50 {k['queue_p50']:.2f} s, max {k['queue_max']:.2f} s, "
