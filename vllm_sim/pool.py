@@ -6,14 +6,15 @@
 Prints one `name address role` line per sim once all answer /health, writes the EPP's endpoints file
 (`endpoints: [{name, address, labels: {app: sim, llm-d.ai/role: ...}}]`), and on SIGINT/SIGTERM stops
 every child before exiting. Children also die with the launcher (PR_SET_PDEATHSIG on Linux), so a
-killed launcher leaves no orphans. Unknown flags go to every sim; `{port}` and `{index}` in them are
-substituted per sim (e.g. a per-pod KV-events topic).
+killed launcher leaves no orphans. Unknown flags go to every sim; `{port}`, `{port+N}` and `{index}` in
+them are substituted per sim (e.g. a per-pod KV-events endpoint and topic).
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +29,13 @@ def _pdeathsig() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def substitute(arg: str, port: int, index: int) -> str:
+    """`{port}`, `{port+N}` and `{index}` in a sim flag become this sim's values, e.g. a per-pod KV-events
+    endpoint "tcp://*:{port+1000}" and topic "kv@127.0.0.1:{port}@sim-model"."""
+    arg = re.sub(r"\{port([+-]\d+)?\}", lambda m: str(port + int(m.group(1) or 0)), arg)
+    return arg.replace("{index}", str(index))
 
 
 def write_endpoints(path: str, sims: list[dict]) -> None:
@@ -93,7 +101,7 @@ def main(argv=None) -> int:
         for i in range(args.count):
             port = args.base_port + i
             role = roles[i % len(roles)]
-            extra = [a.replace("{port}", str(port)).replace("{index}", str(i)) for a in sim_args]
+            extra = [substitute(a, port, i) for a in sim_args]
             cmd = [sys.executable, "-m", "vllm_sim", "--host", "127.0.0.1", "--port", str(port), *extra]
             procs.append(subprocess.Popen(cmd, preexec_fn=_pdeathsig))
             sims.append({"name": f"{args.name_prefix}-{i}", "address": f"127.0.0.1:{port}", "role": role,

@@ -66,3 +66,9 @@ def test_pool_starts_writes_endpoints_and_stops_children(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_per_sim_substitution():
+    from vllm_sim.pool import substitute
+    cfg = '{"endpoint": "tcp://*:{port+1000}", "topic": "kv@127.0.0.1:{port}@m", "i": {index}}'
+    assert substitute(cfg, 8200, 3) == '{"endpoint": "tcp://*:9200", "topic": "kv@127.0.0.1:8200@m", "i": 3}'
