@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--tokenizer", default=None, help="directory with tokenizer.json (+ chat template); default: shipped BPE")
     a("--profile", default="llama-8b-h100", choices=sorted(profiles.PROFILES))
     for name in profiles.OVERRIDABLE:
-        if name == "max_model_len":
+        if name in ("max_model_len", "num_gpu_blocks"):   # vLLM's own flags below set these
             continue
         typ = int if name in ("kv_bytes_per_token", "num_gpu_blocks") else float
         a("--" + name.replace("_", "-"), type=typ, default=None, dest=name,
