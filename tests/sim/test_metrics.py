@@ -51,7 +51,7 @@ async def test_metrics_names_labels_and_values():
         itl = one(s, "vllm:inter_token_latency_seconds_sum").value / 8
         assert 0.006 < itl < 0.009, itl
         # gauges move while a request runs
-        task = asyncio.create_task(sim.post("/v1/completions", {"prompt": prompt, "max_tokens": 400}))
+        task = asyncio.create_task(sim.post("/v1/completions", {"prompt": prompt, "max_tokens": 1500}))
         for _ in range(100):
             s = samples((await sim.get("/metrics"))[1])
             if one(s, "vllm:num_requests_running").value == 1:
@@ -77,7 +77,7 @@ async def test_lora_requests_info_and_adapters():
         assert st == 200
         assert (await sim.post("/v1/unload_lora_adapter", {"lora_name": "new"}))[0] == 404
         assert (await sim.post("/v1/completions", {"model": "new", "prompt": "x"}))[0] == 404
-        task = asyncio.create_task(sim.post("/v1/completions", {"model": "sql", "prompt": "select", "max_tokens": 300}))
+        task = asyncio.create_task(sim.post("/v1/completions", {"model": "sql", "prompt": "select", "max_tokens": 2000}))
         for _ in range(100):
             s = samples((await sim.get("/metrics"))[1])
             info = one(s, "vllm:lora_requests_info")
