@@ -939,8 +939,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=None, help="repeats of each latency run (default 5; quick 3)")
     ap.add_argument("--arrival", choices=("poisson", "even"), default="poisson")
     ap.add_argument("--ramp-reps", type=int, default=None, help="ramps per case (default 3; quick 1; 0 = no ramp)")
-    ap.add_argument("--ramp-factor", type=float, default=None, help="rate step factor (default 1.25; quick 1.6)")
-    ap.add_argument("--step-seconds", type=float, default=None, help="seconds per ramp step (default 2; quick 0.8)")
+    ap.add_argument("--ramp-factor", type=float, default=None, help="rate step factor (default 1.25; quick 2)")
+    ap.add_argument("--step-seconds", type=float, default=None, help="seconds per ramp step (default 2; quick 0.6)")
     ap.add_argument("--max-rate", type=float, default=20000)
     ap.add_argument("--micro-seconds", type=float, default=None, help="per in-process case (default 2; quick 0.7)")
     ap.add_argument("--idle-seconds", type=float, default=None, help="idle epp CPU window (default 3; quick 1)")
@@ -967,8 +967,8 @@ def main() -> int:
     a.count = a.count or (160 if q else 1000)
     a.reps = a.reps or (3 if q else 5)
     a.ramp_reps = (1 if q else 3) if a.ramp_reps is None else a.ramp_reps
-    a.ramp_factor = a.ramp_factor or (1.6 if q else 1.25)
-    a.step_seconds = a.step_seconds or (0.8 if q else 2.0)
+    a.ramp_factor = a.ramp_factor or (2.0 if q else 1.25)
+    a.step_seconds = a.step_seconds or (0.6 if q else 2.0)
     a.micro_seconds = a.micro_seconds or (0.5 if q else 2.0)
     a.idle_seconds = a.idle_seconds or (1.0 if q else 3.0)
     Payload.shared = a.prompts == "shared"
