@@ -21,7 +21,7 @@ class Pod:
     def __init__(self, port: int, sse_events: int = 5, sse_gap: float = 0.02, name: str = "") -> None:
         self.port = port
         self.address = f"127.0.0.1:{port}"
-        self.name = name or f"pod-{port}"
+        self.name = name or (f"pod-{port}" if port else "")
         self.sse_events = sse_events
         self.sse_gap = sse_gap
         self.waiting, self.running, self.kv = 0.0, 0.0, 0.0
@@ -30,6 +30,10 @@ class Pod:
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._conn, "127.0.0.1", self.port, limit=1 << 22)
+        if self.port == 0:  # an ephemeral port: no window in which another process can take it
+            self.port = self.server.sockets[0].getsockname()[1]
+            self.address = f"127.0.0.1:{self.port}"
+            self.name = self.name or f"pod-{self.port}"
 
     async def stop(self) -> None:
         if self.server:

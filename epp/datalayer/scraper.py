@@ -1,7 +1,9 @@
-"""Scrapes every endpoint's /metrics on its own schedule, off the request path.
+"""Scrapes every endpoint's /metrics, off the request path.
 
-One task per endpoint: a hung or garbage endpoint only ever delays itself. Each scrape replaces the
-endpoint's Metrics object whole, so a scheduler reading it never sees half an update.
+One timer drives all endpoints: each tick sends a GET on every idle keep-alive connection whose
+turn has come; answers arrive in protocol callbacks and replace the endpoint's Metrics object
+whole (a scheduler never sees half an update). A hung or garbage endpoint only ever delays itself:
+a request older than the timeout closes its connection, and a failing endpoint backs off to 1 s.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import asyncio
 import logging
 
 from .endpoint import Endpoint, now
-from .http_get import HTTPError, KeepAliveClient
+from .http_get import GetConnection, HTTPError
 from .metrics_parse import SGLANG, VLLM, MetricNames, MetricsParseError, parse_metrics
 from .store import EndpointStore
 
@@ -20,6 +22,86 @@ def metric_names_for(ep: Endpoint, vllm_names: MetricNames = VLLM) -> MetricName
     return SGLANG if ep.engine.lower() == "sglang" else vllm_names
 
 
+class _Target:
+    __slots__ = ("scraper", "ep", "host", "port", "conn", "connecting", "sent_at", "next_at", "failing", "request")
+
+    def __init__(self, scraper: "Scraper", ep: Endpoint) -> None:
+        self.scraper = scraper
+        self.ep = ep
+        self.host, port = ep.address.rsplit(":", 1)
+        self.host = self.host.strip("[]")
+        self.port = int(port)
+        self.conn: GetConnection | None = None
+        self.connecting: asyncio.Task | None = None
+        self.sent_at = 0.0       # loop time of the request in flight; 0 when none
+        self.next_at = 0.0
+        self.failing = False
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.request = f"GET {scraper.path} HTTP/1.1\r\nHost: {host}:{self.port}\r\nAccept: text/plain\r\n\r\n".encode()
+
+    def tick(self, t: float) -> None:
+        if self.sent_at:
+            if t - self.sent_at > self.scraper.timeout:
+                self.fail(TimeoutError(f"no answer in {self.scraper.timeout:.2f}s"))
+            return
+        if t < self.next_at or self.connecting is not None:
+            return
+        conn = self.conn
+        if conn is None or not conn.usable:
+            self.connecting = asyncio.get_running_loop().create_task(self._connect(t))
+            return
+        self.sent_at = t
+        conn.get(self.request)
+
+    async def _connect(self, t: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.scraper.timeout):
+                _, self.conn = await loop.create_connection(lambda: GetConnection(self.done, self.fail), self.host, self.port)
+            self.sent_at = loop.time()
+            self.conn.get(self.request)
+        except (OSError, TimeoutError) as e:
+            self.fail(e)
+        finally:
+            self.connecting = None
+
+    def done(self, status: int, page: bytes) -> None:
+        self.sent_at = 0.0
+        try:
+            if status != 200:
+                raise HTTPError(f"GET {self.scraper.path}: status {status}")
+            self.ep.metrics = parse_metrics(page, metric_names_for(self.ep, self.scraper.vllm_names), now())
+        except (HTTPError, MetricsParseError, ValueError) as e:
+            self.fail(e)
+            return
+        self.scraper.scrapes += 1
+        self.ep.scrape_errors = 0
+        if self.failing:
+            log.info("metrics from %s (%s) are back", self.ep.name, self.ep.address)
+            self.failing = False
+
+    def fail(self, e: Exception) -> None:
+        self.sent_at = 0.0
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        s = self.scraper
+        s.errors += 1
+        self.ep.scrape_errors += 1
+        if not self.failing:  # log the change, not every failure
+            log.warning("scraping %s (%s) failed: %s", self.ep.name, self.ep.address, e or type(e).__name__)
+            self.failing = True
+        # retry less often while failing, up to 1 s apart
+        self.next_at = asyncio.get_running_loop().time() + min(1.0, s.interval * (1 << min(self.ep.scrape_errors, 5)))
+
+    def close(self) -> None:
+        if self.connecting is not None:
+            self.connecting.cancel()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
 class Scraper:
     def __init__(self, store: EndpointStore, interval: float = 0.05, timeout: float = 1.0,
                  path: str = "/metrics", vllm_names: MetricNames = VLLM) -> None:
@@ -28,65 +110,35 @@ class Scraper:
         self.timeout = timeout
         self.path = path
         self.vllm_names = vllm_names
-        self._tasks: dict[str, asyncio.Task] = {}
+        self.targets: dict[str, _Target] = {}
         self.scrapes = 0
         self.errors = 0
+        self._timer: asyncio.TimerHandle | None = None
         store.on_change(self._on_change)
 
     def start(self) -> None:
         self._on_change(list(self.store.snapshot()), [])
+        self._tick()
 
     def _on_change(self, added: list[Endpoint], removed: list[Endpoint]) -> None:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return  # not started yet: start() picks the pool up
         for ep in removed:
-            task = self._tasks.pop(ep.address, None)
-            if task:
-                task.cancel()
+            t = self.targets.pop(ep.address, None)
+            if t is not None:
+                t.close()
         for ep in added:
-            if ep.address not in self._tasks:
-                self._tasks[ep.address] = asyncio.create_task(self._run(ep), name=f"scrape {ep.address}")
+            if ep.address not in self.targets:
+                self.targets[ep.address] = _Target(self, ep)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        for target in list(self.targets.values()):
+            target.tick(t)
+        self._timer = loop.call_at(t + self.interval, self._tick)
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
-        self._tasks.clear()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def scrape_once(self, ep: Endpoint, client: KeepAliveClient) -> None:
-        async with asyncio.timeout(self.timeout):
-            status, page = await client.get(self.path)
-        if status != 200:
-            raise HTTPError(f"GET {self.path}: status {status}")
-        ep.metrics = parse_metrics(page, metric_names_for(ep, self.vllm_names), now())
-
-    async def _run(self, ep: Endpoint) -> None:
-        ip, port = ep.ip, int(ep.address.rsplit(":", 1)[1])
-        client = KeepAliveClient(ip, port)
-        loop = asyncio.get_running_loop()
-        failing = False
-        try:
-            while True:
-                started = loop.time()
-                try:
-                    await self.scrape_once(ep, client)
-                    self.scrapes += 1
-                    if failing:
-                        log.info("metrics from %s (%s) are back", ep.name, ep.address)
-                    failing = False
-                    ep.scrape_errors = 0
-                except (OSError, HTTPError, MetricsParseError, TimeoutError, ValueError) as e:
-                    self.errors += 1
-                    ep.scrape_errors += 1
-                    client.close()
-                    if not failing:  # log the change, not every failure
-                        log.warning("scraping %s (%s) failed: %s", ep.name, ep.address, e or type(e).__name__)
-                    failing = True
-                # a failing endpoint is retried less often, up to 1 s apart
-                delay = self.interval if not failing else min(1.0, self.interval * (1 << min(ep.scrape_errors, 5)))
-                await asyncio.sleep(max(0.0, delay - (loop.time() - started)))
-        finally:
-            client.close()
+        if self._timer is not None:
+            self._timer.cancel()
+        for t in self.targets.values():
+            t.close()
+        self.targets.clear()

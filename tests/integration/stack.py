@@ -27,7 +27,7 @@ class PodGroup:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.pods = [Pod(free_port(), sse_events, sse_gap, name=f"pod-{i}") for i in range(count)]
+        self.pods = [Pod(0, sse_events, sse_gap, name=f"pod-{i}") for i in range(count)]
         for p in self.pods:
             asyncio.run_coroutine_threadsafe(p.start(), self.loop).result(5)
 

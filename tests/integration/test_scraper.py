@@ -78,7 +78,7 @@ async def test_bad_endpoints_do_not_stall_good_ones():
         # an endpoint removed from the pool stops being scraped
         store.replace([eps["good"]])
         await asyncio.sleep(0.1)
-        assert list(scraper._tasks) == [eps["good"].address]
+        assert list(scraper.targets) == [eps["good"].address]
     finally:
         await scraper.stop()
         for server, _ in servers.values():
