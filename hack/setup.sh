@@ -19,7 +19,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   fi
   rm -f "$log"
   # optional: real NIXL (CPU, UCX over TCP) for the P/D KV transfer; the fallback transport covers its absence
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps nixl==1.5.1 nixl-cu13==1.5.1 >/dev/null 2>&1 \
+  .venv/bin/python -m pip install -q --disable-pip-version-check numpy >/dev/null 2>&1 \
+    && .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps nixl==1.5.1 nixl-cu13==1.5.1 >/dev/null 2>&1 \
     || echo "setup: nixl not installed (optional)" >&2
   echo "$want" > "$stamp"
 fi

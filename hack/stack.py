@@ -26,6 +26,28 @@ from netutil import free_port, wait_port  # noqa: E402
 PY = sys.executable
 
 
+def free_range(n: int) -> int:
+    """A first port such that n consecutive ports are free on 127.0.0.1 (the pool takes consecutive ports)."""
+    import socket
+    for _ in range(50):
+        base = free_port()
+        if base + n > 65535:
+            continue
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports found")
+
+
 class Children:
     def __init__(self, logdir: str) -> None:
         self.logdir = logdir
@@ -63,7 +85,7 @@ def sim_available() -> bool:
 
 
 def start_pods(kids: Children, args, endpoints_file: str) -> list[str]:
-    base = free_port() if args.base_port == 0 else args.base_port
+    base = args.base_port or free_range(args.pods)
     ports = [base + i for i in range(args.pods)]
     if args.backend == "sim":
         p = kids.start("pods", [PY, "-m", "vllm_sim.pool", "--count", str(args.pods), "--base-port", str(base),
