@@ -935,7 +935,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="1,16,256", help="prompt sizes in KB")
     ap.add_argument("--endpoints", default="8,64", help="pool sizes")
     ap.add_argument("--rate", type=float, default=200.0, help="open-loop rate of the latency runs (req/s)")
-    ap.add_argument("--count", type=int, default=None, help="requests per latency run (default 1000; quick 200)")
+    ap.add_argument("--count", type=int, default=None, help="requests per latency run (default 1000; quick 160)")
     ap.add_argument("--reps", type=int, default=None, help="repeats of each latency run (default 5; quick 3)")
     ap.add_argument("--arrival", choices=("poisson", "even"), default="poisson")
     ap.add_argument("--ramp-reps", type=int, default=None, help="ramps per case (default 3; quick 1; 0 = no ramp)")
