@@ -39,13 +39,32 @@ class MetricsParseError(ValueError):
 
 
 def _line_starts(page: bytes, key: bytes):
+    """Starts of the lines holding samples of exactly `key`. A metric's samples stand together in the
+    exposition format, so once its block has been read the rest of the page is not searched."""
     nkey = b"\n" + key
-    if page.startswith(key):
-        yield 0
-    i = page.find(nkey)
-    while i >= 0:
-        yield i + 1
-        i = page.find(nkey, i + 1)
+    klen = len(key)
+    i = 0 if page.startswith(key) else page.find(nkey) + 1
+    if i == 0 and not page.startswith(key):
+        return
+    while True:
+        found = False
+        while True:  # one block of lines
+            if page.startswith(key, i):
+                if page[i + klen:i + klen + 1] in (b"{", b" ", b"\t"):
+                    found = True
+                    yield i
+            elif page[i:i + 1] != b"#":
+                break  # past the block (comments such as # TYPE may sit inside it)
+            j = page.find(b"\n", i)
+            if j < 0:
+                return
+            i = j + 1
+        if found:
+            return
+        j = page.find(nkey, i - 1)  # that block was a longer name with our prefix: look further
+        if j < 0:
+            return
+        i = j + 1
 
 
 def _samples(page: bytes, name: str) -> list[tuple[bytes, float]]:

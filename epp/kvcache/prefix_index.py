@@ -31,9 +31,12 @@ def block_keys(seed_text: str, data: bytes, block_bytes: int, max_blocks: int) -
 
 
 class PrefixIndex:
+    """Per endpoint, an LRU set of block keys. Matching asks each endpoint's set directly (a few
+    dozen endpoints, a binary search each), so there is no global key -> endpoints map to keep in
+    step: adding and evicting a block is one C-level dict operation."""
+
     def __init__(self, capacity_per_endpoint: int = 31_250) -> None:
         self.default_capacity = capacity_per_endpoint
-        self._owners: dict[int, set[str]] = {}
         self._lru: dict[str, OrderedDict[int, None]] = {}
         self._capacity: dict[str, int] = {}
 
@@ -52,54 +55,37 @@ class PrefixIndex:
         rev = keys[::-1]
         held = [k for k in rev if k in lru]
         if len(held) != len(rev):
-            owners = self._owners
-            fresh = [k for k in rev if k not in lru]
-            lru.update(dict.fromkeys(fresh))
-            for k in fresh:
-                s = owners.get(k)
-                if s is None:
-                    owners[k] = {endpoint}
-                else:
-                    s.add(endpoint)
+            lru.update(dict.fromkeys([k for k in rev if k not in lru]))
         deque(map(lru.move_to_end, held), 0)  # touch in C, deepest first: block 0 ends most recent
-        cap = self._capacity.get(endpoint, self.default_capacity)
-        if len(lru) > cap:
-            owners = self._owners
-            for _ in range(len(lru) - cap):
-                old, _ = lru.popitem(last=False)
-                s = owners.get(old)
-                if s is not None:
-                    s.discard(endpoint)
-                    if not s:
-                        del owners[old]
+        excess = len(lru) - self._capacity.get(endpoint, self.default_capacity)
+        if excess > 0:
+            pop = lru.popitem
+            for _ in range(excess):
+                pop(False)
 
     def match(self, keys: list[int]) -> dict[str, int]:
         """Per endpoint, how many blocks from block 0 on it holds."""
-        owners = self._owners
-        first = owners.get(keys[0]) if keys else None
-        if not first:
-            return {}
         out: dict[str, int] = {}
-        for ep in first:
+        if not keys:
+            return out
+        first = keys[0]
+        for ep, lru in self._lru.items():
+            if first not in lru:
+                continue
             lo, hi = 1, len(keys)  # ep holds keys[:lo]; find the first index it does not hold
             while lo < hi:
                 mid = (lo + hi) // 2
-                s = owners.get(keys[mid])
-                if s is not None and ep in s:
+                if keys[mid] in lru:
                     lo = mid + 1
                 else:
                     hi = mid
             out[ep] = lo
         return out
 
+    def holds(self, endpoint: str, key: int) -> bool:
+        lru = self._lru.get(endpoint)
+        return lru is not None and key in lru
+
     def remove_endpoint(self, endpoint: str) -> None:
-        lru = self._lru.pop(endpoint, None)
+        self._lru.pop(endpoint, None)
         self._capacity.pop(endpoint, None)
-        if not lru:
-            return
-        for k in lru:
-            s = self._owners.get(k)
-            if s is not None:
-                s.discard(endpoint)
-                if not s:
-                    del self._owners[k]

@@ -427,12 +427,17 @@ class _Connection(asyncio.Protocol):
     def _drain(self, st: _Stream) -> None:
         """Sends what the windows allow of st.pending, then the trailers once nothing is pending."""
         pending = st.pending
-        while pending and self.send_window > 0 and st.send_window > 0:
-            n = min(len(pending), self.send_window, st.send_window, self.peer_max_frame)
-            self.out.append(_frame(DATA, 0, st.sid, bytes(pending[:n])))
-            del pending[:n]
-            self.send_window -= n
-            st.send_window -= n
+        sent, total = 0, len(pending)
+        if total:
+            view = memoryview(pending)
+            while sent < total and self.send_window > 0 and st.send_window > 0:
+                n = min(total - sent, self.send_window, st.send_window, self.peer_max_frame)
+                self.out.append(_frame(DATA, 0, st.sid, view[sent:sent + n].tobytes()))
+                sent += n
+                self.send_window -= n
+                st.send_window -= n
+            view.release()
+            del pending[:sent]  # once per drain, not once per frame
         if pending:
             self.blocked.add(st.sid)
             return

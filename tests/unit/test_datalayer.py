@@ -112,3 +112,12 @@ def test_invalid_file_is_an_error_at_start(tmp_path):
         EndpointsFile(str(path), EndpointStore()).load()
     with pytest.raises(OSError):
         EndpointsFile(str(tmp_path / "missing.yaml"), EndpointStore()).load()
+
+
+def test_longer_names_with_our_prefix_before_ours_and_at_the_page_start():
+    page = (b"vllm:num_requests_waiting_by_reason{r=\"a\"} 9\n# HELP vllm:num_requests_waiting x\n"
+            b"vllm:num_requests_waiting{e=\"0\"} 2\nvllm:num_requests_waiting{e=\"1\"} 3\nother 1\n"
+            b"vllm:num_requests_waiting{e=\"9\"} 100\n")  # a second block would be malformed: not read
+    assert parse_metrics(page, VLLM, 1.0).waiting == 5.0
+    with pytest.raises(MetricsParseError):  # only the longer name: the gauge is missing
+        parse_metrics(b"vllm:num_requests_waiting_by_reason 9\n", VLLM, 1.0)

@@ -76,8 +76,8 @@ def test_index_matches_what_a_walk_would_find():
         keys = block_keys("m", rng.choice(prompts), 64, 256)
         got = idx.match(keys)
         for ep, n in got.items():
-            assert all(ep in idx._owners.get(k, ()) for k in keys[:n])
-            assert n == len(keys) or ep not in idx._owners.get(keys[n], ())
+            assert all(idx.holds(ep, k) for k in keys[:n])
+            assert n == len(keys) or not idx.holds(ep, keys[n])
         idx.add(f"ep{step % 4}", keys)
         walked[step] = got
     assert any(walked.values())
