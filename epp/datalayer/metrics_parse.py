@@ -108,9 +108,12 @@ def _split(value: str | None) -> tuple[str, ...]:
     return tuple(s for s in (value or "").split(",") if s)
 
 
-def parse_metrics(page: bytes, names: MetricNames, now: float) -> Metrics:
+def parse_metrics(page: bytes, names: MetricNames, now: float, previous: Metrics | None = None) -> Metrics:
     """Raises MetricsParseError when the page lacks the queue gauge or is malformed: a page without
-    it is not a model server's, and pretending it is idle would attract traffic."""
+    it is not a model server's, and pretending it is idle would attract traffic.
+
+    With `previous`, the slow-changing series (LoRA adapters, cache configuration) are carried over
+    from it instead of read: looking for a series a server does not publish scans the whole page."""
     waiting = _samples(page, names.waiting)
     if not waiting:
         raise MetricsParseError(f"no {names.waiting} on the page")
@@ -122,6 +125,10 @@ def parse_metrics(page: bytes, names: MetricNames, now: float) -> Metrics:
         if kv:
             m.kv_usage = max(v for _, v in kv)
             break
+    if previous is not None:
+        m.running_loras, m.waiting_loras, m.max_loras = previous.running_loras, previous.waiting_loras, previous.max_loras
+        m.block_size, m.num_gpu_blocks = previous.block_size, previous.num_gpu_blocks
+        return m
     if names.lora_info:
         series = _samples(page, names.lora_info)
         if series:

@@ -17,13 +17,16 @@ from .store import EndpointStore
 
 log = logging.getLogger(__name__)
 
+FULL_EVERY = 20  # at 50 ms, LoRA adapter changes are seen within a second
+
 
 def metric_names_for(ep: Endpoint, vllm_names: MetricNames = VLLM) -> MetricNames:
     return SGLANG if ep.engine.lower() == "sglang" else vllm_names
 
 
 class _Target:
-    __slots__ = ("scraper", "ep", "host", "port", "conn", "connecting", "sent_at", "next_at", "failing", "request")
+    __slots__ = ("scraper", "ep", "host", "port", "conn", "connecting", "sent_at", "next_at", "failing", "request",
+                 "count")
 
     def __init__(self, scraper: "Scraper", ep: Endpoint) -> None:
         self.scraper = scraper
@@ -36,6 +39,7 @@ class _Target:
         self.sent_at = 0.0       # loop time of the request in flight; 0 when none
         self.next_at = 0.0
         self.failing = False
+        self.count = 0
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.request = f"GET {scraper.path} HTTP/1.1\r\nHost: {host}:{self.port}\r\nAccept: text/plain\r\n\r\n".encode()
 
@@ -70,7 +74,11 @@ class _Target:
         try:
             if status != 200:
                 raise HTTPError(f"GET {self.scraper.path}: status {status}")
-            self.ep.metrics = parse_metrics(page, metric_names_for(self.ep, self.scraper.vllm_names), now())
+            # LoRA and cache-configuration series are read on every FULL_EVERY-th scrape only
+            full = self.count % FULL_EVERY == 0
+            self.ep.metrics = parse_metrics(page, metric_names_for(self.ep, self.scraper.vllm_names), now(),
+                                            None if full else self.ep.metrics)
+            self.count += 1
         except (HTTPError, MetricsParseError, ValueError) as e:
             self.fail(e)
             return

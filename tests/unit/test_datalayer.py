@@ -121,3 +121,9 @@ def test_longer_names_with_our_prefix_before_ours_and_at_the_page_start():
     assert parse_metrics(page, VLLM, 1.0).waiting == 5.0
     with pytest.raises(MetricsParseError):  # only the longer name: the gauge is missing
         parse_metrics(b"vllm:num_requests_waiting_by_reason 9\n", VLLM, 1.0)
+
+
+def test_slow_series_carried_over_between_full_reads():
+    full = parse_metrics(VLLM_PAGE, VLLM, 1.0)
+    quick = parse_metrics(b"vllm:num_requests_waiting 9\n", VLLM, 2.0, previous=full)
+    assert (quick.waiting, quick.running_loras, quick.num_gpu_blocks, quick.updated) == (9.0, ("c",), 4096, 2.0)
