@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
 import math
 import os
@@ -43,7 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from envoy_bootstrap import bootstrap  # noqa: E402
-from netutil import free_port, wait_port  # noqa: E402
+from netutil import Children, free_port, wait_port  # noqa: E402
 
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -71,59 +70,6 @@ def machine_busy_seconds() -> float:
         return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK  # all but idle and iowait (guest time is inside user)
     except (OSError, ValueError, IndexError):
         return 0.0
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-class Children:
-    """Every child in its own process group, killed with its group on stop (TERM, then KILL)."""
-
-    def __init__(self, logdir: str) -> None:
-        self.logdir = logdir
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-
-    def start(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
-        log = open(os.path.join(self.logdir, f"{name}.log"), "w")
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, preexec_fn=_die_with_parent,
-                             env={**os.environ, **(env or {})})
-        log.close()
-        self.procs.append((name, p))
-        return p
-
-    def stop(self, p: subprocess.Popen, term_wait: float = 5.0) -> None:
-        for sig, wait in ((signal.SIGTERM, term_wait), (signal.SIGKILL, 2.0)):
-            if p.poll() is not None:
-                break
-            try:
-                os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                p.wait(wait)
-            except subprocess.TimeoutExpired:
-                pass
-        self.procs = [(n, q) for n, q in self.procs if q is not p]
-
-    def stop_all(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
-            alive = [p for _, p in self.procs if p.poll() is None]
-            for p in alive:
-                try:
-                    os.killpg(p.pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.time() + wait
-            for p in alive:
-                try:
-                    p.wait(max(0.0, deadline - time.time()))
-                except subprocess.TimeoutExpired:
-                    pass
 
 
 def install_signal_handlers() -> None:

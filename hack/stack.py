@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,59 +20,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from envoy_bootstrap import bootstrap  # noqa: E402
-from netutil import free_port, wait_port  # noqa: E402
+from netutil import Children, free_port, free_range, wait_port  # noqa: E402
 
 PY = sys.executable
-
-
-def free_range(n: int) -> int:
-    """A first port such that n consecutive ports are free on 127.0.0.1 (the pool takes consecutive ports)."""
-    import socket
-    for _ in range(50):
-        base = free_port()
-        if base + n > 65535:
-            continue
-        socks = []
-        try:
-            for port in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no {n} consecutive free ports found")
-
-
-class Children:
-    def __init__(self, logdir: str) -> None:
-        self.logdir = logdir
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-
-    def start(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
-        log = open(os.path.join(self.logdir, f"{name}.log"), "w")
-        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, env={**os.environ, **(env or {})})
-        self.procs.append((name, p))
-        return p
-
-    def stop_all(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
-            alive = [(n, p) for n, p in self.procs if p.poll() is None]
-            for _, p in alive:
-                try:
-                    os.killpg(p.pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.time() + wait
-            for _, p in alive:
-                try:
-                    p.wait(max(0.0, deadline - time.time()))
-                except subprocess.TimeoutExpired:
-                    pass
 
 
 def sim_available() -> bool:

@@ -8,6 +8,7 @@ import urllib.request
 
 import aiohttp
 import pytest
+from netutil import free_range
 
 from vllm_sim.cli import build_parser
 from vllm_sim.server import SimServer
@@ -23,24 +24,7 @@ def free_port() -> int:
 
 
 def free_port_range(n: int) -> int:
-    """A base port with n consecutive free ports after it."""
-    for _ in range(200):
-        base = free_port()
-        if base + n >= 65535:
-            continue
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
+    return free_range(n)
 
 
 class InProcSim:
