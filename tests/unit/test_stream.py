@@ -84,7 +84,7 @@ def test_large_body_in_many_messages_comes_back_whole():
 
 
 def test_buffered_mode():
-    s = stream(mode=None) if False else stream()
+    s = stream()
     out = s.on_message(req_headers(mode=p.BUFFERED, resp_mode=p.NONE))
     assert [kind(r) for r in out] == ["request_headers"]
     c = out[0].request_headers.response
