@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import shutil
 import statistics
 import sys
@@ -115,7 +116,6 @@ def main() -> int:
         print(f"stopped: {e!r} (logs in {logdir})", file=sys.stderr)
         return 1
     finally:
-        import signal
         signal.alarm(0)
         kids.stop_all()
     lines = [f"## epp scrape cost, idle (no requests), --refresh-metrics-interval {a.interval}, "

@@ -14,6 +14,7 @@ from ..datalayer.address import canonical
 from ..datalayer.endpoint import Endpoint, now
 from ..datalayer.store import EndpointStore
 from ..metrics import EPPMetrics
+from ..scheduling.plugins.prefix_cache_scorer import STATE_HIT_RATIO
 from ..scheduling.scheduler import Scheduler
 from ..scheduling.types import LLMRequest, SchedulingResult
 from .errors import EPPError, bad_request
@@ -124,7 +125,7 @@ class Director:
             raise
         for ep in targets[:1]:
             ep.in_flight += 1
-        hit_ratio = state.get("prefix-cache-scorer/hit-ratio")
+        hit_ratio = state.get(STATE_HIT_RATIO)
         if hit_ratio is not None and self.metrics:
             self.metrics.prefix_hit_ratio.observe(hit_ratio)
         decision = Decision(request=request, targets=targets, destination=",".join(ep.address for ep in targets))
@@ -151,7 +152,7 @@ class Director:
         if not endpoints:
             raise EPPError(503, "no ready endpoint in the pool")
         t = now()
-        oldest = t - self.staleness
+        oldest = t - self.staleness  # Metrics.fresh, inlined: this runs per candidate per request
         fresh = [ep for ep in endpoints if ep.metrics.updated >= oldest and ep.metrics.updated > 0.0]
         if fresh:
             self._warned_stale = False

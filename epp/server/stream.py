@@ -170,9 +170,9 @@ class RequestStream:
 
     def _check_body(self) -> None:
         api = api_for_path(self.path)
+        body = self._body()
         if api:
-            parse_body(api, self._body())
-        self.chunks = []
+            parse_body(api, body)
 
     def _route_mutation(self, d: Decision, body_changed: bool) -> pb.HeaderMutation:
         sets = [(p.DEST, d.destination)]

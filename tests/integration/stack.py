@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 from envoy_bootstrap import bootstrap
 from netutil import free_port, wait_port

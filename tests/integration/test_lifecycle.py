@@ -1,8 +1,5 @@
 """epp as a process: start-up errors, health, TLS, reloads, SIGTERM."""
-import http.client
 import json
-import os
-import random
 import signal
 import subprocess
 import sys

@@ -14,6 +14,7 @@ from ..framework import EndpointLifecycle, PreRequest, Scorer, register
 CHARS_PER_TOKEN = 4
 STATE_KEYS = "prefix-cache-scorer/keys"
 STATE_MATCH = "prefix-cache-scorer/match"
+STATE_HIT_RATIO = "prefix-cache-scorer/hit-ratio"  # of the primary pick, for the hit-ratio metric
 
 
 @register
@@ -61,7 +62,7 @@ class PrefixCacheScorer(Scorer, PreRequest, EndpointLifecycle):
         self.lookups += 1
         self.hit_blocks += matched
         self.total_blocks += len(keys)
-        state["prefix-cache-scorer/hit-ratio"] = matched / len(keys)
+        state[STATE_HIT_RATIO] = matched / len(keys)
         if self.auto_tune and ep.metrics.num_gpu_blocks:
             self.index.set_capacity(ep.address, ep.metrics.num_gpu_blocks)
         self.index.add(ep.address, keys)
