@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.v >= 4 else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from .datalayer.file_source import EndpointsFileError
+    from .scheduling.config import ConfigError
     from .server.app import serve
     runner = asyncio.run
     if os.environ.get("EPP_EVENT_LOOP", "uvloop") == "uvloop":
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
     try:
         return runner(serve(args))
-    except (EndpointsFileError, OSError) as e:
+    except (EndpointsFileError, ConfigError, OSError) as e:
         logging.getLogger("epp").error("cannot start: %s", e)
         return 2
 

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add("cert-path", "directory with tls.crt and tls.key (else a self-signed certificate is made)", None)
     f.add("ext-proc-server", "ext_proc transport: native (lean HTTP/2, fastest) or grpcio", "native",
           choices=("native", "grpcio"))
+    f.add("config-file", "EndpointPickerConfig YAML (plugins and scheduling profiles); default: upstream's default profile", None)
+    f.add("config-text", "EndpointPickerConfig YAML given inline (instead of --config-file)", None)
+    f.add("allow-experimental-plugins", "accepted for upstream compatibility; alpha plugins are always allowed", False, boolean)
     f.add("max-num-of-endpoints", "endpoints per decision: more than 1 adds fallbacks to the destination list", 1, int)
     f.add("objective", "an InferenceObjective priority for header x-gateway-inference-objective, NAME=PRIORITY "
           "(repeatable; priority < 0 is sheddable)", None, objective, action="append")
@@ -108,6 +111,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
             ap.error("InferencePool discovery (--pool-name) needs Kubernetes support, which this build lacks; "
                      "use --endpoints-file")
         ap.error("--endpoints-file is required")
+    if args.config_file and args.config_text:
+        ap.error('both the "config-file" and "config-text" flags cannot be set at the same time')
     if args.max_num_of_endpoints < 1:
         ap.error("--max-num-of-endpoints must be >= 1")
     if args.refresh_metrics_interval <= 0:

@@ -33,8 +33,11 @@ class Endpoint:
     ready: bool = True
     metrics: Metrics = field(default_factory=Metrics)
     scrape_errors: int = 0
-    # EPP-side requests in flight to this endpoint (maintained by request control)
+    namespace: str = "default"
+    # EPP-side requests (and their estimated prompt tokens) in flight to this endpoint, kept by
+    # request control: they move between scrapes
     in_flight: int = 0
+    in_flight_tokens: int = 0
 
     @property
     def ip(self) -> str:

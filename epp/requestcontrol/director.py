@@ -14,7 +14,8 @@ from ..datalayer.address import canonical
 from ..datalayer.endpoint import Endpoint, now
 from ..datalayer.store import EndpointStore
 from ..metrics import EPPMetrics
-from ..scheduling.plugins.prefix_cache_scorer import STATE_HIT_RATIO
+from ..scheduling.plugins.approx_prefix_cache_producer import STATE_HIT_RATIO
+from ..scheduling.plugins.utilization_detector import UtilizationDetector
 from ..scheduling.scheduler import Scheduler
 from ..scheduling.types import LLMRequest, SchedulingResult
 from .errors import EPPError, bad_request
@@ -34,6 +35,9 @@ class Decision:
     destination: str                         # "ip:port" or an ordered comma list (fallbacks)
     body: bytes | None = None                # a replacement body; None: forward the original bytes
     explanation: bytes | None = None         # JSON for the x-epp-decision header, when enabled
+    result: SchedulingResult | None = None
+    headers: list[tuple[str, str]] | None = None   # plugins' request headers (e.g. the P/D prefill host)
+    tokens: int = 0                          # estimated prompt tokens, counted in flight on the target
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -62,15 +66,15 @@ def _subset_filter(endpoints: Sequence[Endpoint], subset: list[str]) -> list[End
 class Director:
     def __init__(self, store: EndpointStore, scheduler: Scheduler, metrics: EPPMetrics | None = None,
                  staleness: float = 2.0, objectives: dict[str, int] | None = None, explain: bool = False,
-                 queue_threshold: float = 5.0, kv_threshold: float = 0.8) -> None:
+                 saturation=None) -> None:
         self.store = store
         self.scheduler = scheduler
         self.metrics = metrics
         self.staleness = staleness
         self.objectives = objectives or {}
         self.explain = explain
-        self.queue_threshold = queue_threshold
-        self.kv_threshold = kv_threshold
+        # sheds sheddable requests; upstream's utilization detector with our staleness unless configured
+        self.saturation = saturation or UtilizationDetector(metricsStalenessThreshold=staleness)
         self._ids = itertools.count(1)
         self._warned_stale = False
         self._by_model: dict[tuple[str, str], _Series] = {}
@@ -114,21 +118,26 @@ class Director:
             priority=self._priority(headers), cache_salt=salt, stream=stream)
         try:
             candidates = self._candidates(subset)
-            if request.priority < 0 and self._saturated(candidates):
+            if request.priority < 0 and self.saturation.saturation(candidates) >= 1.0:
                 raise EPPError(429, "system saturated, sheddable request dropped")
             result, state = self.scheduler.schedule(request, candidates, explain=self.explain)
             targets = result.targets
             if not targets:
-                raise EPPError(503, "no candidate endpoint left after filtering")
+                # upstream answers ResourceExhausted: no endpoint can take it now
+                raise EPPError(429, f"no endpoint passed the filters of scheduling profile {result.primary!r} "
+                                    f"({len(candidates)} candidates)")
         except EPPError as e:
             e.model = model
             raise
+        tokens = (len(prompt) + 3) // 4
         for ep in targets[:1]:
             ep.in_flight += 1
+            ep.in_flight_tokens += tokens
         hit_ratio = state.get(STATE_HIT_RATIO)
         if hit_ratio is not None and self.metrics:
             self.metrics.prefix_hit_ratio.observe(hit_ratio)
-        decision = Decision(request=request, targets=targets, destination=",".join(ep.address for ep in targets))
+        decision = Decision(request=request, targets=targets, destination=",".join(ep.address for ep in targets),
+                            result=result, headers=result.headers, tokens=tokens)
         if self.explain:
             decision.explanation = self._explain(result)
         if log.isEnabledFor(logging.DEBUG):
@@ -164,30 +173,32 @@ class Director:
             self._warned_stale = True
         return endpoints
 
-    def _saturated(self, endpoints: Sequence[Endpoint]) -> bool:
-        t = now()
-        total = 0.0
-        for ep in endpoints:
-            m = ep.metrics
-            if not m.fresh(t, self.staleness):
-                total += 1.0
-            else:
-                total += max(m.waiting / self.queue_threshold, m.kv_usage / self.kv_threshold)
-        return not endpoints or total / len(endpoints) >= 1.0
-
     @staticmethod
     def _explain(result: SchedulingResult) -> bytes:
-        return orjson.dumps({
+        doc = {
             "pick": [ep.address for ep in result.targets],
-            "profiles": {name: {"scores": pr.scores, "filtered": pr.filtered} for name, pr in result.profiles.items()},
-        })
+            "profiles": {name: {"pick": [ep.address for ep in pr.targets], "scores": pr.scores,
+                                "filtered": pr.filtered} for name, pr in result.profiles.items()},
+        }
+        if result.reasons:
+            doc["reasons"] = result.reasons
+        return orjson.dumps(doc)
 
     # ---------------------------------------------------------------- response path
+
+    def response_headers(self, decision: Decision, status: int | None) -> list[tuple[str, str]] | None:
+        """Headers the plugins add to the response (e.g. a session token)."""
+        if decision.result is None:
+            return None
+        return self.scheduler.response_headers(decision.request, decision.result, status)
 
     def done(self, decision: Decision, status: int | None, usage: Usage | None, error: EPPError | None = None) -> None:
         """Once per decided request, when its stream ends (answered, failed or cancelled)."""
         for ep in decision.targets[:1]:
             ep.in_flight -= 1
+            ep.in_flight_tokens -= decision.tokens
+        if decision.result is not None:
+            self.scheduler.response_complete(decision.request, decision.result, status)
         if not self.metrics:
             return
         req = decision.request

@@ -23,6 +23,9 @@ class Profile:
     filters: list[Filter] = field(default_factory=list)
     scorers: list[WeightedScorer] = field(default_factory=list)
 
+    def plugins(self) -> list:
+        return [*self.filters, *(ws.scorer for ws in self.scorers), self.picker]
+
     def run(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint],
             observe=None, explain: bool = False) -> ProfileResult:
         """observe(extension_point, plugin, seconds) times each plugin when given."""

@@ -1,31 +1,46 @@
-"""The scheduler: runs profiles (one for now; a profile handler picks among several later) and the
-pre-request hooks of every plugin that has one."""
+"""The scheduler: a profile handler chooses which profiles run over the candidates, each profile
+filters, scores and picks, and the handler folds their results into one. Then the plugins' hooks:
+pre-request (record what was sent where, add request headers) and, from request control, the
+response hooks."""
 from __future__ import annotations
 
 from time import perf_counter
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from ..datalayer.endpoint import Endpoint
 from ..metrics import EPPMetrics
-from .framework import EndpointLifecycle, PreRequest
-from .plugins.kv_cache_utilization_scorer import KVCacheUtilizationScorer
-from .plugins.max_score_picker import MaxScorePicker
-from .plugins.prefix_cache_scorer import PrefixCacheScorer
-from .plugins.queue_scorer import QueueScorer
-from .profile import Profile, WeightedScorer
+from .framework import (EndpointLifecycle, Plugin, PreRequest, ProfileHandler, ResponseComplete,
+                        ResponseHeaders)
+from .plugins.single_profile_handler import SingleProfileHandler
+from .profile import Profile
 from .types import CycleState, LLMRequest, SchedulingResult
 
 
 class Scheduler:
-    def __init__(self, profiles: list[Profile], metrics: EPPMetrics | None = None) -> None:
+    def __init__(self, profiles: list[Profile], metrics: EPPMetrics | None = None,
+                 handler: ProfileHandler | None = None, extra_plugins: Iterable[Plugin] = ()) -> None:
         if not profiles:
             raise ValueError("at least one scheduling profile is needed")
-        self.profiles = profiles
+        self.profiles = {p.name: p for p in profiles}
+        if len(self.profiles) != len(profiles):
+            raise ValueError("scheduling profile names must be unique")
+        self.handler = handler or SingleProfileHandler()
+        self.handler.validate(self.profiles)
         self.metrics = metrics
-        plugins = {id(p): p for prof in profiles
-                   for p in [*prof.filters, *(ws.scorer for ws in prof.scorers), prof.picker]}
-        self._pre_request = [p for p in plugins.values() if isinstance(p, PreRequest)]
-        self._lifecycle = [p for p in plugins.values() if isinstance(p, EndpointLifecycle)]
+        plugins: dict[int, object] = {id(self.handler): self.handler}
+        for prof in profiles:
+            for p in prof.plugins():
+                plugins[id(p)] = p
+        for p in extra_plugins:
+            plugins[id(p)] = p
+        for p in list(plugins.values()):
+            for sub in getattr(p, "sub_plugins", lambda: [])():
+                plugins[id(sub)] = sub
+        self.plugins = list(plugins.values())
+        self._pre_request = [p for p in self.plugins if isinstance(p, PreRequest)]
+        self._response_headers = [p for p in self.plugins if isinstance(p, ResponseHeaders)]
+        self._response_complete = [p for p in self.plugins if isinstance(p, ResponseComplete)]
+        self._lifecycle = [p for p in self.plugins if isinstance(p, EndpointLifecycle)]
         self._observe = self._observe_plugin if metrics else None
         self._hist_children: dict[tuple, object] = {}
 
@@ -37,34 +52,56 @@ class Scheduler:
         child.observe(seconds)
 
     def plugins_of(self, cls) -> list:
-        return [p for prof in self.profiles for p in [*prof.filters, *(ws.scorer for ws in prof.scorers), prof.picker]
-                if isinstance(p, cls)]
+        return [p for p in self.plugins if isinstance(p, cls)]
 
     def schedule(self, request: LLMRequest, candidates: Sequence[Endpoint], explain: bool = False
                  ) -> tuple[SchedulingResult, CycleState]:
+        """Returns a result whose targets may be empty (every candidate filtered out)."""
         t = perf_counter()
         state = CycleState()
-        profile = self.profiles[0]
-        result = SchedulingResult(profiles={profile.name: profile.run(state, request, candidates, self._observe, explain)},
-                                  primary=profile.name)
+        handler, profiles, observe = self.handler, self.profiles, self._observe
+        results = {}
+        while True:
+            chosen = handler.pick_profiles(state, request, profiles, results)
+            if not chosen:
+                break
+            for prof in chosen:
+                results[prof.name] = prof.run(state, request, candidates, observe, explain)
+        result = handler.process_results(state, request, results)
         if result.targets:
+            headers = None
             for hook in self._pre_request:
-                hook.pre_request(state, request, result)
+                h = hook.pre_request(state, request, result)
+                if h:
+                    headers = (headers or []) + h
+            result.headers = headers
         if self.metrics:
             self.metrics.scheduler_e2e.observe(perf_counter() - t)
         return result, state
+
+    def response_headers(self, request: LLMRequest, result: SchedulingResult, status: int | None
+                         ) -> list[tuple[str, str]] | None:
+        out = None
+        for hook in self._response_headers:
+            h = hook.response_headers(request, result, status)
+            if h:
+                out = (out or []) + h
+        return out
+
+    def response_complete(self, request: LLMRequest, result: SchedulingResult, status: int | None) -> None:
+        for hook in self._response_complete:
+            hook.response_complete(request, result, status)
 
     def endpoints_removed(self, addresses: list[str]) -> None:
         for p in self._lifecycle:
             p.endpoints_removed(addresses)
 
 
+def from_config(cfg, metrics: EPPMetrics | None = None) -> Scheduler:
+    return Scheduler(cfg.profiles, metrics, handler=cfg.handler, extra_plugins=cfg.plugins.values())
+
+
 def default_scheduler(metrics: EPPMetrics | None = None, max_endpoints: int = 1) -> Scheduler:
-    """Upstream's default profile: queue 2, KV-cache utilization 2, approximate prefix 3, max score."""
-    profile = Profile(
-        name="default",
-        picker=MaxScorePicker(maxNumOfEndpoints=max_endpoints),
-        scorers=[WeightedScorer(QueueScorer(), 2), WeightedScorer(KVCacheUtilizationScorer(), 2),
-                 WeightedScorer(PrefixCacheScorer(), 3)],
-    )
-    return Scheduler([profile], metrics)
+    """Upstream's default: queue 2, KV-cache utilization 2, approximate prefix 3, max-score picker."""
+    from .config import DEFAULT_CONFIG, load
+    return from_config(load(DEFAULT_CONFIG, "default config", max_endpoints), metrics)

@@ -37,6 +37,8 @@ class ProfileResult:
 class SchedulingResult:
     profiles: dict[str, ProfileResult]
     primary: str                                 # the profile whose targets the proxy routes to
+    headers: list[tuple[str, str]] | None = None # set on the request by pre-request hooks (e.g. P/D)
+    reasons: dict[str, str] | None = None        # why the handler decided as it did (explaining)
 
     @property
     def targets(self) -> list[Endpoint]:

@@ -17,8 +17,11 @@ from ..datalayer.scraper import Scraper
 from ..datalayer.store import EndpointStore
 from ..metrics import EPPMetrics
 from ..requestcontrol.director import Director
-from ..scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
-from ..scheduling.scheduler import default_scheduler
+from ..scheduling.config import DEFAULT_CONFIG, SchedulingConfig
+from ..scheduling.config import load as load_config
+from ..scheduling.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
+from ..scheduling.plugins.utilization_detector import UtilizationDetector
+from ..scheduling.scheduler import from_config
 from .extproc import ExternalProcessor
 from .health import Health
 from .pool_metrics import PoolCollector
@@ -35,16 +38,33 @@ def _hostport(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
+def scheduling_config(args) -> SchedulingConfig:
+    """The config file, the inline text, or upstream's default; raises ConfigError or OSError."""
+    if args.config_file:
+        try:
+            with open(args.config_file, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise OSError(f"failed to load config from a file {args.config_file!r}: {e.strerror or e}") from None
+        return load_config(text, args.config_file, args.max_num_of_endpoints)
+    if args.config_text:
+        return load_config(args.config_text, "--config-text", args.max_num_of_endpoints)
+    return load_config(DEFAULT_CONFIG, "default config", args.max_num_of_endpoints)
+
+
 async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.Event | None = None) -> int:
+    cfg = scheduling_config(args)  # a bad config is fatal at start: raises with the reason
     store = store or EndpointStore()
     source = EndpointsFile(args.endpoints_file, store)
     source.load()  # an unusable file is fatal at start: raises with the reason
 
     metrics = EPPMetrics()
-    scheduler = default_scheduler(metrics, args.max_num_of_endpoints)
+    scheduler = from_config(cfg, metrics)
+    saturation = cfg.saturation or UtilizationDetector(metricsStalenessThreshold=args.metrics_staleness_threshold)
     director = Director(store, scheduler, metrics, staleness=args.metrics_staleness_threshold,
-                        objectives=dict(args.objective or []), explain=args.decision_header)
-    prefix = scheduler.plugins_of(PrefixCacheScorer)
+                        objectives=dict(args.objective or []), explain=args.decision_header, saturation=saturation)
+    log.info("scheduling: %s", cfg.describe())
+    prefix = scheduler.plugins_of(ApproxPrefixCacheProducer)
     REGISTRY.register(PoolCollector(store, args.pool_name or os.path.basename(args.endpoints_file),
                                     args.metrics_staleness_threshold,
                                     (lambda: sum(len(p.index) for p in prefix)) if prefix else None))

@@ -176,9 +176,14 @@ class RequestStream:
 
     def _route_mutation(self, d: Decision, body_changed: bool) -> pb.HeaderMutation:
         sets = [(p.DEST, d.destination)]
+        remove = p.ROUTING_HEADERS[1:]
+        if d.headers:
+            sets.extend(d.headers)
+            ours = {k for k, _ in d.headers}
+            remove = [h for h in remove if h not in ours]  # a client's value is overwritten, not kept
         if body_changed:
             sets.append(("content-length", str(len(d.body))))
-        return p.header_mutation(sets, p.ROUTING_HEADERS[1:])
+        return p.header_mutation(sets, remove)
 
     def _decided_headers_response(self, d: Decision) -> pb.ProcessingResponse:
         self.headers_answered = True
@@ -227,8 +232,12 @@ class RequestStream:
         self.usage = UsageReader(sse="event-stream" in ctype)
         d = self.decision
         c = None
-        if d is not None and d.explanation is not None:
-            c = p.common(p.header_mutation([(p.DECISION_HEADER, d.explanation.decode())]))
+        if d is not None:
+            sets = self.director.response_headers(d, self.status)
+            if d.explanation is not None:
+                sets = (sets or []) + [(p.DECISION_HEADER, d.explanation.decode())]
+            if sets:
+                c = p.common(p.header_mutation(sets))
         if rh.end_of_stream or self.resp_mode in (p.NONE, None):
             self._finish()
         return [p.response_headers_response(c)]

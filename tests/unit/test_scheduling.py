@@ -42,11 +42,11 @@ def test_prefix_scorer_learns_from_its_picks():
     prompt = b"p" * 6400
     state = CycleState()
     assert scorer.score(state, req(prompt), eps) == [0.0, 0.0]
-    scorer.pre_request(state, req(prompt), SchedulingResult({"d": ProfileResult([eps[1]])}, "d"))
+    scorer.producer.pre_request(state, req(prompt), SchedulingResult({"d": ProfileResult([eps[1]])}, "d"))
     state = CycleState()
     assert scorer.score(state, req(prompt + b"q" * 640), eps) == [0.0, 100 / 110]
     assert scorer.score(CycleState(), req(prompt, salt="other"), eps) == [0.0, 0.0]
-    scorer.endpoints_removed([eps[1].address])
+    scorer.producer.endpoints_removed([eps[1].address])
     assert scorer.score(CycleState(), req(prompt), eps) == [0.0, 0.0]
 
 

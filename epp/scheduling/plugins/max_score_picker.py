@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from ..framework import Picker, register
+from ..framework import Picker, max_endpoints, register
 
 
 @register
@@ -13,9 +13,7 @@ class MaxScorePicker(Picker):
 
     def __init__(self, name: str | None = None, maxNumOfEndpoints: int = 1, rng: random.Random | None = None) -> None:
         super().__init__(name)
-        if not isinstance(maxNumOfEndpoints, int) or maxNumOfEndpoints < 1:
-            raise ValueError("maxNumOfEndpoints must be an integer >= 1")
-        self.max_endpoints = maxNumOfEndpoints
+        self.max_endpoints = max_endpoints(self.type_name, maxNumOfEndpoints)
         self._random = (rng or random.Random()).random
 
     def pick(self, state, request, endpoints, scores):

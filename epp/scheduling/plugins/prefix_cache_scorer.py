@@ -1,72 +1,85 @@
-"""prefix-cache-scorer (approximate): how much of the prompt's prefix the EPP has already sent to
-each endpoint, from its own routing history.
+"""prefix-cache-scorer: how much of the prompt's prefix each endpoint holds, from a prefix-match
+producer (the approximate one by default).
 
-Blocks are blockSizeTokens x 4 characters (upstream's characters-per-token guess) of the prompt's
-UTF-8 bytes; matching runs from block 0 and stops at the first block no endpoint holds; at most
-maxPrefixBlocksToMatch blocks. Per-endpoint LRU of lruCapacityPerServer blocks, or the endpoint's
-real num_gpu_blocks when autoTune is on and its metrics report cache_config_info.
+score = (1 - w) x matched/total + w x min(1, matched_tokens / matchLengthScaleTokens)^2, with
+w = matchLengthWeight (default 0: the plain ratio, as upstream). A weight above 0 lets a long match
+count for more than a short one of the same ratio (GIE #2561): a 50-token prompt matched in full
+saves little prefill, a 6,000-token system prompt matched at 60% saves a lot.
+
+Older configs put the hashing parameters (blockSize, blockSizeTokens, maxPrefixBlocksToMatch,
+lruCapacityPerServer, autoTune) on this scorer: they still work and give it a producer of its own.
 """
 from __future__ import annotations
 
-from ...kvcache.prefix_index import PrefixIndex, block_keys
-from ..framework import EndpointLifecycle, PreRequest, Scorer, register
+from ..framework import Scorer, need_number, register
+from .approx_prefix_cache_producer import ApproxPrefixCacheProducer
 
-CHARS_PER_TOKEN = 4
-STATE_KEYS = "prefix-cache-scorer/keys"
-STATE_MATCH = "prefix-cache-scorer/match"
-STATE_HIT_RATIO = "prefix-cache-scorer/hit-ratio"  # of the primary pick, for the hit-ratio metric
+_LEGACY = ("autoTune", "blockSize", "blockSizeTokens", "maxPrefixBlocksToMatch", "maxPrefixTokensToMatch",
+           "lruCapacityPerServer")
 
 
 @register
-class PrefixCacheScorer(Scorer, PreRequest, EndpointLifecycle):
+class PrefixCacheScorer(Scorer):
     type_name = "prefix-cache-scorer"
 
-    def __init__(self, name: str | None = None, blockSizeTokens: int = 16, maxPrefixBlocksToMatch: int = 256,
-                 lruCapacityPerServer: int = 31_250, autoTune: bool = True, blockSize: int | None = None) -> None:
+    def __init__(self, name: str | None = None, prefixMatchInfoProducerName: str = "",
+                 matchLengthWeight: float = 0.0, matchLengthScaleTokens: int = 8192,
+                 autoTune: bool | None = None, blockSize: int | None = None, blockSizeTokens: int | None = None,
+                 maxPrefixBlocksToMatch: int | None = None, maxPrefixTokensToMatch: int | None = None,
+                 lruCapacityPerServer: int | None = None) -> None:
         super().__init__(name)
-        if blockSize is not None:  # older upstream name, in characters
-            blockSizeTokens = max(1, blockSize // CHARS_PER_TOKEN)
-        for key, v in (("blockSizeTokens", blockSizeTokens), ("maxPrefixBlocksToMatch", maxPrefixBlocksToMatch),
-                       ("lruCapacityPerServer", lruCapacityPerServer)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{key} must be an integer >= 1")
-        self.block_bytes = blockSizeTokens * CHARS_PER_TOKEN
-        self.max_blocks = maxPrefixBlocksToMatch
-        self.auto_tune = bool(autoTune)
-        self.index = PrefixIndex(lruCapacityPerServer)
-        self.lookups = 0
-        self.hit_blocks = 0
-        self.total_blocks = 0
+        t = self.type_name
+        self.length_weight = need_number(t, "matchLengthWeight", matchLengthWeight, 0.0, 1.0)
+        self.length_scale = need_number(t, "matchLengthScaleTokens", matchLengthScaleTokens, 1.0)
+        self.producer_name = prefixMatchInfoProducerName
+        legacy = {k: v for k, v in zip(_LEGACY, (autoTune, blockSize, blockSizeTokens, maxPrefixBlocksToMatch,
+                                                  maxPrefixTokensToMatch, lruCapacityPerServer)) if v is not None}
+        if legacy and prefixMatchInfoProducerName:
+            raise ValueError(f"{t}: hashing parameters {sorted(legacy)} belong on the producer "
+                             f"{prefixMatchInfoProducerName!r}, not on the scorer")
+        self.own_producer = bool(legacy)
+        # a producer of its own until bind() finds the configured one (used as is when built in code)
+        self.producer = ApproxPrefixCacheProducer(name=f"{self.name}/producer", **legacy)
 
-    def keys(self, state, request) -> list[int]:
-        keys = state.get(STATE_KEYS)
-        if keys is None:
-            seed = request.target_model + ("\x00" + request.cache_salt if request.cache_salt else "")
-            keys = state[STATE_KEYS] = block_keys(seed, request.prompt, self.block_bytes, self.max_blocks)
-        return keys
+    def bind(self, plugins: dict) -> None:
+        if self.own_producer:
+            self.producer.bind(plugins)
+            return
+        if self.producer_name:
+            p = plugins.get(self.producer_name)
+            if p is None:
+                raise ValueError(f"prefixMatchInfoProducerName {self.producer_name!r} names no configured plugin")
+            if not hasattr(p, "match_info"):
+                raise ValueError(f"prefixMatchInfoProducerName {self.producer_name!r} ({p.type_name}) "
+                                 f"produces no prefix match information")
+            self.producer = p
+            return
+        found = [p for p in plugins.values() if isinstance(p, ApproxPrefixCacheProducer)]
+        if len(found) > 1:
+            raise ValueError("several approx-prefix-cache-producer plugins: set prefixMatchInfoProducerName")
+        if found:  # the loader creates one with upstream's defaults when the config names none
+            self.producer = found[0]
+
+    @property
+    def wants_approx_producer(self) -> bool:
+        return not self.own_producer and not self.producer_name
+
+    def sub_plugins(self) -> list:
+        return [self.producer]
 
     def score(self, state, request, endpoints):
-        keys = self.keys(state, request)
-        if not keys:
+        info = self.producer.match_info(state, request)
+        n = info.total
+        if not n:
             return [0.0] * len(endpoints)
-        match = state[STATE_MATCH] = self.index.match(keys)
-        n = len(keys)
-        return [match.get(ep.address, 0) / n for ep in endpoints]
-
-    def pre_request(self, state, request, result) -> None:
-        keys = state.get(STATE_KEYS)
-        if not keys or not result.targets:
-            return
-        ep = result.targets[0]
-        matched = state.get(STATE_MATCH, {}).get(ep.address, 0)
-        self.lookups += 1
-        self.hit_blocks += matched
-        self.total_blocks += len(keys)
-        state[STATE_HIT_RATIO] = matched / len(keys)
-        if self.auto_tune and ep.metrics.num_gpu_blocks:
-            self.index.set_capacity(ep.address, ep.metrics.num_gpu_blocks)
-        self.index.add(ep.address, keys)
-
-    def endpoints_removed(self, addresses: list[str]) -> None:
-        for a in addresses:
-            self.index.remove_endpoint(a)
+        matched = info.matched
+        w = self.length_weight
+        if not w:
+            return [matched.get(ep.address, 0) / n for ep in endpoints]
+        scale = self.length_scale / info.block_tokens
+        out = []
+        for ep in endpoints:
+            m = matched.get(ep.address, 0)
+            length = min(1.0, m / scale)
+            out.append((1.0 - w) * m / n + w * length * length)
+        return out

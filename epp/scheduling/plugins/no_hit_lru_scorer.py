@@ -1,0 +1,81 @@
+"""no-hit-lru-scorer: spreads cold prefixes. When no candidate holds any of the request's prefix,
+endpoints never given a cold request score highest (1 - i/(n-1) in candidate order), then the least
+recently used ones; warm requests get 0.5 everywhere, leaving them to the prefix scorer. The picks
+of cold requests (primary and "prefill" profile) become most recently used."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from ..framework import EndpointLifecycle, PreRequest, Scorer, need_int, register
+from .approx_prefix_cache_producer import PREFILL_PROFILE, ApproxPrefixCacheProducer
+
+STATE_COLD = "no-hit-lru/cold"
+
+
+@register
+class NoHitLRUScorer(Scorer, PreRequest, EndpointLifecycle):
+    type_name = "no-hit-lru-scorer"
+
+    def __init__(self, name: str | None = None, lruSize: int = 1024, prefixMatchInfoProducerName: str = "") -> None:
+        super().__init__(name)
+        self.size = need_int(self.type_name, "lruSize", lruSize, 1)
+        self.producer_name = prefixMatchInfoProducerName
+        self.producer = None
+        self._lru: OrderedDict[str, None] = OrderedDict()   # least recently used first
+
+    def bind(self, plugins: dict) -> None:
+        if self.producer_name:
+            p = plugins.get(self.producer_name)
+            if p is None or not hasattr(p, "match_info"):
+                raise ValueError(f"prefixMatchInfoProducerName {self.producer_name!r} names no prefix match producer")
+            self.producer = p
+            return
+        found = [p for p in plugins.values() if isinstance(p, ApproxPrefixCacheProducer)]
+        if not found:  # the prefix scorer may create one in its own bind(): share it if so
+            found = [s for p in plugins.values() for s in getattr(p, "sub_plugins", lambda: [])()
+                     if isinstance(s, ApproxPrefixCacheProducer)]
+        self.producer = found[0] if found else None
+
+    @property
+    def wants_approx_producer(self) -> bool:
+        return not self.producer_name
+
+    def score(self, state, request, endpoints):
+        if self.producer is None:  # built in code without a config
+            self.producer = ApproxPrefixCacheProducer()
+        info = self.producer.match_info(state, request)
+        cold = not any(info.matched.get(ep.address) for ep in endpoints)
+        state[STATE_COLD] = cold
+        n = len(endpoints)
+        if not cold:
+            return [0.5] * n
+        if n == 1:
+            return [1.0]
+        lru = self._lru
+        fresh = [i for i, ep in enumerate(endpoints) if ep.address not in lru]
+        out = [0.0] * n
+        for rank, i in enumerate(fresh):
+            out[i] = 1.0 - rank / (n - 1)
+        pos = {a: k for k, a in enumerate(lru)}
+        used = sorted((pos[ep.address], i) for i, ep in enumerate(endpoints) if ep.address in pos)
+        for rank, (_, i) in enumerate(used):
+            out[i] = max(0.0, 1.0 - (len(fresh) + rank) / (n - 1))
+        return out
+
+    def pre_request(self, state, request, result):
+        if not state.get(STATE_COLD):
+            return None
+        chosen = [result.targets[0]] if result.targets else []
+        prefill = result.profiles.get(PREFILL_PROFILE)
+        if prefill is not None and prefill.targets and result.primary != PREFILL_PROFILE:
+            chosen.append(prefill.targets[0])
+        for ep in chosen:
+            self._lru.pop(ep.address, None)
+            self._lru[ep.address] = None
+        while len(self._lru) > self.size:
+            self._lru.popitem(last=False)
+        return None
+
+    def endpoints_removed(self, addresses):
+        for a in addresses:
+            self._lru.pop(a, None)

@@ -1,0 +1,74 @@
+"""prefix-cache-affinity-filter: when some endpoints hold at least affinityThreshold of the prompt's
+prefix, keep only those ("sticky") - unless that would cost too much waiting: if the best sticky
+endpoint's estimated TTFT exceeds the best other endpoint's by more than maxTTFTPenaltyMs, all stay.
+TTFT is estimated as the endpoint's in-flight prompt tokens / peakPrefillThroughput. With
+explorationProbability, that share of requests skips the filter so other endpoints warm up too."""
+from __future__ import annotations
+
+import random
+
+from ..framework import Filter, need_number, need_str, register
+from .approx_prefix_cache_producer import ApproxPrefixCacheProducer
+
+
+@register
+class PrefixCacheAffinityFilter(Filter):
+    type_name = "prefix-cache-affinity-filter"
+
+    def __init__(self, name: str | None = None, affinityThreshold: float = 0.80, explorationProbability: float = 0.0,
+                 maxTTFTPenaltyMs: float = 18000, ttftSource: str = "prefillThroughput",
+                 peakPrefillThroughput: float = 15928, prefixMatchInfoProducerName: str = "",
+                 rng: random.Random | None = None) -> None:
+        super().__init__(name)
+        t = self.type_name
+        self.threshold = need_number(t, "affinityThreshold", affinityThreshold)
+        self.explore = need_number(t, "explorationProbability", explorationProbability, 0.0, 1.0)
+        self.max_penalty_ms = need_number(t, "maxTTFTPenaltyMs", maxTTFTPenaltyMs, 0.0)
+        # latencyPredictor needs upstream's trained predictor; prefillThroughput is the model-free estimate
+        need_str(t, "ttftSource", ttftSource, ("prefillThroughput",))
+        self.peak = need_number(t, "peakPrefillThroughput", peakPrefillThroughput, 1e-9)
+        self.producer_name = prefixMatchInfoProducerName
+        self.producer = None
+        self.rng = rng or random.Random()
+
+    @property
+    def wants_approx_producer(self) -> bool:
+        return not self.producer_name
+
+    def bind(self, plugins: dict) -> None:
+        if self.producer_name:
+            p = plugins.get(self.producer_name)
+            if p is None or not hasattr(p, "match_info"):
+                raise ValueError(f"prefixMatchInfoProducerName {self.producer_name!r} names no prefix match producer")
+            self.producer = p
+            return
+        found = [p for p in plugins.values() if isinstance(p, ApproxPrefixCacheProducer)]
+        if not found:
+            found = [s for p in plugins.values() for s in getattr(p, "sub_plugins", lambda: [])()
+                     if isinstance(s, ApproxPrefixCacheProducer)]
+        self.producer = found[0] if found else None
+
+    def _ttft_ms(self, ep) -> float:
+        return ep.in_flight_tokens / self.peak * 1000.0
+
+    def filter(self, state, request, endpoints):
+        if self.threshold <= 0 or len(endpoints) <= 1:
+            return list(endpoints)
+        if self.explore and self.rng.random() < self.explore:
+            return list(endpoints)
+        if self.producer is None:
+            self.producer = ApproxPrefixCacheProducer()
+        info = self.producer.match_info(state, request)
+        if not info.total:
+            return list(endpoints)
+        need = self.threshold * info.total
+        sticky = [ep for ep in endpoints if info.matched.get(ep.address, 0) >= need]
+        if not sticky or len(sticky) == len(endpoints):
+            return list(endpoints)
+        if self.max_penalty_ms > 0:
+            others = [ep for ep in endpoints if info.matched.get(ep.address, 0) < need]
+            best_sticky = min(map(self._ttft_ms, sticky))
+            best_other = min(map(self._ttft_ms, others))
+            if best_sticky - best_other > self.max_penalty_ms:
+                return list(endpoints)
+        return sticky

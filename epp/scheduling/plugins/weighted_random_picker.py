@@ -1,0 +1,34 @@
+"""weighted-random-picker: endpoints drawn with probability proportional to their total score,
+without replacement (A-Res: key = U^(1/score), highest keys win). When every score is 0 the draw
+is uniform, so a pool that scores nothing still spreads its load."""
+from __future__ import annotations
+
+import math
+import random
+
+from ..framework import Picker, max_endpoints, register
+
+
+@register
+class WeightedRandomPicker(Picker):
+    type_name = "weighted-random-picker"
+
+    def __init__(self, name: str | None = None, maxNumOfEndpoints: int = 1, rng: random.Random | None = None) -> None:
+        super().__init__(name)
+        self.max_endpoints = max_endpoints(self.type_name, maxNumOfEndpoints)
+        self.rng = rng or random.Random()
+
+    def pick(self, state, request, endpoints, scores):
+        if not endpoints:
+            return []
+        rnd = self.rng.random
+        positive = [s if s > 0.0 else 0.0 for s in scores]  # NaN and negatives weigh nothing
+        if not any(positive):
+            positive = [1.0] * len(endpoints)
+        keys = []
+        for i, s in enumerate(positive):
+            if s > 0.0:
+                # log(U)/s orders like U^(1/s) without underflowing for small scores
+                keys.append((math.log(rnd() or 1e-300) / s, i))
+        keys.sort(reverse=True)
+        return [endpoints[i] for _, i in keys[:self.max_endpoints]]
