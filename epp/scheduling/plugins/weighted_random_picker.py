@@ -1,6 +1,6 @@
 """weighted-random-picker: endpoints drawn with probability proportional to their total score,
-without replacement (A-Res: key = U^(1/score), highest keys win). When every score is 0 the draw
-is uniform, so a pool that scores nothing still spreads its load."""
+without replacement (A-Res: key = U^(1/score), highest keys win). Zero scores come last, in random
+order; when every score is 0 the draw is uniform, so a pool that scores nothing still spreads load."""
 from __future__ import annotations
 
 import math
@@ -27,8 +27,8 @@ class WeightedRandomPicker(Picker):
             positive = [1.0] * len(endpoints)
         keys = []
         for i, s in enumerate(positive):
-            if s > 0.0:
-                # log(U)/s orders like U^(1/s) without underflowing for small scores
-                keys.append((math.log(rnd() or 1e-300) / s, i))
+            # log(U)/s orders like U^(1/s) without underflowing for small scores; a zero score
+            # is never drawn ahead of a positive one but still serves as a last fallback
+            keys.append((math.log(rnd() or 1e-300) / s if s > 0.0 else -math.inf, rnd(), i))
         keys.sort(reverse=True)
-        return [endpoints[i] for _, i in keys[:self.max_endpoints]]
+        return [endpoints[i] for _, _, i in keys[:self.max_endpoints]]
