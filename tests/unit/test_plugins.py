@@ -291,3 +291,19 @@ def test_token_producer_local_tokenizer_makes_token_blocks(tmp_path):
     with pytest.raises(ValueError, match="vllm backend"):
         TokenProducer(vllm={"url": "http://x"})
     assert TokenProducer().tokens(S(), r) is None                        # estimate: bytes are the blocks
+
+
+def test_token_producer_pieces_equal_whole_text_and_stop_at_the_limit():
+    from vllm_sim.tokenizer import DEFAULT_DIR
+    tp = TokenProducer(local={"path": DEFAULT_DIR})
+    assert tp.chunked
+    rng = random.Random(4)
+    words = ["routing", "cache", "  spaced", "ünï", "日本語", "x,y", "\n\n", "42"]
+    text = " ".join(rng.choice(words) for _ in range(6000))
+    whole = tp.tokenizer.encode(text, add_special_tokens=False).ids
+    r = req(b"", body={"prompt": text})
+    state = S()
+    head = tp.tokens(state, r, 500)
+    assert 500 <= len(head) < len(whole) and head == whole[:len(head)]     # only the head was tokenized
+    assert tp.tokens(state, r, 0) == whole                                 # the rest on demand, same tokens
+    assert tp.tokens(S(), r) == whole                                      # cached pieces give the same answer

@@ -63,7 +63,8 @@ class ApproxPrefixCacheProducer(Plugin, PreRequest, EndpointLifecycle):
         info = state.get(self._state_key)
         if info is None:
             seed = request.target_model + ("\x00" + request.cache_salt if request.cache_salt else "")
-            ids = self.tokens.tokens(state, request) if self.tokens is not None else None
+            limit = self.max_blocks * self.block_tokens
+            ids = self.tokens.tokens(state, request, limit) if self.tokens is not None else None
             data = request.prompt if ids is None else ids_bytes(ids)
             keys = block_keys(seed, data, self.block_tokens * 4, self.max_blocks)
             info = state[self._state_key] = MatchInfo(keys, self.index.match(keys) if keys else {}, self.block_tokens)
