@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add("pool-name", "InferencePool name (also the pool label of metrics)", "", env="POOL_NAME")
     f.add("pool-namespace", "InferencePool namespace", "default", env="NAMESPACE")
     f.add("pool-group", "InferencePool API group", "inference.networking.k8s.io")
+    f.add("endpoint-selector", "standalone discovery without an InferencePool: a label selector for the model-server "
+          "pods (e.g. app=vllm), with --endpoint-target-ports", "")
+    f.add("endpoint-target-ports", "ports of each selected pod that are endpoints, comma-separated (standalone mode)", "",
+          )
+    f.add("ha-enable-leader-election", "run several replicas active-passive: only the holder of a Lease reports ready",
+          False, boolean)
+    f.add("kubeconfig", "kubeconfig file (default: in-cluster credentials, else $KUBECONFIG or ~/.kube/config)", None)
     f.add("refresh-metrics-interval", "how often each endpoint's /metrics is scraped", duration("50ms"), duration)
     f.add("metrics-staleness-threshold", "metrics older than this count as unknown", duration("2s"), duration)
     f.add("metrics-scrape-timeout", "timeout of one /metrics scrape", duration("1s"), duration)
@@ -106,11 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = build_parser()
     args = ap.parse_args(argv)
-    if not args.endpoints_file:
-        if args.pool_name:
-            ap.error("InferencePool discovery (--pool-name) needs Kubernetes support, which this build lacks; "
-                     "use --endpoints-file")
-        ap.error("--endpoints-file is required")
+    sources = [n for n, v in (("--endpoints-file", args.endpoints_file), ("--pool-name", args.pool_name),
+                                ("--endpoint-selector", args.endpoint_selector)) if v]
+    if len(sources) != 1:
+        ap.error("give exactly one source of endpoints: --pool-name (an InferencePool), --endpoint-selector with "
+                 "--endpoint-target-ports (pods by label), or --endpoints-file (a YAML list)"
+                 + (f"; got {' and '.join(sources)}" if sources else ""))
+    ports = []
+    for part in filter(None, (x.strip() for x in args.endpoint_target_ports.split(","))):
+        if not part.isdigit() or not 0 < int(part) < 65536:
+            ap.error(f"--endpoint-target-ports: {part!r} is not a port")
+        ports.append(int(part))
+    args.endpoint_target_ports = ports
+    if args.endpoint_selector and not ports:
+        ap.error("--endpoint-selector needs --endpoint-target-ports")
     if args.config_file and args.config_text:
         ap.error('both the "config-file" and "config-text" flags cannot be set at the same time')
     if args.max_num_of_endpoints < 1:

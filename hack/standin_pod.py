@@ -18,9 +18,11 @@ DEST = b"x-gateway-destination-endpoint"
 
 
 class Pod:
-    def __init__(self, port: int, sse_events: int = 5, sse_gap: float = 0.02, name: str = "") -> None:
+    def __init__(self, port: int, sse_events: int = 5, sse_gap: float = 0.02, name: str = "",
+                 host: str = "127.0.0.1") -> None:
         self.port = port
-        self.address = f"127.0.0.1:{port}"
+        self.host = host  # any 127.x.y.z: tests give pods their own loopback IPs, as pods have
+        self.address = f"{host}:{port}"
         self.name = name or (f"pod-{port}" if port else "")
         self.sse_events = sse_events
         self.sse_gap = sse_gap
@@ -29,10 +31,10 @@ class Pod:
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._conn, "127.0.0.1", self.port, limit=1 << 22)
+        self.server = await asyncio.start_server(self._conn, self.host, self.port, limit=1 << 22)
         if self.port == 0:  # an ephemeral port: no window in which another process can take it
             self.port = self.server.sockets[0].getsockname()[1]
-            self.address = f"127.0.0.1:{self.port}"
+            self.address = f"{self.host}:{self.port}"
             self.name = self.name or f"pod-{self.port}"
 
     async def stop(self) -> None:
@@ -102,6 +104,7 @@ class Pod:
                   "prefiller_header": b",".join(headers.get(b"x-prefiller-host-port", [])).decode() or None,
                   "body_sha256": hashlib.sha256(body).hexdigest(), "body_len": len(body),
                   "model": req.get("model"),
+                  "server_model": req.get("model"),   # not mapped back by a model rewrite, unlike "model"
                   "usage": {"prompt_tokens": max(1, len(body) // 4), "completion_tokens": 1,
                             "total_tokens": max(1, len(body) // 4) + 1, "prompt_tokens_details": {"cached_tokens": 0}}}
         if not req.get("stream"):

@@ -39,7 +39,7 @@ class EndpointStore:
                 new[ep.address] = ep
                 added.append(ep)
             else:
-                old.name, old.labels, old.ready = ep.name, ep.labels, ep.ready
+                old.name, old.labels, old.ready, old.namespace = ep.name, ep.labels, ep.ready, ep.namespace
                 new[ep.address] = old
         removed = [ep for addr, ep in self._by_address.items() if addr not in new]
         self._by_address = new

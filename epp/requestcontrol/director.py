@@ -20,6 +20,7 @@ from ..scheduling.scheduler import Scheduler
 from ..scheduling.types import LLMRequest, SchedulingResult
 from .errors import EPPError, bad_request
 from .parse import api_for_path, parse_body
+from .rewrite import REWRITE_HEADER, ModelNameMapper, Rewrites
 from .usage import Usage
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,12 @@ class Decision:
     result: SchedulingResult | None = None
     headers: list[tuple[str, str]] | None = None   # plugins' request headers (e.g. the P/D prefill host)
     tokens: int = 0                          # estimated prompt tokens, counted in flight on the target
+    served_model: str | None = None          # the rewritten model name the server will answer with
+
+    def response_mapper(self) -> ModelNameMapper | None:
+        if self.served_model is None:
+            return None
+        return ModelNameMapper(self.served_model, self.request.model)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -66,12 +73,14 @@ def _subset_filter(endpoints: Sequence[Endpoint], subset: list[str]) -> list[End
 class Director:
     def __init__(self, store: EndpointStore, scheduler: Scheduler, metrics: EPPMetrics | None = None,
                  staleness: float = 2.0, objectives: dict[str, int] | None = None, explain: bool = False,
-                 saturation=None) -> None:
+                 saturation=None, rewrites: Rewrites | None = None) -> None:
         self.store = store
         self.scheduler = scheduler
         self.metrics = metrics
         self.staleness = staleness
-        self.objectives = objectives or {}
+        self.static_objectives = dict(objectives or {})
+        self.objectives = dict(self.static_objectives)
+        self.rewrites = rewrites or Rewrites()
         self.explain = explain
         # sheds sheddable requests; upstream's utilization detector with our staleness unless configured
         self.saturation = saturation or UtilizationDetector(metricsStalenessThreshold=staleness)
@@ -112,9 +121,17 @@ class Director:
                 raise bad_request(f"unsupported path {path.split('?', 1)[0]!r} for a request with a body; "
                                   f"supported: /v1/completions, /v1/chat/completions, /v1/responses")
             body, model, prompt, stream, salt = parse_body(api, raw_body)
+        target = model
+        new_body = None
+        if body is not None and model:
+            rewritten = headers.get(REWRITE_HEADER) or self.rewrites.target(model)
+            if rewritten and rewritten != model:
+                target = rewritten
+                body["model"] = rewritten
+                new_body = orjson.dumps(body)
         request = LLMRequest(
             request_id=headers.get(REQUEST_ID_HEADER) or f"epp-{next(self._ids)}",
-            model=model, target_model=model, api=api, prompt=prompt, headers=headers, body=body,
+            model=model, target_model=target, api=api, prompt=prompt, headers=headers, body=body,
             priority=self._priority(headers), cache_salt=salt, stream=stream)
         try:
             candidates = self._candidates(subset)
@@ -137,7 +154,8 @@ class Director:
         if hit_ratio is not None and self.metrics:
             self.metrics.prefix_hit_ratio.observe(hit_ratio)
         decision = Decision(request=request, targets=targets, destination=",".join(ep.address for ep in targets),
-                            result=result, headers=result.headers, tokens=tokens)
+                            result=result, headers=result.headers, tokens=tokens, body=new_body,
+                            served_model=target if new_body is not None else None)
         if self.explain:
             decision.explanation = self._explain(result)
         if log.isEnabledFor(logging.DEBUG):
@@ -146,6 +164,12 @@ class Director:
         if self.metrics and model:
             self._series(request).running.inc()
         return decision
+
+    def set_objectives(self, priorities: dict[str, int]) -> None:
+        """From the InferenceObjective watch: the cluster's objectives over the --objective flags."""
+        merged = dict(self.static_objectives)
+        merged.update(priorities)
+        self.objectives = merged
 
     def _priority(self, headers: dict[str, str]) -> int:
         name = headers.get(OBJECTIVE_HEADER)

@@ -55,8 +55,10 @@ def scheduling_config(args) -> SchedulingConfig:
 async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.Event | None = None) -> int:
     cfg = scheduling_config(args)  # a bad config is fatal at start: raises with the reason
     store = store or EndpointStore()
-    source = EndpointsFile(args.endpoints_file, store)
-    source.load()  # an unusable file is fatal at start: raises with the reason
+    source = None
+    if args.endpoints_file:
+        source = EndpointsFile(args.endpoints_file, store)
+        source.load()  # an unusable file is fatal at start: raises with the reason
 
     metrics = EPPMetrics()
     scheduler = from_config(cfg, metrics)
@@ -65,7 +67,13 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
                         objectives=dict(args.objective or []), explain=args.decision_header, saturation=saturation)
     log.info("scheduling: %s", cfg.describe())
     prefix = scheduler.plugins_of(ApproxPrefixCacheProducer)
-    REGISTRY.register(PoolCollector(store, args.pool_name or os.path.basename(args.endpoints_file),
+    kube = None
+    if source is None:
+        from .kube import KubernetesSources
+        kube = KubernetesSources(args, store, director)
+        await kube.start()  # no credentials or kubeconfig is fatal at start
+    REGISTRY.register(PoolCollector(store, args.pool_name or os.path.basename(args.endpoints_file or "")
+                                    or args.endpoint_selector,
                                     args.metrics_staleness_threshold,
                                     (lambda: sum(len(p.index) for p in prefix)) if prefix else None))
     names = MetricNames(waiting=args.total_queued_requests_metric, running=args.total_running_requests_metric,
@@ -111,19 +119,31 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
         await server.start(args.bind_address, args.grpc_port, ssl_context(args.cert_path) if args.secure_serving else None)
     await health_server.start()
     scraper.start()
-    watcher = asyncio.create_task(source.watch(), name="endpoints file")
-    await health.set(live=True, ready=store.synced)
+    watcher = asyncio.create_task(source.watch() if source else asyncio.Event().wait(), name="endpoints file")
+    stopping = False
+
+    async def readiness() -> None:
+        # ready once discovery has delivered the pool, and in HA mode only while holding the lease
+        while True:
+            await health.set(live=True, ready=not stopping and store.synced and (kube is None or kube.is_leader))
+            await asyncio.sleep(0.2)
+    ready_task = asyncio.create_task(readiness(), name="readiness")
+    await health.set(live=True, ready=store.synced and (kube is None or kube.is_leader))
     log.info("epp serving ext_proc on %s (%s, %s server), health on %d, metrics on %d; %d endpoints from %s",
              target, "TLS" if args.secure_serving else "plaintext", args.ext_proc_server, args.grpc_health_port, args.metrics_port,
-             len(store.snapshot()), args.endpoints_file)
+             len(store.snapshot()), args.endpoints_file or args.pool_name or args.endpoint_selector)
     if ready_event is not None:
         ready_event.set()
 
     await stop.wait()
     log.info("shutting down: no new streams; %d in flight get up to %.1fs", active(), args.shutdown_grace_period)
+    stopping = True
+    ready_task.cancel()
     await health.set(live=True, ready=False)
     await server.stop(args.shutdown_grace_period)
     watcher.cancel()
+    if kube is not None:
+        await kube.stop()
     await scraper.stop()
     await health_server.stop(0)
     http_server.shutdown()

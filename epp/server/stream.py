@@ -32,7 +32,7 @@ _BODY_METHODS = ("POST", "PUT", "PATCH")
 class RequestStream:
     __slots__ = ("director", "max_body", "req_mode", "resp_mode", "early_body", "headers", "path",
                  "method", "subset", "chunks", "size", "decision", "headers_answered", "pending_acks",
-                 "status", "usage", "finished", "closed", "decided_early")
+                 "status", "usage", "finished", "closed", "decided_early", "mapper")
 
     def __init__(self, director: Director, max_body: int) -> None:
         self.director = director
@@ -54,6 +54,7 @@ class RequestStream:
         self.finished = False          # accounting done
         self.closed = False            # an immediate response was sent: nothing more to do
         self.decided_early = False     # STREAMED without early body: picked at the headers
+        self.mapper = None             # maps a rewritten model name back in the response body
 
     # ---------------------------------------------------------------- dispatch
 
@@ -236,8 +237,12 @@ class RequestStream:
             sets = self.director.response_headers(d, self.status)
             if d.explanation is not None:
                 sets = (sets or []) + [(p.DECISION_HEADER, d.explanation.decode())]
-            if sets:
-                c = p.common(p.header_mutation(sets))
+            remove = ()
+            if d.served_model is not None and self.resp_mode not in (p.NONE, None) and not rh.end_of_stream:
+                self.mapper = d.response_mapper()
+                remove = ("content-length",)  # the client's model name may differ in length
+            if sets or remove:
+                c = p.common(p.header_mutation(sets or [], remove))
         if rh.end_of_stream or self.resp_mode in (p.NONE, None):
             self._finish()
         return [p.response_headers_response(c)]
@@ -250,6 +255,11 @@ class RequestStream:
         if eos:
             self._served(msg)
             self._finish()
+        if self.mapper is not None:
+            data = self.mapper.feed(data, eos)
+            if self.resp_mode == p.FULL_DUPLEX:
+                return p.streamed_chunks(data, eos, response_side=True) if data or eos else []
+            return [p.response_body_response(p.common(body=data) if data else p.common(clear_body=True))]
         if self.resp_mode == p.FULL_DUPLEX:
             return p.streamed_chunks(data, eos, response_side=True)
         return [p.response_body_response()]
@@ -274,4 +284,5 @@ class RequestStream:
         self._finish()
         self.chunks = []
         self.usage = None
+        self.mapper = None
         self.decision = None

@@ -16,11 +16,22 @@ def test_go_style_flags():
 @pytest.mark.parametrize("argv", [[], ["--endpoints-file", "f", "--secure-serving=maybe"],
                                   ["--endpoints-file", "f", "--refresh-metrics-interval", "fast"],
                                   ["--endpoints-file", "f", "--objective", "nope"],
-                                  ["--pool-name", "p"]])
+                                  ["--pool-name", "p", "--endpoints-file", "f"],
+                                  ["--endpoint-selector", "app=vllm"],
+                                  ["--endpoint-selector", "app=vllm", "--endpoint-target-ports", "80,x"],
+                                  ["--endpoints-file", "f", "--config-file", "a", "--config-text", "b"]])
 def test_bad_flags_exit_with_usage(argv):
     with pytest.raises(SystemExit) as e:
         flags.parse(argv)
     assert e.value.code == 2
+
+
+def test_kubernetes_sources():
+    a = flags.parse(["--pool-name", "p", "--pool-namespace", "ns", "--ha-enable-leader-election"])
+    assert (a.pool_name, a.pool_namespace, a.pool_group, a.ha_enable_leader_election) == \
+        ("p", "ns", "inference.networking.k8s.io", True)
+    s = flags.parse(["--endpoint-selector", "app=vllm", "--endpoint-target-ports", "8000, 8001"])
+    assert s.endpoint_target_ports == [8000, 8001]
 
 
 def test_usage_from_json_answer_in_pieces():

@@ -1,0 +1,66 @@
+"""The Kubernetes side of a running epp: endpoints from an InferencePool (or a label selector),
+objectives and model rewrites, and the leader lease in HA mode."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+from ..datalayer.k8s.client import api_client
+from ..datalayer.k8s.leader import LeaderElector
+from ..datalayer.k8s.objectives import ObjectivesWatch
+from ..datalayer.k8s.pool import PoolDiscovery, SelectorDiscovery
+from ..datalayer.store import EndpointStore
+from ..requestcontrol.director import Director
+
+log = logging.getLogger(__name__)
+
+
+class KubernetesSources:
+    def __init__(self, args, store: EndpointStore, director: Director) -> None:
+        self.args, self.store, self.director = args, store, director
+        self.tasks: list[asyncio.Task] = []
+        self.api = None
+        self.leader: LeaderElector | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leader is None or self.leader.leader
+
+    async def start(self, reflector_kw: dict | None = None) -> None:
+        a = self.args
+        kw = reflector_kw or {}
+        self.api = await api_client(a.kubeconfig)
+        ns = a.pool_namespace
+        if a.pool_name:
+            disc = PoolDiscovery(self.api, self.store, ns, a.pool_name, a.pool_group, **kw)
+            objectives = ObjectivesWatch(self.api, ns, a.pool_name, self.director.set_objectives,
+                                         self._set_rewrites, **kw)
+            self.tasks.append(asyncio.create_task(objectives.run(), name="objectives and rewrites"))
+            log.info("discovering endpoints from InferencePool %s/%s (%s)", ns, a.pool_name, a.pool_group)
+        else:
+            disc = SelectorDiscovery(self.api, self.store, ns, a.endpoint_selector, a.endpoint_target_ports, **kw)
+            log.info("discovering endpoints from pods %s in %s, ports %s", a.endpoint_selector, ns,
+                     a.endpoint_target_ports)
+        self.tasks.append(asyncio.create_task(disc.run(), name="endpoint discovery"))
+        if a.ha_enable_leader_election:
+            identity = os.environ.get("POD_NAME") or socket.gethostname()
+            self.leader = LeaderElector(self.api, ns, f"epp-{a.pool_name or 'standalone'}-leader",
+                                        identity, lambda leader: None)
+            self.tasks.append(asyncio.create_task(self.leader.run(), name="leader election"))
+
+    def _set_rewrites(self, rules: list) -> None:
+        self.director.rewrites.rules = rules
+        log.info("model rewrites: %d rule(s)", len(rules))
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.api is not None:
+            await self.api.close()
