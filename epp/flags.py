@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
           )
     f.add("ha-enable-leader-election", "run several replicas active-passive: only the holder of a Lease reports ready",
           False, boolean)
+    f.add("leader-election-lease-duration", "HA: how long a lease holds without renewal", duration("15s"), duration)
+    f.add("leader-election-renew-deadline", "HA: a leader that cannot renew for this long steps down", duration("10s"),
+          duration)
+    f.add("leader-election-retry-period", "HA: how often the lease is renewed or tried", duration("2s"), duration)
     f.add("kubeconfig", "kubeconfig file (default: in-cluster credentials, else $KUBECONFIG or ~/.kube/config)", None)
     f.add("refresh-metrics-interval", "how often each endpoint's /metrics is scraped", duration("50ms"), duration)
     f.add("metrics-staleness-threshold", "metrics older than this count as unknown", duration("2s"), duration)

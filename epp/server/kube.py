@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import uuid
 
 from ..datalayer.k8s.client import api_client
 from ..datalayer.k8s.leader import LeaderElector
@@ -45,9 +46,12 @@ class KubernetesSources:
                      a.endpoint_target_ports)
         self.tasks.append(asyncio.create_task(disc.run(), name="endpoint discovery"))
         if a.ha_enable_leader_election:
-            identity = os.environ.get("POD_NAME") or socket.gethostname()
+            # unique per process, as client-go does: a restarted container must not inherit the old lease
+            identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
             self.leader = LeaderElector(self.api, ns, f"epp-{a.pool_name or 'standalone'}-leader",
-                                        identity, lambda leader: None)
+                                        identity, lambda leader: None, lease_duration=a.leader_election_lease_duration,
+                                        renew_deadline=a.leader_election_renew_deadline,
+                                        retry_period=a.leader_election_retry_period)
             self.tasks.append(asyncio.create_task(self.leader.run(), name="leader election"))
 
     def _set_rewrites(self, rules: list) -> None:

@@ -51,7 +51,8 @@ class Epp:
     def __init__(self, tmp: str, endpoints_file: str, *extra: str, name: str = "epp") -> None:
         self.ports = {k: free_port() for k in ("grpc", "health", "metrics")}
         self.log = os.path.join(tmp, f"{name}.log")
-        cmd = [sys.executable, "-m", "epp", "--endpoints-file", endpoints_file, "--bind-address", "127.0.0.1",
+        source = ["--endpoints-file", endpoints_file] if endpoints_file else []
+        cmd = [sys.executable, "-m", "epp", *source, "--bind-address", "127.0.0.1",
                "--grpc-port", str(self.ports["grpc"]), "--grpc-health-port", str(self.ports["health"]),
                "--metrics-port", str(self.ports["metrics"]), *extra]
         if not any(a.startswith("--secure-serving") for a in extra):
