@@ -28,6 +28,7 @@ class FakeKube:
         self.compacted = 0                                   # watches from a version below this get 410
         self.bookmark_interval = bookmark_interval
         self.requests: list[str] = []                        # "LIST pods", "WATCH pods rv=..", ...
+        self.verbs: set[tuple[str, str, str]] = set()        # (api group, resource, verb) as RBAC names them
         self.watch_status_410 = False                        # answer 410 as an HTTP status, not an event
         self._changed: asyncio.Condition | None = None
         self._watch_tasks: set[asyncio.Task] = set()
@@ -142,7 +143,9 @@ class FakeKube:
         q = req.query
         label_sel, field_sel = q.get("labelSelector", ""), q.get("fieldSelector", "")
         if q.get("watch") in ("true", "1", "True"):
+            self.verbs.add((key[0], key[1], "watch"))
             return await self._watch(req, key, label_sel, field_sel)
+        self.verbs.add((key[0], key[1], "list"))
         self.requests.append(f"LIST {m['plural']}")
         items = [o for o in sorted(self.objects.get(key, {}).values(), key=lambda o: o["metadata"]["name"])
                  if self._matches(o, label_sel, field_sel)]
@@ -209,6 +212,7 @@ class FakeKube:
     async def _lease_get(self, req):
         obj = self.objects.get((*self.LEASES, req.match_info["ns"]), {}).get(req.match_info["name"])
         self.requests.append("GET lease")
+        self.verbs.add((*self.LEASES, "get"))
         if obj is None:
             return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
         return web.json_response(obj)
@@ -217,6 +221,7 @@ class FakeKube:
         body = await req.json()
         ns = req.match_info["ns"]
         self.requests.append("CREATE lease")
+        self.verbs.add((*self.LEASES, "create"))
         if body["metadata"]["name"] in self.objects.get((*self.LEASES, ns), {}):
             return web.json_response({"kind": "Status", "code": 409, "reason": "AlreadyExists"}, status=409)
         return web.json_response(await self._put(*self.LEASES, ns, body), status=201)
@@ -225,6 +230,7 @@ class FakeKube:
         body = await req.json()
         ns, name = req.match_info["ns"], req.match_info["name"]
         self.requests.append("UPDATE lease")
+        self.verbs.add((*self.LEASES, "update"))
         cur = self.objects.get((*self.LEASES, ns), {}).get(name)
         if cur is None:
             return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)

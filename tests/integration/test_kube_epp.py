@@ -151,3 +151,20 @@ def test_ha_only_the_leader_is_ready(tmp_path, cluster):
     finally:
         a.stop()
         b.stop()
+
+
+def test_rbac_lists_exactly_what_epp_uses(tmp_path, cluster):
+    """Every API call an HA epp makes, as RBAC verbs, equals epp/datalayer/k8s/rbac.py (which the
+    manifests' Role is checked against)."""
+    from epp.datalayer.k8s.rbac import NAMESPACED
+    cluster.kube.verbs.clear()
+    a = start(str(tmp_path), cluster, "--ha-enable-leader-election", "--leader-election-retry-period", "100ms",
+              name="epp-rbac")
+    try:
+        wait_for(lambda: ready(a.ports["health"]) == "SERVING", what="ready")
+        wait_for(lambda: ("coordination.k8s.io", "leases", "update") in cluster.kube.verbs, what="a renewal")
+        wait_for(lambda: len({v for v in cluster.kube.verbs if v[2] == "watch"}) == 4, what="all watches")
+    finally:
+        a.stop()
+    granted = {(g, r, v) for (g, r), verbs in NAMESPACED.items() for v in verbs}
+    assert cluster.kube.verbs == granted

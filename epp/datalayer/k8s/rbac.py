@@ -3,9 +3,9 @@
 
 # (api group, resource) -> verbs, all in the pool's namespace
 NAMESPACED = {
-    ("", "pods"): ("get", "list", "watch"),
-    ("inference.networking.k8s.io", "inferencepools"): ("get", "list", "watch"),
-    ("inference.networking.x-k8s.io", "inferenceobjectives"): ("get", "list", "watch"),
-    ("inference.networking.x-k8s.io", "inferencemodelrewrites"): ("get", "list", "watch"),
+    ("", "pods"): ("list", "watch"),
+    ("inference.networking.k8s.io", "inferencepools"): ("list", "watch"),
+    ("inference.networking.x-k8s.io", "inferenceobjectives"): ("list", "watch"),
+    ("inference.networking.x-k8s.io", "inferencemodelrewrites"): ("list", "watch"),
     ("coordination.k8s.io", "leases"): ("get", "create", "update"),   # only with --ha-enable-leader-election
 }
