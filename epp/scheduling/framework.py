@@ -29,6 +29,10 @@ class Filter(Plugin):
 
 
 class Scorer(Plugin):
+    # True when the scorer itself guarantees finite scores in [0, 1] (a property test holds every
+    # built-in one to it), so the profile can skip clamping them on the hot path
+    bounded: ClassVar[bool] = False
+
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[float]:
         raise NotImplementedError
 

@@ -48,8 +48,8 @@ class Profile:
             if observe:
                 observe("Scorer", ws.scorer, perf_counter() - t)
             w = ws.weight
-            # clamp to [0, 1]; NaN fails both comparisons and counts as 0
-            scores = [s if 0.0 <= s <= 1.0 else (1.0 if s > 1.0 else 0.0) for s in scores]
+            if not ws.scorer.bounded:  # clamp to [0, 1]; NaN fails both comparisons and counts as 0
+                scores = [s if 0.0 <= s <= 1.0 else (1.0 if s > 1.0 else 0.0) for s in scores]
             totals = [total + w * s for total, s in zip(totals, scores)]
             if table is not None:
                 for ep, s in zip(endpoints, scores):

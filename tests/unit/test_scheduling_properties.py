@@ -54,6 +54,14 @@ SCORERS = [QueueScorer(), KVCacheUtilizationScorer(), RunningRequestsSizeScorer(
            NoHitLRUScorer(), ContextLengthAware()]
 
 
+def test_every_scorer_that_skips_clamping_is_checked_here():
+    from epp.scheduling.framework import REGISTRY, Scorer
+    from epp.scheduling.plugins import load_all
+    load_all()
+    bounded = {c for c in REGISTRY.values() if issubclass(c, Scorer) and c.bounded}
+    assert bounded == {type(s) for s in SCORERS}
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pools(), prompts)
 def test_scores_are_finite_and_in_range(eps, prompt):

@@ -10,6 +10,7 @@ from ..framework import Scorer, need_int, need_number, register
 @register
 class ActiveRequestScorer(Scorer):
     type_name = "active-request-scorer"
+    bounded = True
 
     def __init__(self, name: str | None = None, idleThreshold: int = 0, maxBusyScore: float = 1.0,
                  inFlightLoadProducerName: str = "", requestTimeout: str | None = None) -> None:

@@ -24,6 +24,7 @@ def parse_range(value: str) -> tuple[int, int] | None:
 @register
 class ContextLengthAware(Filter, Scorer):
     type_name = "context-length-aware"
+    bounded = True
 
     def __init__(self, name: str | None = None, label: str = "llm-d.ai/context-length-range",
                  enableFiltering: bool = False) -> None:

@@ -8,6 +8,7 @@ from ..framework import Scorer, register
 @register
 class LoadAwareScorer(Scorer):
     type_name = "load-aware-scorer"
+    bounded = True
 
     def __init__(self, name: str | None = None, threshold: int = 128) -> None:
         super().__init__(name)

@@ -8,6 +8,7 @@ from ..framework import Scorer, register
 @register
 class LoraAffinityScorer(Scorer):
     type_name = "lora-affinity-scorer"
+    bounded = True
 
     def score(self, state, request, endpoints):
         adapter = request.target_model

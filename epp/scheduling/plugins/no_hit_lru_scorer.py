@@ -15,6 +15,7 @@ STATE_COLD = "no-hit-lru/cold"
 @register
 class NoHitLRUScorer(Scorer, PreRequest, EndpointLifecycle):
     type_name = "no-hit-lru-scorer"
+    bounded = True
 
     def __init__(self, name: str | None = None, lruSize: int = 1024, prefixMatchInfoProducerName: str = "") -> None:
         super().__init__(name)

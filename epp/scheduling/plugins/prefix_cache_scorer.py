@@ -21,6 +21,7 @@ _LEGACY = ("autoTune", "blockSize", "blockSizeTokens", "maxPrefixBlocksToMatch",
 @register
 class PrefixCacheScorer(Scorer):
     type_name = "prefix-cache-scorer"
+    bounded = True
 
     def __init__(self, name: str | None = None, prefixMatchInfoProducerName: str = "",
                  matchLengthWeight: float = 0.0, matchLengthScaleTokens: int = 8192,

@@ -21,6 +21,7 @@ def min_max_inverse(values: list[float]) -> list[float]:
 @register
 class QueueScorer(Scorer):
     type_name = "queue-scorer"
+    bounded = True
 
     def score(self, state, request, endpoints):
         return min_max_inverse([ep.metrics.waiting for ep in endpoints])

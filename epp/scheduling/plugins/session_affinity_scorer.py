@@ -25,6 +25,7 @@ def endpoint_token(ep) -> str:
 @register
 class SessionAffinityScorer(Scorer, ResponseHeaders):
     type_name = "session-affinity-scorer"
+    bounded = True
 
     def __init__(self, name: str | None = None, strategy: str = "encoded_endpoint_header",
                  encodedEndpointHeaderConfig: dict | None = None, sessionIdConfig: dict | None = None,
