@@ -2,6 +2,7 @@
 response-side accounting once the answer is through."""
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -137,7 +138,11 @@ class Director:
             candidates = self._candidates(subset)
             if request.priority < 0 and self.saturation.saturation(candidates) >= 1.0:
                 raise EPPError(429, "system saturated, sheddable request dropped")
-            result, state = self.scheduler.schedule(request, candidates, explain=self.explain)
+            try:
+                defer = asyncio.get_running_loop().call_soon
+            except RuntimeError:  # no event loop (tests, tools): bookkeeping runs inline
+                defer = None
+            result, state = self.scheduler.schedule(request, candidates, explain=self.explain, defer=defer)
             targets = result.targets
             if not targets:
                 # upstream answers ResourceExhausted: no endpoint can take it now

@@ -13,7 +13,7 @@ from .framework import (EndpointLifecycle, Plugin, PreRequest, ProfileHandler, R
                         ResponseHeaders)
 from .plugins.single_profile_handler import SingleProfileHandler
 from .profile import Profile
-from .types import CycleState, LLMRequest, SchedulingResult
+from .types import DEFER, CycleState, LLMRequest, SchedulingResult
 
 
 class Scheduler:
@@ -54,11 +54,15 @@ class Scheduler:
     def plugins_of(self, cls) -> list:
         return [p for p in self.plugins if isinstance(p, cls)]
 
-    def schedule(self, request: LLMRequest, candidates: Sequence[Endpoint], explain: bool = False
-                 ) -> tuple[SchedulingResult, CycleState]:
-        """Returns a result whose targets may be empty (every candidate filtered out)."""
+    def schedule(self, request: LLMRequest, candidates: Sequence[Endpoint], explain: bool = False,
+                 defer=None) -> tuple[SchedulingResult, CycleState]:
+        """Returns a result whose targets may be empty (every candidate filtered out). `defer(fn)`,
+        when given, runs bookkeeping that the answer does not wait for (e.g. indexing the prompt's
+        prefix) after the answer is on its way."""
         t = perf_counter()
         state = CycleState()
+        if defer is not None:
+            state[DEFER] = defer
         handler, profiles, observe = self.handler, self.profiles, self._observe
         results = {}
         while True:

@@ -21,6 +21,9 @@ class LLMRequest:
     stream: bool = False
 
 
+DEFER = "defer"  # cycle-state key: a call_soon-like function for work the answer need not wait for
+
+
 class CycleState(dict):
     """Data plugins share during one request's scheduling (e.g. prefix keys computed once)."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ...kvcache.prefix_index import PrefixIndex, block_keys
 from ..framework import EndpointLifecycle, Plugin, PreRequest, need_bool, need_int, register
+from ..types import DEFER
 from .token_producer import TokenProducer, ids_bytes
 
 CHARS_PER_TOKEN = 4
@@ -86,15 +87,21 @@ class ApproxPrefixCacheProducer(Plugin, PreRequest, EndpointLifecycle):
         prefill = result.profiles.get(PREFILL_PROFILE)
         if prefill is not None and prefill.targets and result.primary != PREFILL_PROFILE:
             chosen.append(prefill.targets[0])
+        chosen = [ep for ep in chosen if ep is not None]
+        defer = state.get(DEFER)
+        if defer is not None:  # the index update does not hold up the answer
+            defer(self._record, chosen, keys)
+        else:
+            self._record(chosen, keys)
+        return None
+
+    def _record(self, chosen, keys: list[int]) -> None:
         for ep in chosen:
-            if ep is None:
-                continue
             if self.auto_tune and ep.metrics.num_gpu_blocks:
                 bs = ep.metrics.block_size or 16
                 # the endpoint's cache in our block units: its blocks x its block size / ours
                 self.index.set_capacity(ep.address, max(1, ep.metrics.num_gpu_blocks * bs // self.block_tokens))
             self.index.add(ep.address, keys)
-        return None
 
     def endpoints_removed(self, addresses: list[str]) -> None:
         for a in addresses:
