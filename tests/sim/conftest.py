@@ -27,6 +27,21 @@ def free_port_range(n: int) -> int:
     return free_range(n)
 
 
+TIMEOUT = 60.0      # generous: a deadline that only a hang reaches, whatever the host's load
+
+
+async def until(fetch, pred, what: str, timeout=TIMEOUT, every=0.01):
+    """Await `fetch()` until `pred(result)`: event-driven waiting with a hang guard, no wall-clock budget."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await fetch()
+        if pred(got):
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: last {got!r}")
+        await asyncio.sleep(every)
+
+
 class InProcSim:
     """A SimServer on the test's own event loop, on a loopback port."""
 
@@ -59,14 +74,12 @@ class InProcSim:
             ctype = r.headers.get("Content-Type", "")
             return r.status, (await r.json() if "json" in ctype else await r.text())
 
-    async def wait_idle(self, timeout=5.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            _, d = await self.get("/debug/engine")
-            if d["running"] == 0 and d["waiting"] == 0:
-                return d
-            await asyncio.sleep(0.02)
-        raise AssertionError("engine did not go idle")
+    async def engine_when(self, pred, what: str, timeout=TIMEOUT) -> dict:
+        """Poll /debug/engine until `pred(state)` holds; the timeout only bounds a hang, never the speed."""
+        return (await until(lambda: self.get("/debug/engine"), lambda r: pred(r[1]), what, timeout))[1]
+
+    async def wait_idle(self, timeout=TIMEOUT) -> dict:
+        return await self.engine_when(lambda d: d["running"] == 0 and d["waiting"] == 0, "engine idle", timeout)
 
 
 class SimProcess:
@@ -77,7 +90,7 @@ class SimProcess:
                                      env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
 
-    def wait_healthy(self, timeout=20.0):
+    def wait_healthy(self, timeout=TIMEOUT):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -6,7 +6,7 @@ import orjson
 
 from vllm_sim.failures import FAILURES
 
-from .conftest import InProcSim
+from .conftest import TIMEOUT, InProcSim
 
 
 async def test_every_failure_type_has_its_status():
@@ -30,16 +30,16 @@ def test_exit_after_requests(sim_process):
     def post():
         req = urllib.request.Request(p.url + "/v1/completions", data=orjson.dumps({"prompt": "x", "max_tokens": 1}),
                                      headers={"Content-Type": "application/json"})
-        return urllib.request.urlopen(req, timeout=5).status
+        return urllib.request.urlopen(req, timeout=TIMEOUT).status
 
     assert post() == 200
     try:
         post()
     except (urllib.error.URLError, ConnectionError):
         pass
-    assert p.proc.wait(5) == 17
+    assert p.proc.wait(TIMEOUT) == 17
 
 
 def test_exit_after_seconds(sim_process):
     p = sim_process("--exit-after-s", "0.5").wait_healthy()
-    assert p.proc.wait(5) == 17
+    assert p.proc.wait(TIMEOUT) == 17

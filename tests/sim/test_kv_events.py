@@ -7,7 +7,7 @@ import msgpack
 import zmq
 import zmq.asyncio
 
-from .conftest import InProcSim, free_port
+from .conftest import TIMEOUT, InProcSim, free_port, until
 
 
 class Index:
@@ -47,24 +47,57 @@ class Index:
         return topic
 
 
+PROBE = b"kv@probe"
+
+
+async def join(sim, recv, timeout=TIMEOUT):
+    """ZMQ's slow joiner, made deterministic: a PUB drops what it sends before the SUB's subscription has
+    reached it, so probe through the sim's own PUB socket until a probe arrives; from then on nothing the
+    sim publishes is lost. `recv` returns the next probe (an awaitable), whoever reads the socket."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        sim.server.kv_events.pub.send_multipart([PROBE, b"", b""])
+        try:
+            await asyncio.wait_for(asyncio.shield(recv), 0.05)
+            return
+        except asyncio.TimeoutError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError("the SUB never joined the sim's PUB")
+
+
+async def next_event(sub):
+    """The next frames that are not a probe (probes sent before the join can still be in flight)."""
+    while True:
+        frames = await sub.recv_multipart()
+        if frames[0] != PROBE:
+            return frames
+
+
 class Reader:
     """Keeps receiving, as a real subscriber does: a ZMQ SUB socket only sends its subscription to a newly
     connected publisher while the application is using the socket."""
 
     def __init__(self, sub, index):
-        self.sub, self.index, self.last = sub, index, 0.0
+        self.sub, self.index = sub, index
+        self.probed = asyncio.get_running_loop().create_future()
         self.task = asyncio.create_task(self._run())
 
     async def _run(self):
         while True:
-            self.index.apply(await self.sub.recv_multipart())
-            self.last = asyncio.get_running_loop().time()
+            frames = await self.sub.recv_multipart()
+            if frames[0] == PROBE:
+                if not self.probed.done():
+                    self.probed.set_result(None)
+                continue
+            self.index.apply(frames)
 
-    async def settle(self, quiet=0.15):
-        loop = asyncio.get_running_loop()
-        await asyncio.sleep(quiet)
-        while loop.time() - self.last < quiet:
-            await asyncio.sleep(quiet)
+    async def caught_up(self, sim, timeout=TIMEOUT):
+        """Wait until every batch the sim has published so far has arrived (event-driven, no quiet period)."""
+        pub = sim.server.kv_events
+
+        async def count():
+            return len(self.index.seqs)
+        await until(count, lambda n: n >= pub.seq, f"{pub.seq} event batches", timeout)
 
     def stop(self):
         self.task.cancel()
@@ -84,13 +117,13 @@ async def test_events_replay_into_the_engine_cache_with_offload_and_replay_socke
                              "--kv-events-config", json.dumps(cfg)) as sim:
             index = Index()
             reader = Reader(sub, index)
-            await asyncio.sleep(0.5)                 # ZMQ slow joiner: let the PUB connect and see the subscription
+            await join(sim, reader.probed)
             # enough distinct prompts to overflow 24 GPU blocks into the CPU tier
             for i in range(8):
                 prompt = f"customer {i} asks about the invoice and the refund policy " * 6
                 st, _ = await sim.post("/v1/completions", {"prompt": prompt, "max_tokens": 20, "ignore_eos": True})
                 assert st == 200
-            await reader.settle()
+            await reader.caught_up(sim)
             _, kv = await sim.get("/debug/kv_cache")
             assert set(kv["tiers"]["GPU"]) == index.tiers["GPU"] and index.tiers["GPU"]
             assert set(kv["tiers"]["CPU"]) == index.tiers["CPU"] and index.tiers["CPU"]
@@ -99,14 +132,14 @@ async def test_events_replay_into_the_engine_cache_with_offload_and_replay_socke
             first = "customer 0 asks about the invoice and the refund policy " * 6
             st, r = await sim.post("/v1/completions", {"prompt": first, "max_tokens": 2})
             assert r["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
-            await reader.settle()
+            await reader.caught_up(sim)
             _, kv = await sim.get("/debug/kv_cache")
             assert set(kv["tiers"]["GPU"]) == index.tiers["GPU"]
             assert set(kv["tiers"]["CPU"]) == index.tiers["CPU"]
             # reset: AllBlocksCleared
             async with sim.http.post(sim.url + "/reset_prefix_cache") as resp:
                 assert resp.status == 200
-            await reader.settle()
+            await reader.caught_up(sim)
             assert index.tiers == {"GPU": set(), "CPU": set()}
             # the replay socket resends buffered batches from a sequence number on
             dealer = ctx.socket(zmq.DEALER)
@@ -114,7 +147,7 @@ async def test_events_replay_into_the_engine_cache_with_offload_and_replay_socke
             await dealer.send_multipart([b"", (3).to_bytes(8, "big")])
             replayed = []
             while True:
-                frames = await asyncio.wait_for(dealer.recv_multipart(), 2)
+                frames = await asyncio.wait_for(dealer.recv_multipart(), TIMEOUT)
                 assert frames[0] == b""
                 seq = int.from_bytes(frames[1], "big", signed=True)
                 if seq == -1:
@@ -147,10 +180,9 @@ async def test_topic_frame_and_wildcard_bind():
         try:
             async with InProcSim("--time-scale", "100", "--kv-events-config", json.dumps(cfg)) as sim:
                 sub.connect(f"tcp://127.0.0.1:{port}")
-                recv = asyncio.ensure_future(sub.recv_multipart())
-                await asyncio.sleep(0.5)
+                await join(sim, asyncio.ensure_future(sub.recv_multipart()))
                 await sim.post("/v1/completions", {"prompt": "one two three " * 12, "max_tokens": 1})
-                frames = await asyncio.wait_for(recv, 2)
+                frames = await asyncio.wait_for(next_event(sub), TIMEOUT)
                 assert frames[0] == b"kv@t" and int.from_bytes(frames[1], "big") == 0
                 ev = msgpack.unpackb(frames[2])[1][0]
                 assert ev[0] == "BlockStored" and ev[6] == "GPU" and ev[2] is None
@@ -171,11 +203,10 @@ async def test_lora_blocks_carry_lora_id_and_name():
     try:
         async with InProcSim("--time-scale", "100", "--enable-lora", "--lora-modules", "sql=/a/sql",
                              "--kv-events-config", json.dumps(cfg)) as sim:
-            recv = asyncio.ensure_future(sub.recv_multipart())
-            await asyncio.sleep(0.5)
+            await join(sim, asyncio.ensure_future(sub.recv_multipart()))
             prompt = "select the rows from the table " * 8
             await sim.post("/v1/completions", {"model": "sql", "prompt": prompt, "max_tokens": 1})
-            ev = msgpack.unpackb((await asyncio.wait_for(recv, 2))[2])[1][0]
+            ev = msgpack.unpackb((await asyncio.wait_for(next_event(sub), TIMEOUT))[2])[1][0]
             assert ev[0] == "BlockStored" and ev[5] == 1 and ev[6] == "GPU" and ev[7] == "sql"
             # the same text on the base model is different content: no hit on the adapter's blocks
             st, r = await sim.post("/v1/completions", {"prompt": prompt, "max_tokens": 1})

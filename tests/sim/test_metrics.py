@@ -1,9 +1,10 @@
 """/metrics parsed with prometheus_client's own parser."""
 import asyncio
+import contextlib
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import InProcSim
+from .conftest import InProcSim, until
 
 
 def samples(text):
@@ -12,6 +13,10 @@ def samples(text):
         for s in fam.samples:
             out.setdefault(s.name, []).append(s)
     return out
+
+
+async def metrics(sim):
+    return samples((await sim.get("/metrics"))[1])
 
 
 def one(s, name):
@@ -50,20 +55,20 @@ async def test_metrics_names_labels_and_values():
         # ITL in engine seconds is about one decode step of the 8B profile (~7 ms), whatever the time scale
         itl = one(s, "vllm:inter_token_latency_seconds_sum").value / 8
         assert 0.006 < itl < 0.009, itl
-        # gauges move while a request runs
+    # gauges move while a request runs: in real time 1400 tokens take ~10 s, long enough to be seen running
+    # however late the poll gets to look
+    async with InProcSim("--time-scale", "1", "--num-gpu-blocks-override", "100", "--model", "m1") as sim:
         task = asyncio.create_task(sim.post("/v1/completions", {"prompt": prompt, "max_tokens": 1400}))
-        for _ in range(100):
-            s = samples((await sim.get("/metrics"))[1])
-            if one(s, "vllm:num_requests_running").value == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert one(s, "vllm:num_requests_running").value == 1
+        s = await until(lambda: metrics(sim), lambda s: one(s, "vllm:num_requests_running").value == 1,
+                        "a running request")
         assert one(s, "vllm:kv_cache_usage_perc").value > 0
         task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def test_lora_requests_info_and_adapters():
-    async with InProcSim("--time-scale", "20", "--enable-lora", "--max-loras", "2",
+    async with InProcSim("--time-scale", "1", "--enable-lora", "--max-loras", "2",
                          "--lora-modules", "sql=/adapters/sql", '{"name": "chat", "path": "/adapters/chat"}') as sim:
         _, m = await sim.get("/v1/models")
         ids = {x["id"]: x for x in m["data"]}
@@ -77,16 +82,17 @@ async def test_lora_requests_info_and_adapters():
         assert st == 200
         assert (await sim.post("/v1/unload_lora_adapter", {"lora_name": "new"}))[0] == 404
         assert (await sim.post("/v1/completions", {"model": "new", "prompt": "x"}))[0] == 404
+        # 2000 tokens in real time (~14 s): running long enough to be seen however late the poll looks
         task = asyncio.create_task(sim.post("/v1/completions", {"model": "sql", "prompt": "select", "max_tokens": 2000}))
-        for _ in range(100):
-            s = samples((await sim.get("/metrics"))[1])
-            info = one(s, "vllm:lora_requests_info")
-            if info.labels["running_lora_adapters"] == "sql":
-                break
-            await asyncio.sleep(0.01)
+        s = await until(lambda: metrics(sim),
+                        lambda s: one(s, "vllm:lora_requests_info").labels["running_lora_adapters"] == "sql",
+                        "the adapter running")
+        info = one(s, "vllm:lora_requests_info")
         assert info.labels == {"max_lora": "2", "running_lora_adapters": "sql", "waiting_lora_adapters": ""}
         assert info.value > 1e9        # a timestamp
         task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def test_lora_endpoints_need_enable_lora():

@@ -8,6 +8,8 @@ import urllib.request
 import orjson
 import pytest
 
+from .conftest import TIMEOUT
+
 KVT = json.dumps({"kv_connector": "NixlConnector", "kv_role": "kv_both"})
 PREFILL_PARAMS = {"do_remote_decode": True, "do_remote_prefill": False, "remote_engine_id": None,
                   "remote_block_ids": None, "remote_host": None, "remote_port": None}
@@ -15,12 +17,12 @@ PREFILL_PARAMS = {"do_remote_decode": True, "do_remote_prefill": False, "remote_
 
 def post(url, body):
     req = urllib.request.Request(url, data=orjson.dumps(body), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=20) as r:
+    with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
         return orjson.loads(r.read())
 
 
 def get(url):
-    with urllib.request.urlopen(url, timeout=5) as r:
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as r:
         return orjson.loads(r.read())
 
 
@@ -106,9 +108,8 @@ def test_pd_round_trip_over_nixl(sim_process):
     assert d_eng["pd"]["transport"] == "nixl" and d_eng["pd"]["pulls"] == 1
     assert d_eng["pd"]["bytes_pulled"] == -(-(pre["usage"]["prompt_tokens"] - 1) // 16) * 64
     assert dec["usage"]["prompt_tokens_details"]["cached_tokens"] == pre["usage"]["prompt_tokens"] - 1
-    for _ in range(100):       # the READ's notification releases the pinned blocks
-        if get(prefill.url + "/debug/engine")["pinned"] == 0:
-            break
+    deadline = time.monotonic() + TIMEOUT      # the READ's notification releases the pinned blocks
+    while get(prefill.url + "/debug/engine")["pinned"] != 0 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert get(prefill.url + "/debug/engine")["pinned"] == 0
 
@@ -124,7 +125,7 @@ def test_pd_through_the_built_in_sidecar(sim_process):
                                  headers={"Content-Type": "application/json",
                                           "x-prefiller-host-port": f"127.0.0.1:{prefill.port}",
                                           "x-request-id": "req-42"})
-    with urllib.request.urlopen(req, timeout=20) as r:
+    with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
         doc = orjson.loads(r.read())
     assert doc["id"] == "cmpl-req-42" and doc["usage"]["completion_tokens"] == 5
     assert doc["usage"]["prompt_tokens_details"]["cached_tokens"] == 0     # what the prefill leg reported
@@ -136,7 +137,7 @@ def test_pd_through_the_built_in_sidecar(sim_process):
                                  headers={"Content-Type": "application/json",
                                           "x-prefiller-host-port": f"127.0.0.1:{prefill.port}"})
     try:
-        urllib.request.urlopen(bad, timeout=5)
+        urllib.request.urlopen(bad, timeout=TIMEOUT)
         raise AssertionError("expected 400")
     except urllib.error.HTTPError as e:
         assert e.code == 400 and "maximum context length is 512" in orjson.loads(e.read())["error"]["message"]
@@ -144,6 +145,6 @@ def test_pd_through_the_built_in_sidecar(sim_process):
     lone = urllib.request.Request(decode.url + "/v1/completions",
                                   data=orjson.dumps({"prompt": "solo " * 30, "max_tokens": 2}),
                                   headers={"Content-Type": "application/json", "x-prefiller-host-port": "127.0.0.1:1"})
-    with urllib.request.urlopen(lone, timeout=20) as r:
+    with urllib.request.urlopen(lone, timeout=TIMEOUT) as r:
         assert orjson.loads(r.read())["usage"]["completion_tokens"] == 2
     assert get(decode.url + "/debug/engine")["sidecar"]["prefill_fallbacks"] == 1

@@ -8,7 +8,7 @@ import urllib.request
 
 import yaml
 
-from .conftest import ROOT, free_port_range
+from .conftest import ROOT, TIMEOUT, free_port_range
 
 
 def alive(pid: int) -> bool:
@@ -37,7 +37,7 @@ def test_pool_starts_writes_endpoints_and_stops_children(tmp_path):
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
@@ -54,13 +54,15 @@ def test_pool_starts_writes_endpoints_and_stops_children(tmp_path):
             {"name": "sim-2", "address": f"127.0.0.1:{base + 2}", "labels": {"app": "sim", "llm-d.ai/role": "prefill"}},
         ]}
         for i in range(3):
-            with urllib.request.urlopen(f"http://127.0.0.1:{base + i}/v1/models", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{base + i}/v1/models", timeout=TIMEOUT) as r:
                 assert b"pool-model" in r.read()
         kids = children(proc.pid)
         assert len(kids) == 3
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-        time.sleep(0.2)
+        assert proc.wait(TIMEOUT) == 0
+        deadline = time.monotonic() + TIMEOUT       # the launcher reaps its sims before it exits
+        while [k for k in kids if alive(k)] and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert not [k for k in kids if alive(k)], "orphaned sims"
     finally:
         if proc.poll() is None:
