@@ -1,7 +1,7 @@
 """Calibration of vllm_sim's latency profiles against published vLLM figures, straight on the engine (no
 sockets, exact engine time).
 
-    .venv/bin/python hack/sim_calibrate.py [--profile NAME ...] [--markdown PATH|-] [--no-published]
+    .venv/bin/python hack/sim_calibrate.py [--profile NAME ...] [--markdown PATH|-] [--no-published] [--jobs N]
 
 Per profile: the sim's own figures (TTFT of a lone request by prompt length, TTFT under load, ITL against
 batch size, maximum output throughput); then every published vLLM figure we found for the same model and
@@ -10,9 +10,10 @@ prompt count, the vLLM version's default max_num_seqs / max_num_batched_tokens),
 behaviours routing depends on: a long prefill landing beside running decodes raises their ITL (what P/D
 removes), prefix hits cut TTFT in proportion to the cached share, and KV exhaustion queues requests.
 
-Figures marked "read from figure" were measured off the source's plot (pixel positions against the plot's
-gridlines, +-2% of the axis). Rows whose setup differs from what the sim models (vLLM V0 with multi-step
-scheduling, which batches 10 decode steps per schedule) say so in the note column; they are shown, not hidden.
+Published values marked ~ were read off the source's plot (pixel positions against the plot's gridlines,
++-2% of the axis). Rows whose setup differs from what the sim models (vLLM V0 with multi-step scheduling,
+an unstated setup, attention FLOPs the step model lacks) carry a caveat saying so; they are shown, not hidden,
+and not counted as passes. Scenarios run in a process pool (~40 s for both profiles on two cores).
 """
 from __future__ import annotations
 
