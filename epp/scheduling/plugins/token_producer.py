@@ -8,6 +8,7 @@ request and comes with precise prefix routing.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from array import array
@@ -16,12 +17,45 @@ from typing import Any
 
 from ..framework import Plugin, params_error, register
 
+log = logging.getLogger(__name__)
+
 STATE_TOKENS = "token-producer/ids"
 CHUNK_CHARS = 2048          # text is tokenized in pieces of about this size, each cached
 CACHE_PIECES = 16384        # ~32 MB of text at most; shared prompt prefixes stay warm
 # a piece ends before a single space between two non-spaces: pre-tokenizers start a word with its
 # space, so tokenizing the pieces one by one gives the tokens of the whole (checked at load)
 _CUT = re.compile(r"(?<=\S) (?=\S)")
+
+
+def _load_template(directory: str):
+    """The model's chat template (chat_template.jinja, or tokenizer_config.json's chat_template) in a
+    sandboxed Jinja environment, as HuggingFace renders it; None when the directory has none."""
+    import json
+    text, cfg = None, {}
+    cfg_path = os.path.join(directory, "tokenizer_config.json")
+    if os.path.isfile(cfg_path):
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    path = os.path.join(directory, "chat_template.jinja")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    elif isinstance(cfg.get("chat_template"), str):
+        text = cfg["chat_template"]
+    if text is None:
+        return None, {}
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise TemplateError(message)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+
+    def token(v):
+        return v.get("content") if isinstance(v, dict) else v
+    specials = {k: token(cfg.get(k)) or "" for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    return env.from_string(text), specials
 
 
 def _chat_text(body: dict) -> str:
@@ -57,6 +91,9 @@ class TokenProducer(Plugin):
             raise params_error(self.type_name, "the vllm backend (render endpoints) is not available yet; "
                                                "use local: {path: DIR} with the model's tokenizer.json, or estimate")
         self.tokenizer = None
+        self.template, self.specials = None, {}
+        self.prefix_ids: list[int] = []
+        self.failures = 0  # requests whose prompt could not be tokenized (callers fall back)
         if local is not None:
             if not isinstance(local, dict) or set(local) - {"path"} or not isinstance(local.get("path"), str):
                 raise params_error(self.type_name, "local must be {path: <directory or tokenizer.json>}")
@@ -70,6 +107,9 @@ class TokenProducer(Plugin):
                 self.tokenizer = Tokenizer.from_file(path)
             except Exception as e:  # the library raises its own exception types for a bad file
                 raise params_error(self.type_name, f"local.path: cannot load {path}: {e}") from None
+            self.template, self.specials = _load_template(os.path.dirname(path))
+            # what the tokenizer adds around a plain prompt (e.g. Llama's BOS), as vLLM's completions do
+            self.prefix_ids = self.tokenizer.encode("", add_special_tokens=True).ids
         self._pieces: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self.chunked = self.tokenizer is not None and self._chunking_is_exact()
 
@@ -85,8 +125,16 @@ class TokenProducer(Plugin):
             return None
         st = state.get(STATE_TOKENS)
         if st is None:
-            st = state[STATE_TOKENS] = self._start(request)
+            try:
+                st = self._start(request)
+            except Exception as e:  # a template that rejects the messages, odd content: never fail the request
+                self.failures += 1
+                log.debug("cannot tokenize request %s: %s", getattr(request, "request_id", "?"), e)
+                st = [None, None, 0]
+            state[STATE_TOKENS] = st
         ids, text, pos = st
+        if ids is None:
+            return None
         if text is not None and (limit <= 0 or len(ids) < limit):
             pos = self._advance(ids, text, pos, limit)
             st[2] = pos
@@ -103,13 +151,28 @@ class TokenProducer(Plugin):
             if isinstance(p, list) and all(isinstance(s, str) for s in p):
                 p = "".join(p)
             text = p if isinstance(p, str) else request.prompt.decode("utf-8", "replace")
+            if self.prefix_ids:
+                if not self.chunked:
+                    return [self.tokenizer.encode(text, add_special_tokens=True).ids, None, 0]
+                return [list(self.prefix_ids), text, 0]
         elif request.api == "chat":
-            text = _chat_text(body)
+            text = self.render_chat(body)
         else:
             text = request.prompt.decode("utf-8", "replace")
         if not self.chunked:
             return [self.tokenizer.encode(text, add_special_tokens=False).ids, None, 0]
         return [[], text, 0]
+
+    def render_chat(self, body: dict) -> str:
+        """The chat as the model server renders it: the model's template with the generation prompt,
+        tokenized without adding special tokens again (as vLLM does); the plain role/content walk
+        when the tokenizer directory has no template."""
+        if self.template is None:
+            return _chat_text(body)
+        kw = dict(self.specials)
+        if body.get("tools"):
+            kw["tools"] = body["tools"]
+        return self.template.render(messages=body.get("messages") or [], add_generation_prompt=True, **kw)
 
     def _advance(self, ids: list[int], text: str, pos: int, limit: int) -> int:
         n = len(text)
@@ -130,13 +193,26 @@ class TokenProducer(Plugin):
         return pos
 
     def _chunking_is_exact(self) -> bool:
+        """Tokenizing in pieces must give the tokens of the whole: checked on plain text and on a
+        rendered chat (special tokens included); any difference turns piecewise tokenization off."""
         sample = ("Routing keeps a prompt's prefix where its cache is. " * 90 + "x  y\n\nz, 42 ünïcode 日本 ") * 3
-        whole = self.tokenizer.encode(sample, add_special_tokens=False).ids
+        samples = [sample]
+        if self.template is not None:
+            try:
+                samples.append(self.render_chat({"messages": [{"role": "system", "content": sample},
+                                                              {"role": "user", "content": sample[::-1]}]}))
+            except Exception:
+                return False
         self.chunked = True
-        ids: list[int] = []
-        self._advance(ids, sample, 0, 0)
-        self._pieces.clear()
-        return ids == whole
+        try:
+            for text in samples:
+                ids: list[int] = []
+                self._advance(ids, text, 0, 0)
+                if ids != self.tokenizer.encode(text, add_special_tokens=False).ids:
+                    return False
+            return True
+        finally:
+            self._pieces.clear()
 
     def token_count(self, state: dict, request: Any) -> int:
         ids = self.tokens(state, request, 0)
