@@ -227,7 +227,7 @@ class Director:
             ep.in_flight -= 1
             ep.in_flight_tokens -= decision.tokens
         if decision.result is not None:
-            self.scheduler.response_complete(decision.request, decision.result, status)
+            self.scheduler.response_complete(decision.request, decision.result, status, usage)
         if not self.metrics:
             return
         req = decision.request

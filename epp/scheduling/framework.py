@@ -78,7 +78,9 @@ class ResponseHeaders:
 class ResponseComplete:
     """Called once when the request's stream ends, answered, failed or cancelled."""
 
-    def response_complete(self, request: LLMRequest, result: SchedulingResult, status: int | None) -> None:
+    def response_complete(self, request: LLMRequest, result: SchedulingResult, status: int | None,
+                          usage=None) -> None:
+        """usage: what the model server reported (prompt, completion, cached tokens), or None."""
         raise NotImplementedError
 
 

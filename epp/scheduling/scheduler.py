@@ -92,9 +92,10 @@ class Scheduler:
                 out = (out or []) + h
         return out
 
-    def response_complete(self, request: LLMRequest, result: SchedulingResult, status: int | None) -> None:
+    def response_complete(self, request: LLMRequest, result: SchedulingResult, status: int | None,
+                          usage=None) -> None:
         for hook in self._response_complete:
-            hook.response_complete(request, result, status)
+            hook.response_complete(request, result, status, usage)
 
     def endpoints_removed(self, addresses: list[str]) -> None:
         for p in self._lifecycle:

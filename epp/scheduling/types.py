@@ -19,6 +19,7 @@ class LLMRequest:
     priority: int = 0
     cache_salt: str = ""
     stream: bool = False
+    tokenization: list | None = None   # the token-producer's [ids, rest of text, position], if it ran
 
 
 DEFER = "defer"  # cycle-state key: a call_soon-like function for work the answer need not wait for

@@ -38,6 +38,11 @@ def _hostport(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
+def _report_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped: %s", task.get_name(), task.exception(), exc_info=task.exception())
+
+
 def scheduling_config(args) -> SchedulingConfig:
     """The config file, the inline text, or upstream's default; raises ConfigError or OSError."""
     if args.config_file:
@@ -119,6 +124,11 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
         await server.start(args.bind_address, args.grpc_port, ssl_context(args.cert_path) if args.secure_serving else None)
     await health_server.start()
     scraper.start()
+    # plugins with background work (e.g. consuming KV events) run beside the servers
+    background = [asyncio.create_task(p.run_background(store), name=f"plugin {p.name}")
+                  for p in scheduler.plugins if hasattr(p, "run_background")]
+    for task in background:
+        task.add_done_callback(_report_failure)
     watcher = asyncio.create_task(source.watch() if source else asyncio.Event().wait(), name="endpoints file")
     stopping = False
 
@@ -142,6 +152,9 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
     await health.set(live=True, ready=False)
     await server.stop(args.shutdown_grace_period)
     watcher.cancel()
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
     if kube is not None:
         await kube.stop()
     await scraper.stop()

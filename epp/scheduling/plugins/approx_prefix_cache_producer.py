@@ -21,12 +21,19 @@ PREFILL_PROFILE = "prefill"
 
 
 class MatchInfo:
-    __slots__ = ("keys", "matched", "block_tokens")
+    __slots__ = ("keys", "matched", "block_tokens", "blocks")
 
-    def __init__(self, keys: list[int], matched: dict[str, int], block_tokens: int) -> None:
+    def __init__(self, keys: list[int], matched: dict[str, float], block_tokens: int,
+                 blocks: dict[str, int] | None = None) -> None:
         self.keys = keys              # this request's block keys
-        self.matched = matched        # endpoint address -> blocks held from block 0
+        self.matched = matched        # endpoint address -> blocks held from block 0 (tier-weighted if precise)
         self.block_tokens = block_tokens
+        self.blocks = blocks          # precise only: unweighted blocks held (None: approximate)
+
+    def cached_tokens(self, address: str) -> int:
+        """Tokens of the prompt the endpoint holds: whole blocks, whatever their tier."""
+        held = self.blocks if self.blocks is not None else self.matched
+        return int(held.get(address, 0)) * self.block_tokens
 
     @property
     def total(self) -> int:

@@ -132,6 +132,7 @@ class TokenProducer(Plugin):
                 log.debug("cannot tokenize request %s: %s", getattr(request, "request_id", "?"), e)
                 st = [None, None, 0]
             state[STATE_TOKENS] = st
+            request.tokenization = st
         ids, text, pos = st
         if ids is None:
             return None
@@ -213,6 +214,17 @@ class TokenProducer(Plugin):
             return True
         finally:
             self._pieces.clear()
+
+    def complete_count(self, request: Any) -> int | None:
+        """The prompt's full token count from a request tokenized earlier (finishing the work the
+        scheduler skipped); None if it was not tokenized."""
+        st = request.tokenization
+        if not st or st[0] is None:
+            return None
+        if st[1] is not None:
+            st[2] = self._advance(st[0], st[1], st[2], 0)
+            st[1] = None
+        return len(st[0])
 
     def token_count(self, state: dict, request: Any) -> int:
         ids = self.tokens(state, request, 0)
