@@ -343,7 +343,6 @@ class KVEventSubscriber:
         loop = asyncio.get_running_loop()
         if self._ctx is None:
             self._ctx = zmq.asyncio.Context()
-        self._started = True
         if self.bind:
             sock = self._sub_socket()
             try:
@@ -354,6 +353,7 @@ class KVEventSubscriber:
             self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             self._central = sock
             self._central_task = loop.create_task(self._read(sock, None), name="kv-events-central")
+        self._started = True
         for addr, pod in self._pods.items():
             self._connect(addr, pod)
 
@@ -596,6 +596,8 @@ class KVEventSubscriber:
                     break
                 if s.removed:
                     return
+                if s.overflowed:          # live messages were lost meanwhile: this replay cannot fix it
+                    break
                 if rseq <= s.applied:
                     continue
                 if rseq != s.applied + 1:

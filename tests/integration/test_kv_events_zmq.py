@@ -297,6 +297,91 @@ async def test_replay_that_cannot_close_the_gap_resets_once():
         pub.ctx.term()
 
 
+async def counter_reaches(sub, address: str, name: str, n: int):
+    deadline = time.monotonic() + HANG
+    while (sub.endpoint_counters(address) or {}).get(name, 0) < n:
+        assert time.monotonic() < deadline, f"{name} of {address} never reached {n}"
+        await asyncio.sleep(0.005)
+
+
+async def test_pod_mode_replay_from_a_router_and_held_messages_overflowing(zctx):
+    """A tiny ROUTER speaking vLLM's replay protocol, answering only when the test says so; meanwhile live
+    messages are held, and more than max_pending of them means the replay cannot be trusted: reset."""
+    sink = Sink()
+    sub = KVEventSubscriber(sink, replay_timeout=HANG, max_pending=2)
+    xpub, router = zctx.socket(zmq.XPUB), zctx.socket(zmq.ROUTER)
+    for sock in (xpub, router):
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind("tcp://127.0.0.1:0")
+    a, topic = "127.0.0.1:8001", b"kv@127.0.0.1:8001@m"
+    sub.add_endpoint(a, xpub.getsockopt_string(zmq.LAST_ENDPOINT), router.getsockopt_string(zmq.LAST_ENDPOINT))
+    sub.start()
+
+    async def request(expect_start: int) -> bytes:
+        ident, empty, start = await asyncio.wait_for(router.recv_multipart(), HANG)
+        assert empty == b"" and int.from_bytes(start, "big") == expect_start
+        return ident
+
+    async def answer(ident, seqs):
+        for s in seqs:
+            await router.send_multipart([ident, b"", seqb(s), batch(s)])
+        await router.send_multipart([ident, b"", (-1).to_bytes(8, "big", signed=True), b""])
+
+    try:
+        await join_xpub(xpub)
+        for s in (0, 1, 4):
+            await xpub.send_multipart([topic, seqb(s), batch(s)])
+        ident = await request(2)
+        await counter_reaches(sub, a, "messages", 3)
+        # first: a replay that closes the gap, with one live message held meanwhile
+        await xpub.send_multipart([topic, seqb(5), batch(5)])
+        await counter_reaches(sub, a, "messages", 4)
+        await answer(ident, [1, 2, 3, 4])          # 1 was applied already: skipped
+        await sink.until(lambda: 5 in sink.seqs(a), "batch 5")
+        assert sink.kinds(a) == [0, 1, 2, 3, 4, 5]
+        # then: a gap whose replay waits while more live messages arrive than max_pending holds
+        await xpub.send_multipart([topic, seqb(8), batch(8)])
+        ident = await request(6)
+        for s in (9, 10, 11):
+            await xpub.send_multipart([topic, seqb(s), batch(s)])
+        await counter_reaches(sub, a, "messages", 8)
+        await answer(ident, [6, 7, 8, 9, 10, 11])
+        await sink.until(lambda: "reset" in sink.kinds(a), "reset")
+        await xpub.send_multipart([topic, seqb(12), batch(12)])
+        await sink.until(lambda: 12 in sink.seqs(a), "batch 12")
+        assert sink.kinds(a)[:6] == [0, 1, 2, 3, 4, 5]
+        assert sink.kinds(a)[-2:] == ["reset", 12] and sink.resets(a) == 1
+        c = sub.endpoint_counters(a)
+        assert (c["gaps"], c["replays"], c["replay_failures"], c["resets"]) == (2, 2, 1, 1)
+    finally:
+        await sub.stop()
+
+
+async def test_a_failing_sink_does_not_stop_the_stream(zctx):
+    class FlakySink(Sink):
+        def apply(self, address, model, b):
+            if b.ts == 1.0:
+                raise RuntimeError("index full")
+            super().apply(address, model, b)
+
+    sink = FlakySink()
+    sub = KVEventSubscriber(sink)
+    xpub = zctx.socket(zmq.XPUB)
+    xpub.setsockopt(zmq.LINGER, 0)
+    xpub.bind("tcp://127.0.0.1:0")
+    sub.add_endpoint("127.0.0.1:8001", xpub.getsockopt_string(zmq.LAST_ENDPOINT))
+    sub.start()
+    try:
+        await join_xpub(xpub)
+        for s in range(3):
+            await xpub.send_multipart([b"kv@127.0.0.1:8001@m", seqb(s), batch(s)])
+        await sink.until(lambda: 2 in sink.seqs("127.0.0.1:8001"), "batch 2")
+        assert sink.kinds("127.0.0.1:8001") == [0, 2]
+        assert (sub.sink_errors, sub.gaps, sub.resets) == (1, 0, 0)
+    finally:
+        await sub.stop()
+
+
 # ---- (d) gap without replay, duplicates, publisher restart ------------------------------------------------------
 async def test_gap_without_replay_resets_once_and_continues(zctx):
     sink = Sink()
