@@ -304,6 +304,14 @@ class KVEventSubscriber:
     when one is known, otherwise (or when the replay fails) the endpoint is reset in the sink and tracking
     continues from the new sequence number; a batch already applied is ignored; a sequence number below the
     last one seen live means a new publisher (vLLM restarted): reset and new baseline.
+
+    topic_filter: ZMQ subscription prefix (vLLM's default topic is "", llm-d's convention "kv@<ip:port>@<model>";
+    pass "" to take every topic). replay_timeout: seconds to wait for each step of a replay (the request, then
+    each reply); a replay that stalls that long counts as failed. rcvhwm: receive high-water mark per
+    connection (ZMQ drops beyond it, which shows up as a gap). max_pending: live messages held per endpoint
+    while its replay runs; beyond that the replay is abandoned and the endpoint reset.
+    Sequence numbers are tracked per endpoint address: with data parallelism each DP rank publishes its own
+    sequence (vLLM offsets the port by the rank), so give each rank's publisher a distinct topic address.
     """
 
     def __init__(self, sink: KVEventSink, *, bind: str | None = None, topic_filter: str = "kv@",
