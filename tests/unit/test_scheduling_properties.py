@@ -14,6 +14,7 @@ from epp.scheduling.types import CycleState, LLMRequest
 from .test_plugins import (ActiveRequestScorer, ContextLengthAware, KVCacheUtilizationScorer, LoadAwareScorer,
                            LoraAffinityScorer, NoHitLRUScorer, PrefixCacheScorer, RunningRequestsSizeScorer,
                            SessionAffinityScorer)
+from epp.scheduling.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
 from epp.scheduling.plugins.queue_scorer import QueueScorer
 
 number = st.one_of(st.floats(allow_nan=False, allow_infinity=False, min_value=-10, max_value=1e4),
@@ -51,7 +52,7 @@ def request(prompt: bytes, model="a") -> LLMRequest:
 
 SCORERS = [QueueScorer(), KVCacheUtilizationScorer(), RunningRequestsSizeScorer(), LoadAwareScorer(),
            ActiveRequestScorer(), LoraAffinityScorer(), SessionAffinityScorer(), PrefixCacheScorer(),
-           NoHitLRUScorer(), ContextLengthAware()]
+           NoHitLRUScorer(), ContextLengthAware(), PrecisePrefixCacheScorer()]
 
 
 def test_every_scorer_that_skips_clamping_is_checked_here():

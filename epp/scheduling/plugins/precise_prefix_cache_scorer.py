@@ -1,0 +1,37 @@
+"""precise-prefix-cache-scorer (upstream's older single-plugin form): a precise-prefix-cache-producer
+and a prefix-cache-scorer reading it, configured by one plugin entry with the producer's parameters.
+Newer configs name the two plugins separately; both work."""
+from __future__ import annotations
+
+from ..framework import Scorer, register
+from .precise_prefix_cache_producer import PrecisePrefixCacheProducer
+
+
+@register
+class PrecisePrefixCacheScorer(Scorer):
+    type_name = "precise-prefix-cache-scorer"
+    bounded = True
+
+    def __init__(self, name: str | None = None, tokenProcessorConfig: dict | None = None,
+                 kvEventsConfig: dict | None = None, indexerConfig: dict | None = None,
+                 speculativeIndexing: bool = False, speculativeTTL="2s", tierWeights: dict | None = None,
+                 tokenProducerName: str = "", maxPrefixBlocksToMatch: int = 0) -> None:
+        super().__init__(name)
+        self.producer = PrecisePrefixCacheProducer(
+            name=f"{self.name}/producer", tokenProcessorConfig=tokenProcessorConfig, kvEventsConfig=kvEventsConfig,
+            indexerConfig=indexerConfig, speculativeIndexing=speculativeIndexing, speculativeTTL=speculativeTTL,
+            tierWeights=tierWeights, tokenProducerName=tokenProducerName, maxPrefixBlocksToMatch=maxPrefixBlocksToMatch)
+
+    def bind(self, plugins: dict) -> None:
+        self.producer.bind(plugins)
+
+    def sub_plugins(self) -> list:
+        return [self.producer, *self.producer.sub_plugins()]
+
+    def score(self, state, request, endpoints):
+        info = self.producer.match_info(state, request)
+        n = info.total
+        if not n:
+            return [0.0] * len(endpoints)
+        m = info.matched
+        return [min(1.0, m.get(ep.address, 0) / n) for ep in endpoints]

@@ -1,0 +1,150 @@
+"""The precise prefix producer fed by a real vllm_sim process's KV events: its matches are the sim's
+real cache, and two producers (two EPP replicas) fed the same events score identically."""
+import asyncio
+import json
+import sys
+import time
+
+import aiohttp
+import zmq
+import zmq.asyncio
+
+from netutil import free_port
+
+from epp.datalayer.endpoint import Endpoint, Metrics, now
+from epp.datalayer.store import EndpointStore
+from epp.scheduling.plugins.precise_prefix_cache_producer import PrecisePrefixCacheProducer
+from epp.scheduling.plugins.token_producer import TokenProducer
+from epp.scheduling.types import CycleState, LLMRequest
+
+ROOT = __file__.rsplit("/tests/", 1)[0]
+HANG = 60.0
+
+
+async def until(pred, what, timeout=HANG):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        await asyncio.sleep(0.01)
+
+
+def producer(port: int, tokens: TokenProducer, name: str) -> PrecisePrefixCacheProducer:
+    p = PrecisePrefixCacheProducer(name=name, kvEventsConfig={"discoverPods": True,
+                                                              "podDiscoveryConfig": {"socketPort": port}})
+    p.bind({"t": tokens})
+    return p
+
+
+async def test_index_equals_the_sims_cache_and_replicas_agree():
+    from vllm_sim.engine.kv_cache import block_key
+    from vllm_sim.tokenizer import DEFAULT_DIR
+    tokens = TokenProducer(local={"path": DEFAULT_DIR})
+    ctx = zmq.asyncio.Context()
+    # the sim connects its PUB to our SUB (a non-wildcard endpoint, as vLLM does); a fan-out PUB bound on
+    # loopback passes every frame on to the two "replicas", which connect to it like to a pod's publisher
+    sink_port, fan_port, sim_port = free_port(), free_port(), free_port()
+    sub = ctx.socket(zmq.SUB)
+    sub.bind(f"tcp://127.0.0.1:{sink_port}")
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    fan = ctx.socket(zmq.PUB)
+    fan.bind(f"tcp://127.0.0.1:{fan_port}")
+    addr = f"127.0.0.1:{sim_port}"
+    store = EndpointStore()
+    ep = Endpoint(name="sim", address=addr)
+    ep.metrics = Metrics(updated=now())
+    store.replace([ep])
+    a, b = producer(fan_port, tokens, "replica-a"), producer(fan_port, tokens, "replica-b")
+    tasks = [asyncio.create_task(a.run_background(store)), asyncio.create_task(b.run_background(store))]
+    forwarded = 0
+
+    async def forward():
+        nonlocal forwarded
+        while True:
+            frames = await sub.recv_multipart()
+            await fan.send_multipart(frames)
+            forwarded += 1
+    fwd = asyncio.create_task(forward())
+    cfg = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://127.0.0.1:{sink_port}",
+           "topic": f"kv@{addr}@m"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vllm_sim", "--model", "m", "--port", str(sim_port), "--time-scale", "100",
+        "--kv-events-config", json.dumps(cfg), cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    url = f"http://{addr}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + HANG
+            while True:
+                assert proc.returncode is None, "sim exited"
+                try:
+                    async with http.get(url + "/health") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+
+            async def complete(prompt):
+                async with http.post(url + "/v1/completions",
+                                     json={"model": "m", "prompt": prompt, "max_tokens": 2, "ignore_eos": True}) as r:
+                    assert r.status == 200, await r.text()
+
+            # slow joiners on both hops: serve distinct prompts until both replicas have seen events
+            i = 0
+            while not (len(a.index) and len(b.index)):
+                await complete(f"warm up request {i} " * 8)
+                i += 1
+                await asyncio.sleep(0.05)
+                assert i < 400, "no events reached the replicas"
+            a.index.clear_pod(addr)
+            b.index.clear_pod(addr)
+            async with http.post(url + "/reset_prefix_cache") as r:
+                pass
+            await asyncio.sleep(0.2)
+
+            shared = "You are a helpful assistant for the billing team. Answer briefly and precisely. " * 8
+            prompts = [shared + f"Customer {n} asks about invoice {n * 7} and the refund policy. " * 3 for n in range(4)]
+            for p in prompts:
+                await complete(p)
+
+            async def gpu_keys():
+                async with http.get(url + "/debug/kv_cache") as r:
+                    return set((await r.json())["tiers"]["GPU"])
+            sim_cache = await gpu_keys()
+
+            def leading_blocks(prompt: str) -> int:
+                ids = tokens.tokenizer.encode(prompt, add_special_tokens=False).ids
+                parent, n = None, 0
+                for k in range(len(ids) // 16):
+                    parent = block_key(parent, ids[k * 16:(k + 1) * 16])
+                    if parent not in sim_cache:
+                        break
+                    n += 1
+                return n
+
+            probes = prompts + [shared + "A new customer with a new question. " * 5, "nothing shared at all " * 30]
+            want = [leading_blocks(p) for p in probes]
+            assert want[0] > 10 and want[-1] == 0 and want[-2] >= len(shared) // 16 // 5   # the shared prefix is cached
+
+            def scores(prod):
+                out = []
+                for p in probes:
+                    r = LLMRequest("r", "m", "m", "completions", p.encode(), body={"prompt": p})
+                    info = prod.match_info(CycleState(), r)
+                    out.append((info.blocks or {}).get(addr, 0))
+                return out
+            await until(lambda: scores(a) == want, f"replica a matches the sim's cache {want}")
+            await until(lambda: scores(b) == want, "replica b matches the sim's cache")
+            assert scores(a) == scores(b)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+        fwd.cancel()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(fwd, *tasks, return_exceptions=True)
+        sub.close(0)
+        fan.close(0)
+        ctx.term()
