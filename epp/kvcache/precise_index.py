@@ -76,7 +76,17 @@ def _engine_key(h) -> int:
         return h
     if isinstance(h, (bytes, bytearray, memoryview)):
         return int.from_bytes(bytes(h)[-8:], "big")
-    return int(h)
+    if isinstance(h, int):          # bool, IntEnum, numpy-free int subclasses
+        return int(h)
+    raise TypeError(f"block hash of type {type(h).__name__}")
+
+
+def _engine_keys(hashes: Sequence, root: int) -> list[int]:
+    """Engine keys as ints, XOR the (model, LoRA) root."""
+    try:
+        return [h ^ root for h in hashes]
+    except TypeError:
+        return [_engine_key(h) ^ root for h in hashes]
 
 
 class MatchResult(NamedTuple):
@@ -222,17 +232,22 @@ class PreciseIndex:
             self.malformed += 1
             return
         root = self._root(model, lora)
-        if parent_engine_hash is None:
-            parent = root
-        else:
-            pe = _engine_key(parent_engine_hash) ^ root
-            parent = self._emap.get(pe)
-            if parent is None:
-                parent = self._ghost.get(pe)
+        try:
+            ekeys = _engine_keys(engine_hashes, root)
+            if parent_engine_hash is None:
+                parent = root
+            else:
+                pe = _engine_key(parent_engine_hash) ^ root
+                parent = self._emap.get(pe)
                 if parent is None:
-                    self.unplaceable += 1
-                    return
-        keys = self._chain(parent, token_ids, n)
+                    parent = self._ghost.get(pe)
+                    if parent is None:
+                        self.unplaceable += 1
+                        return
+            keys = self._chain(parent, token_ids, n)
+        except (TypeError, ValueError, OverflowError):     # hashes or token ids that are no uint64 / uint32
+            self.malformed += 1
+            return
         t = self._tier(medium)
         b = self._bit(pod)
         roots = self._pod_roots[b]
@@ -245,8 +260,7 @@ class PreciseIndex:
         ntiers = len(self._weights)
         for i in range(n - 1, -1, -1):      # deepest first: block 0 of the run ends most recently used
             k = keys[i]
-            e = engine_hashes[i]
-            e = (e if type(e) is int else _engine_key(e)) ^ root
+            e = ekeys[i]
             m = get(k)
             if m is None:
                 entries[k] = b
@@ -418,20 +432,15 @@ class PreciseIndex:
         if b is None:
             return
         t = self._tier(medium)
-        roots = self._pod_roots[b]
+        try:
+            ehs = _engine_keys(engine_hashes, 0)
+        except (TypeError, ValueError, OverflowError):
+            self.malformed += 1
+            return
         emap = self._emap
         unhold = self._unhold
-        if len(roots) == 1:
-            r0 = roots[0]
-            for e in engine_hashes:
-                k = emap.get((e if type(e) is int else _engine_key(e)) ^ r0)
-                if k is not None:
-                    unhold(b, k, t)
-            return
-        for e in engine_hashes:
-            e = e if type(e) is int else _engine_key(e)
-            for r in roots:
-                k = emap.get(e ^ r)
+        for r in self._pod_roots[b]:        # one root, or a few for a pod serving LoRA adapters
+            for k in map(emap.get, [e ^ r for e in ehs]):
                 if k is not None:
                     unhold(b, k, t)
 

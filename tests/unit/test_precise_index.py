@@ -341,6 +341,20 @@ def test_unplaceable_and_block_size_mismatch_are_counted_not_guessed():
     check_invariants(ix)
 
 
+def test_malformed_events_are_counted_and_change_nothing():
+    ix = PreciseIndex(block_size=BS)
+    store(ix, "a", FakeEngine(), TOK, 0, 2)
+    before = (dict(ix._entries), dict(ix._emap), ix.holdings("a"))
+    ix.apply_stored("a", [None], None, TOK[:BS], BS, "GPU")            # not a hash
+    ix.apply_stored("a", [1], None, [2 ** 32] + TOK[1:BS], BS, "GPU")  # not a uint32 token id
+    ix.apply_stored("a", [1], None, [-1] * BS, BS, "GPU")
+    ix.apply_stored("a", [1], "x", TOK[:BS], BS, "GPU")               # not a parent hash
+    ix.apply_removed("a", [None], "GPU")
+    assert ix.stats()["malformed"] == 5
+    assert (dict(ix._entries), dict(ix._emap), ix.holdings("a")) == before
+    check_invariants(ix)
+
+
 def test_restore_is_idempotent_and_engine_key_remap():
     ix = PreciseIndex(block_size=BS)
     e = FakeEngine()
