@@ -106,20 +106,20 @@ def bench_match(ix: PreciseIndex, pods: list[str], blocks: int, reps: int, rng: 
     med, p99 = timeit(lambda: ix.match(keys, pods=pods), reps, ix._flush_touches)
     rows.append((f"  same, with an explicit list of {len(pods)} pods", med, p99, ""))
     med, p99 = timeit(lambda: ix.match(keys[:64]), reps, ix._flush_touches)
-    rows.append((f"match: all pods hold a 64-block prompt", med, p99, "1k-token prompt"))
+    rows.append(("match: all pods hold a 64-block prompt", med, p99, "1k-token prompt"))
 
     for p in pods:
         doc.store(ix, p, 0, blocks, "CPU")
     r = ix.match(keys)
     assert all(m.weighted == blocks for m in r.values())
     med, p99 = timeit(lambda: ix.match(keys), reps, ix._flush_touches)
-    rows.append((f"match: all pods hold all blocks in GPU+CPU", med, p99, "tiered path, best tier = GPU"))
+    rows.append(("match: all pods hold all blocks in GPU+CPU", med, p99, "tiered path, best tier = GPU"))
     for p in pods[::2]:
         ix.apply_removed(p, doc.ehash[:blocks], "GPU")
     r = ix.match(keys)
     assert r[pods[0]].weighted == blocks * 0.8 or abs(r[pods[0]].weighted - blocks * 0.8) < 1e-6
     med, p99 = timeit(lambda: ix.match(keys), reps, ix._flush_touches)
-    rows.append((f"match: half the pods hold them in CPU only", med, p99, "per-pod weight accumulation"))
+    rows.append(("match: half the pods hold them in CPU only", med, p99, "per-pod weight accumulation"))
 
     for p in pods:
         ix.clear_pod(p)
@@ -143,14 +143,15 @@ def bench_match(ix: PreciseIndex, pods: list[str], blocks: int, reps: int, rng: 
     r = ix.match(okeys, now=now)
     assert len(r) == 8 and all(m.blocks == blocks for m in r.values())
     med, p99 = timeit(lambda: ix.match(okeys, now=now), reps, ix._flush_touches)
-    rows.append((f"match: 8 pods hold all blocks speculatively", med, p99, "speculative path"))
+    rows.append(("match: 8 pods hold all blocks speculatively", med, p99, "speculative path"))
     return rows
 
 
 def bench_events(ix: PreciseIndex, pods: list[str], reps: int, rng: random.Random) -> list[tuple]:
     rows = []
     for batch in (1, 16, 128):
-        docs = [Doc(1_000_000_000 + batch * 10_000_000 + i * 3_000, 129, rng) for i in range(max(4, reps * batch // 128 + 1))]
+        base = 1_000_000_000 + batch * 10_000_000
+        docs = [Doc(base + i * 3_000, 129, rng) for i in range(max(4, reps * batch // 128 + 1))]
         for i, d in enumerate(docs):
             d.store(ix, pods[i % len(pods)], 0, 1)     # block 0 known: later batches chain on it
         work = []
@@ -235,10 +236,12 @@ def main() -> None:
     for name, med, p99, note in rows:
         print(f"| {name} | {med:,.1f} | {p99:,.1f} | {note} |")
     s = ix.stats()
-    print(f"\nafter: {s['entries']:,} keys, {s['evictions']:,} LRU evictions, {s['engine_keys']:,} engine-key mappings\n")
+    print(f"\nafter: {s['entries']:,} keys, {s['evictions']:,} LRU evictions, "
+          f"{s['engine_keys']:,} engine-key mappings\n")
     del ix
     gc.collect()
-    print("| holding pattern | entries | bytes / entry (tracemalloc) | engine-key mappings |\n| --- | ---: | ---: | ---: |")
+    print("| holding pattern | entries | bytes / entry (tracemalloc) | engine-key mappings |\n"
+          "| --- | ---: | ---: | ---: |")
     for name, entries, per, emaps in bytes_per_entry(a.mem_keys, rng):
         print(f"| {name} | {entries:,} | {per:,.0f} | {emaps:,} |")
 
