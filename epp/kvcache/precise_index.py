@@ -35,8 +35,9 @@ AND (itertools.accumulate), and the few positions where it shrinks (bisect on th
 Python-level work is per pod that drops out, not per (pod, block).
 
 LRU: stores insert a run deepest block first and then touch the parent; matches touch the matched
-keys deepest first. So block 0 of a prefix in use is more recent than its tail, and eviction takes
-tails before heads. Evicting a key drops its pod holdings and engine-key mappings.
+keys deepest first (deferred to the next event call, which is where evictions happen). So block 0 of
+a prefix in use is more recent than its tail, and eviction takes tails before heads. Evicting a key
+drops its pod holdings and engine-key mappings.
 """
 from __future__ import annotations
 
@@ -532,7 +533,8 @@ class PreciseIndex:
         that run weighted by the best tier it holds each block in (speculative = GPU). With `pods`, the
         answer has every one of them (zeros for misses); without, only the pods holding block 0.
         `now` (default time.monotonic()) is only needed for speculative entries. Touches the matched
-        keys in the LRU."""
+        keys in the LRU; the touch itself is deferred off the request path, to the next event call (it
+        must precede any eviction, and only events evict) or past 32 pending matches."""
         out: dict[str, MatchResult] = {}
         if pods is not None:
             pb = self._pod_bit
