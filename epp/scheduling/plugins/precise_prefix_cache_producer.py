@@ -82,7 +82,8 @@ class PrecisePrefixCacheProducer(Plugin, PreRequest, EndpointLifecycle, Response
         kvb = _section(t, "indexerConfig.kvBlockIndexConfig", idx.get("kvBlockIndexConfig"),
                        {"inMemoryConfig", "enableMetrics", "metricsLoggingInterval"})
         mem = _section(t, "kvBlockIndexConfig.inMemoryConfig", kvb.get("inMemoryConfig"), {"size", "podCacheSize"})
-        self.max_keys = need_int(t, "inMemoryConfig.size", mem.get("size", 10_000_000), 1)
+        # ~330 bytes per key here: 2M keys (~650 MB) hold a 64-pod pool of 8B-on-H100 GPU caches
+        self.max_keys = need_int(t, "inMemoryConfig.size", mem.get("size", 2_000_000), 1)
         self.speculative = need_bool(t, "speculativeIndexing", speculativeIndexing)
         self.speculative_ttl = _duration(t, "speculativeTTL", speculativeTTL)
         weights = tierWeights if tierWeights is not None else {"GPU": 1.0, "CPU": 0.8}
