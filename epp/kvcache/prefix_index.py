@@ -11,7 +11,8 @@ block position, so matching is a binary search instead of a walk over every bloc
 """
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
+from itertools import islice
 
 import xxhash
 
@@ -37,7 +38,7 @@ class PrefixIndex:
 
     def __init__(self, capacity_per_endpoint: int = 31_250) -> None:
         self.default_capacity = capacity_per_endpoint
-        self._lru: dict[str, OrderedDict[int, None]] = {}
+        self._lru: dict[str, dict[int, None]] = {}
         self._capacity: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -51,17 +52,17 @@ class PrefixIndex:
     def add(self, endpoint: str, keys: list[int]) -> None:
         lru = self._lru.get(endpoint)
         if lru is None:
-            lru = self._lru[endpoint] = OrderedDict()
+            lru = self._lru[endpoint] = {}
+        # A plain dict is the LRU: insertion order is recency, a touch is delete + reinsert, and the
+        # oldest entries are the first ones. Twice as fast as OrderedDict here; every loop runs in C.
         rev = keys[::-1]
-        held = [k for k in rev if k in lru]
-        if len(held) != len(rev):
-            lru.update(dict.fromkeys([k for k in rev if k not in lru]))
-        deque(map(lru.move_to_end, held), 0)  # touch in C, deepest first: block 0 ends most recent
+        held = list(filter(lru.__contains__, rev))
+        if held:
+            deque(map(lru.__delitem__, held), 0)
+        lru.update(dict.fromkeys(rev))        # deepest first: block 0 ends most recent
         excess = len(lru) - self._capacity.get(endpoint, self.default_capacity)
         if excess > 0:
-            pop = lru.popitem
-            for _ in range(excess):
-                pop(False)
+            deque(map(lru.__delitem__, list(islice(lru, excess))), 0)
 
     def match(self, keys: list[int]) -> dict[str, int]:
         """Per endpoint, how many blocks from block 0 on it holds."""
