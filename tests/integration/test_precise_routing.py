@@ -84,6 +84,8 @@ def run(tmp, pool, config_text: str, name: str) -> tuple[float, dict]:
             cached += (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
             if i == 0:
                 time.sleep(0.3)   # the first KV events (and the ZMQ subscription) settle
+        where["kv_messages"] = epp.sample("epp_kv_events_total", what="messages")
+        where["index_entries"] = epp.sample("epp_precise_prefix_index_entries")
         return cached / prompt, where
     finally:
         envoy.stop()
@@ -114,7 +116,8 @@ schedulingProfiles:
   - {{pluginRef: kv-cache-utilization-scorer, weight: 2}}
 """
     approx_rate, _ = run(str(tmp_path), pool, approximate, "epp-approximate")
-    precise_rate, _ = run(str(tmp_path), pool, precise, "epp-precise")
+    precise_rate, seen = run(str(tmp_path), pool, precise, "epp-precise")
+    assert seen["kv_messages"] > 0 and seen["index_entries"] > 0, seen       # exposed on /metrics
     print(f"cluster prefix hit rate: approximate {approx_rate:.3f}, precise {precise_rate:.3f}")
     assert precise_rate > 0.5
     assert precise_rate >= approx_rate - 0.02, (approx_rate, precise_rate)

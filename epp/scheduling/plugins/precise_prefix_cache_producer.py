@@ -19,7 +19,8 @@ import asyncio
 import logging
 import time
 
-from prometheus_client import Counter
+from prometheus_client import REGISTRY, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..framework import (EndpointLifecycle, Plugin, PreRequest, ResponseComplete, need_bool, need_int,
                          params_error, register)
@@ -209,11 +210,14 @@ class PrecisePrefixCacheProducer(Plugin, PreRequest, EndpointLifecycle, Response
             store.on_change(follow)
             follow(list(store.snapshot()), [])
         sub.start()
+        collector = _Collector(self)
+        REGISTRY.register(collector)
         log.info("%s: consuming KV events %s", self.name,
                  f"from each endpoint's port {self.pod_port}" if self.discover_pods else f"on {self.zmq_endpoint}")
         try:
             await asyncio.Event().wait()
         finally:
+            REGISTRY.unregister(collector)
             await sub.stop()
 
     # ------------------------------------------------------------------ response side
@@ -236,3 +240,28 @@ class PrecisePrefixCacheProducer(Plugin, PreRequest, EndpointLifecycle, Response
             log.warning("%s: epp counts %d prompt tokens, the model server %d (request %s): the token-producer's "
                         "tokenizer or chat template does not match the served model", self.name, ours,
                         usage.prompt_tokens, request.request_id)
+
+
+class _Collector:
+    """KV-event ingestion and index state, read at scrape time (no per-event metric updates)."""
+
+    def __init__(self, producer: PrecisePrefixCacheProducer) -> None:
+        self.p = producer
+
+    def collect(self):
+        sub, labels = self.p.subscriber, ["plugin_name"]
+        if sub is not None:
+            events = CounterMetricFamily("epp_kv_events", "KV-event messages and what became of them "
+                                         "(messages, gaps, replays, resets, decode_errors, ...).", labels=labels + ["what"])
+            for what, n in sub.counters.as_dict().items():
+                events.add_metric([self.p.name, what], n)
+            yield events
+        stats = self.p.index.stats()
+        entries = GaugeMetricFamily("epp_precise_prefix_index_entries", "Blocks in the precise prefix index.", labels=labels)
+        entries.add_metric([self.p.name], stats["entries"])
+        yield entries
+        skipped = CounterMetricFamily("epp_precise_prefix_index_skipped_events",
+                                      "Stored blocks the index could not place, by reason.", labels=labels + ["reason"])
+        for reason in ("unplaceable", "mismatches", "malformed"):
+            skipped.add_metric([self.p.name, reason], stats[reason])
+        yield skipped
