@@ -77,3 +77,19 @@ def test_bad_parameters_name_the_field():
         PrecisePrefixCacheProducer(kvEventsConfig={"zmqEndpont": "tcp://*:5557"})
     with pytest.raises(ValueError, match="tierWeights"):
         PrecisePrefixCacheProducer(tierWeights={"GPU": 2})
+
+
+def test_a_tokenizer_that_counts_differently_from_the_server_is_reported(tokens, caplog):
+    from epp.requestcontrol.usage import Usage
+    from epp.scheduling.plugins.precise_prefix_cache_producer import CHECK_EVERY, TOKEN_MISMATCH
+    prod = PrecisePrefixCacheProducer()
+    prod.bind({"t": tokens})
+    text = "hello there " * 50
+    ours = len(tokens.tokenizer.encode(text, add_special_tokens=False).ids)
+    before = TOKEN_MISMATCH._value.get()
+    for server_count in [ours] * CHECK_EVERY + [ours + 1] + [ours + 1] * (CHECK_EVERY - 1):
+        r = req(text)
+        prod.match_info(CycleState(), r)
+        prod.response_complete(r, None, 200, Usage(prompt_tokens=server_count, completion_tokens=1, seen=True))
+    assert TOKEN_MISMATCH._value.get() == before + 1 and prod.mismatches == 1   # checked on 1 answer in CHECK_EVERY
+    assert "does not match the served model" in caplog.text
