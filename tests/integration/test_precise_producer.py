@@ -137,6 +137,7 @@ async def test_index_equals_the_sims_cache_and_replicas_agree():
             await until(lambda: scores(a) == want, f"replica a matches the sim's cache {want}")
             await until(lambda: scores(b) == want, "replica b matches the sim's cache")
             assert scores(a) == scores(b)
+            assert not any(t.done() for t in tasks), [t.exception() for t in tasks if t.done()]  # both still consuming
     finally:
         if proc.returncode is None:
             proc.terminate()

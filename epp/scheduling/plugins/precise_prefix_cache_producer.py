@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -209,15 +210,14 @@ class PrecisePrefixCacheProducer(Plugin, PreRequest, EndpointLifecycle, Response
                     sub.remove_endpoint(ep.address)
             store.on_change(follow)
             follow(list(store.snapshot()), [])
+        _Collector.track(self)
         sub.start()
-        collector = _Collector(self)
-        REGISTRY.register(collector)
         log.info("%s: consuming KV events %s", self.name,
                  f"from each endpoint's port {self.pod_port}" if self.discover_pods else f"on {self.zmq_endpoint}")
         try:
             await asyncio.Event().wait()
         finally:
-            REGISTRY.unregister(collector)
+            _Collector.live.discard(self)
             await sub.stop()
 
     # ------------------------------------------------------------------ response side
@@ -243,25 +243,35 @@ class PrecisePrefixCacheProducer(Plugin, PreRequest, EndpointLifecycle, Response
 
 
 class _Collector:
-    """KV-event ingestion and index state, read at scrape time (no per-event metric updates)."""
+    """KV-event ingestion and index state of every running producer, read at scrape time (no
+    per-event metric updates). One collector for all of them: metric names are registered once."""
 
-    def __init__(self, producer: PrecisePrefixCacheProducer) -> None:
-        self.p = producer
+    live: "weakref.WeakSet[PrecisePrefixCacheProducer]" = weakref.WeakSet()
+    _registered = False
+
+    @classmethod
+    def track(cls, producer: PrecisePrefixCacheProducer) -> None:
+        if not cls._registered:
+            REGISTRY.register(cls())
+            cls._registered = True
+        cls.live.add(producer)
 
     def collect(self):
-        sub, labels = self.p.subscriber, ["plugin_name"]
-        if sub is not None:
-            events = CounterMetricFamily("epp_kv_events", "KV-event messages and what became of them "
-                                         "(messages, gaps, replays, resets, decode_errors, ...).", labels=labels + ["what"])
-            for what, n in sub.counters.as_dict().items():
-                events.add_metric([self.p.name, what], n)
-            yield events
-        stats = self.p.index.stats()
-        entries = GaugeMetricFamily("epp_precise_prefix_index_entries", "Blocks in the precise prefix index.", labels=labels)
-        entries.add_metric([self.p.name], stats["entries"])
-        yield entries
+        labels = ["plugin_name"]
+        events = CounterMetricFamily("epp_kv_events", "KV-event messages and what became of them "
+                                     "(messages, gaps, replays, resets, decode_errors, ...).", labels=labels + ["what"])
+        entries = GaugeMetricFamily("epp_precise_prefix_index_entries", "Blocks in the precise prefix index.",
+                                    labels=labels)
         skipped = CounterMetricFamily("epp_precise_prefix_index_skipped_events",
                                       "Stored blocks the index could not place, by reason.", labels=labels + ["reason"])
-        for reason in ("unplaceable", "mismatches", "malformed"):
-            skipped.add_metric([self.p.name, reason], stats[reason])
+        for p in list(self.live):
+            if p.subscriber is not None:
+                for what, n in p.subscriber.counters.as_dict().items():
+                    events.add_metric([p.name, what], n)
+            stats = p.index.stats()
+            entries.add_metric([p.name], stats["entries"])
+            for reason in ("unplaceable", "mismatches", "malformed"):
+                skipped.add_metric([p.name, reason], stats[reason])
+        yield events
+        yield entries
         yield skipped
