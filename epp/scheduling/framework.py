@@ -138,3 +138,14 @@ def max_endpoints(plugin: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise params_error(plugin, f"parameter maxNumOfEndpoints must be an integer, got {v!r}")
     return v if v > 0 else 1
+
+
+def need_duration(plugin: str, key: str, v: Any) -> float:
+    """A duration parameter: seconds as a number, or Go syntax ("200ms", "2s"). Returns seconds."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    from ..flags import duration
+    try:
+        return duration(str(v))
+    except Exception:
+        raise params_error(plugin, f"parameter {key} must be a duration like 200ms, got {v!r}") from None

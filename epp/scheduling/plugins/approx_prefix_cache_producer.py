@@ -113,3 +113,19 @@ class ApproxPrefixCacheProducer(Plugin, PreRequest, EndpointLifecycle):
     def endpoints_removed(self, addresses: list[str]) -> None:
         for a in addresses:
             self.index.remove_endpoint(a)
+
+
+def find_prefix_producer(plugins: dict, name: str):
+    """The prefix-match producer a consumer reads: the one it names (any producer with match_info, the
+    precise one included), else the configured approximate producer, else one an older-style prefix
+    scorer carries; None when there is none (the consumer then makes its own)."""
+    if name:
+        p = plugins.get(name)
+        if p is None or not hasattr(p, "match_info"):
+            raise ValueError(f"prefixMatchInfoProducerName {name!r} names no prefix match producer")
+        return p
+    found = [p for p in plugins.values() if isinstance(p, ApproxPrefixCacheProducer)]
+    if not found:
+        found = [s for p in plugins.values() for s in getattr(p, "sub_plugins", lambda: [])()
+                 if isinstance(s, ApproxPrefixCacheProducer)]
+    return found[0] if found else None

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from ..framework import EndpointLifecycle, PreRequest, Scorer, need_int, register
-from .approx_prefix_cache_producer import PREFILL_PROFILE, ApproxPrefixCacheProducer
+from .approx_prefix_cache_producer import PREFILL_PROFILE, ApproxPrefixCacheProducer, find_prefix_producer
 
 STATE_COLD = "no-hit-lru/cold"
 
@@ -25,17 +25,7 @@ class NoHitLRUScorer(Scorer, PreRequest, EndpointLifecycle):
         self._lru: OrderedDict[str, None] = OrderedDict()   # least recently used first
 
     def bind(self, plugins: dict) -> None:
-        if self.producer_name:
-            p = plugins.get(self.producer_name)
-            if p is None or not hasattr(p, "match_info"):
-                raise ValueError(f"prefixMatchInfoProducerName {self.producer_name!r} names no prefix match producer")
-            self.producer = p
-            return
-        found = [p for p in plugins.values() if isinstance(p, ApproxPrefixCacheProducer)]
-        if not found:  # the prefix scorer may create one in its own bind(): share it if so
-            found = [s for p in plugins.values() for s in getattr(p, "sub_plugins", lambda: [])()
-                     if isinstance(s, ApproxPrefixCacheProducer)]
-        self.producer = found[0] if found else None
+        self.producer = find_prefix_producer(plugins, self.producer_name)
 
     @property
     def wants_approx_producer(self) -> bool:

@@ -23,8 +23,8 @@ import weakref
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ..framework import (EndpointLifecycle, Plugin, PreRequest, ResponseComplete, need_bool, need_int,
-                         params_error, register)
+from ..framework import (EndpointLifecycle, Plugin, PreRequest, ResponseComplete, need_bool, need_duration,
+                         need_int, params_error, register)
 from ..types import DEFER
 from .approx_prefix_cache_producer import PREFILL_PROFILE, ApproxPrefixCacheProducer, MatchInfo
 from .token_producer import TokenProducer
@@ -36,16 +36,6 @@ FALLBACKS = Counter("epp_precise_prefix_fallback_total",
                     "Requests the precise prefix producer scored approximately instead, by reason.", ["reason"])
 TOKEN_MISMATCH = Counter("epp_tokenizer_mismatch_total",
                          "Requests whose prompt token count from epp's tokenizer differs from the model server's.")
-
-
-def _duration(plugin: str, key: str, v) -> float:
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
-    from ...flags import duration
-    try:
-        return duration(str(v))
-    except Exception:
-        raise params_error(plugin, f"parameter {key} must be a duration like 2s, got {v!r}") from None
 
 
 def _section(plugin: str, name: str, v, keys: set[str]) -> dict:
@@ -87,7 +77,7 @@ class PrecisePrefixCacheProducer(Plugin, PreRequest, EndpointLifecycle, Response
         # ~330 bytes per key here: 2M keys (~650 MB) hold a 64-pod pool of 8B-on-H100 GPU caches
         self.max_keys = need_int(t, "inMemoryConfig.size", mem.get("size", 2_000_000), 1)
         self.speculative = need_bool(t, "speculativeIndexing", speculativeIndexing)
-        self.speculative_ttl = _duration(t, "speculativeTTL", speculativeTTL)
+        self.speculative_ttl = need_duration(t, "speculativeTTL", speculativeTTL)
         weights = tierWeights if tierWeights is not None else {"GPU": 1.0, "CPU": 0.8}
         if not isinstance(weights, dict) or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in weights.values()):
             raise params_error(t, "tierWeights must map tier names (GPU, CPU, ...) to weights in [0, 1]")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 
 from ..framework import Filter, need_number, need_str, register
-from .approx_prefix_cache_producer import ApproxPrefixCacheProducer
+from .approx_prefix_cache_producer import ApproxPrefixCacheProducer, find_prefix_producer
 
 
 @register
@@ -36,17 +36,7 @@ class PrefixCacheAffinityFilter(Filter):
         return not self.producer_name
 
     def bind(self, plugins: dict) -> None:
-        if self.producer_name:
-            p = plugins.get(self.producer_name)
-            if p is None or not hasattr(p, "match_info"):
-                raise ValueError(f"prefixMatchInfoProducerName {self.producer_name!r} names no prefix match producer")
-            self.producer = p
-            return
-        found = [p for p in plugins.values() if isinstance(p, ApproxPrefixCacheProducer)]
-        if not found:
-            found = [s for p in plugins.values() for s in getattr(p, "sub_plugins", lambda: [])()
-                     if isinstance(s, ApproxPrefixCacheProducer)]
-        self.producer = found[0] if found else None
+        self.producer = find_prefix_producer(plugins, self.producer_name)
 
     def _ttft_ms(self, ep) -> float:
         return ep.in_flight_tokens / self.peak * 1000.0

@@ -7,17 +7,7 @@ endpoints above the thresholds x (1 + headroom) or stale, unless that would drop
 from __future__ import annotations
 
 from ...datalayer.endpoint import now
-from ..framework import Filter, need_number, params_error, register
-
-
-def _duration(plugin: str, key: str, v) -> float:
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
-    from ...flags import duration
-    try:
-        return duration(str(v))
-    except Exception:
-        raise params_error(plugin, f"parameter {key} must be a duration like 200ms, got {v!r}") from None
+from ..framework import Filter, need_duration, need_number, params_error, register
 
 
 @register
@@ -34,7 +24,7 @@ class UtilizationDetector(Filter):
             raise params_error(t, "queueDepthThreshold must be > 0")
         if not 0.0 < self.kv <= 1.0:
             raise params_error(t, "kvCacheUtilThreshold must be in (0, 1]")
-        self.staleness = _duration(t, "metricsStalenessThreshold", metricsStalenessThreshold)
+        self.staleness = need_duration(t, "metricsStalenessThreshold", metricsStalenessThreshold)
         if self.staleness <= 0:
             raise params_error(t, "metricsStalenessThreshold must be > 0")
         self.headroom = need_number(t, "headroom", headroom, 0.0)
