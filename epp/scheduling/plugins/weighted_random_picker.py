@@ -4,19 +4,15 @@ order; when every score is 0 the draw is uniform, so a pool that scores nothing 
 from __future__ import annotations
 
 import math
-import random
 
-from ..framework import Picker, max_endpoints, register
+from ..framework import register
+from .random_picker import RandomPicker
 
 
 @register
-class WeightedRandomPicker(Picker):
+class WeightedRandomPicker(RandomPicker):
+    """Same parameters as random-picker (maxNumOfEndpoints, and an rng for tests)."""
     type_name = "weighted-random-picker"
-
-    def __init__(self, name: str | None = None, maxNumOfEndpoints: int = 1, rng: random.Random | None = None) -> None:
-        super().__init__(name)
-        self.max_endpoints = max_endpoints(self.type_name, maxNumOfEndpoints)
-        self.rng = rng or random.Random()
 
     def pick(self, state, request, endpoints, scores):
         if not endpoints:
