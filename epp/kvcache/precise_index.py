@@ -343,6 +343,10 @@ class PreciseIndex:
                 if emap.get(e) == k:
                     del emap[e]
                     ghost[e] = k
+        self._trim_ghosts()
+
+    def _trim_ghosts(self) -> None:
+        ghost = self._ghost
         if len(ghost) > self.GHOST_MAPPINGS:
             pop = ghost.popitem
             for _ in range(len(ghost) - self.GHOST_MAPPINGS):
@@ -382,10 +386,7 @@ class PreciseIndex:
                     if emap_get(e) == k:
                         del emap[e]
                         ghost[e] = k
-        if len(ghost) > self.GHOST_MAPPINGS:
-            gpop = ghost.popitem
-            for _ in range(len(ghost) - self.GHOST_MAPPINGS):
-                gpop(False)
+        self._trim_ghosts()
         self.evictions += count
 
     def _retier(self, k: int, tm: list[int], m: int) -> None:

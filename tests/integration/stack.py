@@ -147,3 +147,20 @@ def landed_right(status: int, raw: bytes, sent: bytes, pool: list[str]) -> str |
     if r["body_sha256"] != hashlib.sha256(sent).hexdigest():
         return f"body changed: sent {len(sent)} bytes, got {r['body_len']}"
     return None
+
+
+async def wait_healthy(http, url: str, proc, timeout: float = 60.0) -> None:
+    """Polls url + /health until 200; fails if the child process exits or the time runs out."""
+    import aiohttp
+    import time as _time
+    deadline = _time.monotonic() + timeout
+    while True:
+        assert proc.returncode is None, "the server process exited"
+        try:
+            async with http.get(url + "/health") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        assert _time.monotonic() < deadline, f"{url} not healthy"
+        await asyncio.sleep(0.05)

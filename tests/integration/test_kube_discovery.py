@@ -138,7 +138,6 @@ async def test_list_is_paged(kube):
 
 async def test_api_server_down_then_up(kube, tmp_path):
     """Errors back off and recover: a kubeconfig pointing at a closed port, then the real one."""
-    import json
     api = await api_client(kube.config)
     store = EndpointStore()
     disc = SelectorDiscovery(api, store, "ns1", "app=vllm", [9000], **FAST)

@@ -19,6 +19,8 @@ import zmq
 import zmq.asyncio
 from netutil import free_port
 
+from .stack import wait_healthy
+
 from epp.datalayer.kv_events import BlockRemoved, BlockStored, EventBatch, KVEventSubscriber
 
 HANG = 30.0
@@ -511,17 +513,7 @@ async def test_real_vllm_sim_process_publishes_events_that_arrive():
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
-            deadline = time.monotonic() + HANG
-            while True:                         # health
-                assert proc.returncode is None, "sim exited"
-                try:
-                    async with http.get(url + "/health") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                assert time.monotonic() < deadline, "sim not healthy"
-                await asyncio.sleep(0.05)
+            await wait_healthy(http, url, proc, HANG)
 
             async def complete(prompt):
                 async with http.post(url + "/v1/completions",

@@ -11,6 +11,8 @@ import zmq.asyncio
 
 from netutil import free_port
 
+from .stack import wait_healthy
+
 from epp.datalayer.endpoint import Endpoint, Metrics, now
 from epp.datalayer.store import EndpointStore
 from epp.scheduling.plugins.precise_prefix_cache_producer import PrecisePrefixCacheProducer
@@ -73,17 +75,7 @@ async def test_index_equals_the_sims_cache_and_replicas_agree():
     url = f"http://{addr}"
     try:
         async with aiohttp.ClientSession() as http:
-            deadline = time.monotonic() + HANG
-            while True:
-                assert proc.returncode is None, "sim exited"
-                try:
-                    async with http.get(url + "/health") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
+            await wait_healthy(http, url, proc, HANG)
 
             async def complete(prompt):
                 async with http.post(url + "/v1/completions",
@@ -99,7 +91,7 @@ async def test_index_equals_the_sims_cache_and_replicas_agree():
                 assert i < 400, "no events reached the replicas"
             a.index.clear_pod(addr)
             b.index.clear_pod(addr)
-            async with http.post(url + "/reset_prefix_cache") as r:
+            async with http.post(url + "/reset_prefix_cache"):
                 pass
             await asyncio.sleep(0.2)
 

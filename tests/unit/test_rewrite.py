@@ -8,7 +8,6 @@ from epp.requestcontrol.rewrite import ModelNameMapper, Rewrites
 
 from .helpers import director, endpoint, kind, req_body, req_headers, resp_body, resp_headers
 from epp.server.stream import RequestStream
-from epp.server import protocol as p
 
 
 def test_rules_exact_first_then_catch_all_and_weights():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..framework import Scorer, register
 from .precise_prefix_cache_producer import PrecisePrefixCacheProducer
+from .prefix_cache_scorer import PrefixCacheScorer
 
 
 @register
@@ -21,6 +22,9 @@ class PrecisePrefixCacheScorer(Scorer):
             name=f"{self.name}/producer", tokenProcessorConfig=tokenProcessorConfig, kvEventsConfig=kvEventsConfig,
             indexerConfig=indexerConfig, speculativeIndexing=speculativeIndexing, speculativeTTL=speculativeTTL,
             tierWeights=tierWeights, tokenProducerName=tokenProducerName, maxPrefixBlocksToMatch=maxPrefixBlocksToMatch)
+        # the scoring itself is prefix-cache-scorer's (matched / total), reading this producer
+        self._ratio = PrefixCacheScorer(name=f"{self.name}/ratio")
+        self._ratio.producer = self.producer
 
     def bind(self, plugins: dict) -> None:
         self.producer.bind(plugins)
@@ -29,9 +33,4 @@ class PrecisePrefixCacheScorer(Scorer):
         return [self.producer, *self.producer.sub_plugins()]
 
     def score(self, state, request, endpoints):
-        info = self.producer.match_info(state, request)
-        n = info.total
-        if not n:
-            return [0.0] * len(endpoints)
-        m = info.matched
-        return [min(1.0, m.get(ep.address, 0) / n) for ep in endpoints]
+        return self._ratio.score(state, request, endpoints)
