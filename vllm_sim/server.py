@@ -75,6 +75,7 @@ class SimServer:
         self._busy, self._t = False, 0.0
         self._runner: web.AppRunner | None = None
         self.requests_served = 0
+        self.render_calls = 0           # renderer API calls (a tokenizing router calls it per request)
         self._decode_cache: dict[int, str] = {}
         self.app = self._build_app()
 
@@ -339,16 +340,23 @@ class SimServer:
 
     # ---- other endpoints --------------------------------------------------------------------------------
     async def _render(self, request: web.Request, chat: bool) -> web.Response:
+        """vLLM's renderer API: the request as a token-in GenerateRequest, without generating. Chat
+        answers one object; completions a list, one per prompt (the sim serves batches of one)."""
         try:
             body = await self._body(request)
             g = openai_api.parse(body, chat, request.headers.get("x-request-id"))
             g.model, _, _ = self._resolve_model(g.model)
-            ids, text = self._prompt_ids(g)
-            self._check_length(len(ids), g.max_tokens)
+            ids, _ = self._prompt_ids(g)
+            max_tokens = self._check_length(len(ids), g.max_tokens)
         except APIError as err:
             return err.response()
-        return _json({"model": g.model, "prompt": text, "prompt_token_ids": ids, "token_ids": ids,
-                      "count": len(ids), "max_model_len": self.profile.max_model_len})
+        out = {"request_id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, "token_ids": ids,
+               "sampling_params": {"max_tokens": max_tokens, "ignore_eos": g.ignore_eos, "seed": g.seed},
+               "model": g.model, "stream": bool(body.get("stream")), "stream_options": body.get("stream_options"),
+               "cache_salt": body.get("cache_salt"), "priority": body.get("priority", 0),
+               "kv_transfer_params": body.get("kv_transfer_params"), "token_offsets": None}
+        self.render_calls += 1
+        return _json(out if chat else [out])
 
     async def _tokenize(self, request: web.Request) -> web.Response:
         try:
@@ -441,4 +449,5 @@ class SimServer:
                       "preemptions": e.num_preemptions_total, "pinned": len(e.pinned),
                       "engine_time": self.clock.now(), "time_scale": self.clock.scale,
                       "pd": self.pd.stats() if self.pd else None,
-                      "sidecar": self.sidecar.counts if self.sidecar else None})
+                      "sidecar": self.sidecar.counts if self.sidecar else None,
+                      "requests_served": self.requests_served, "render_calls": self.render_calls})

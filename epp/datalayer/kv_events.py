@@ -343,6 +343,11 @@ class KVEventSubscriber:
     def endpoints(self) -> list[str]:
         return sorted(self._streams)
 
+    def publishers(self) -> int:
+        """Endpoints heard from at least once: fewer than the pool means some pods publish nowhere
+        (a wrong --kv-events-config endpoint) or are not connected yet."""
+        return sum(1 for s in self._streams.values() if s.counters.messages)
+
     # ---- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
         """Binds (central mode) and connects the endpoints added so far; call on the running event loop."""

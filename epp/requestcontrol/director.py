@@ -7,7 +7,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Awaitable, Sequence
 
 import orjson
 
@@ -88,22 +88,54 @@ class Director:
         self._ids = itertools.count(1)
         self._warned_stale = False
         self._by_model: dict[tuple[str, str], _Series] = {}
+        self._prepared_for, self._prepare = None, []
         store.on_change(lambda added, removed: scheduler.endpoints_removed([e.address for e in removed]))
 
     # ---------------------------------------------------------------- request path
 
     def decide(self, headers: dict[str, str], path: str, raw_body: bytes | None,
-               subset: list[str] | None) -> Decision:
-        """Raises EPPError for anything the client should be told (and counts it)."""
+               subset: list[str] | None, wait: bool = False) -> "Decision | Awaitable[Decision]":
+        """Raises EPPError for anything the client should be told (and counts it). With `wait`, a
+        request whose plugins need I/O first (e.g. tokenizing through the model server) gets an
+        awaitable of its Decision instead; every other request is decided at once."""
         try:
-            decision = self._decide(headers, path, raw_body, subset)
+            request, new_body = self._request(headers, path, raw_body)
+            if wait and request.body is not None:
+                waits = [w for p in self._preparers() if (w := p.prepare(request)) is not None]
+                if waits:
+                    return self._decide_later(waits, request, new_body, subset)
+            decision = self._schedule(request, new_body, subset)
         except EPPError as e:
-            if self.metrics:
-                self.metrics.request_error_total.labels(e.model, e.model, str(e.status)).inc()
+            self._count_error(e)
             raise
         if self.metrics:
             self._series(decision.request).request_total.inc()
         return decision
+
+    async def _decide_later(self, waits: list, request: LLMRequest, new_body: bytes | None,
+                            subset: list[str] | None) -> Decision:
+        for r in await asyncio.gather(*waits, return_exceptions=True):
+            if isinstance(r, BaseException):   # preparers fall back themselves; a bug must not fail the request
+                log.error("prepare step failed for request %s", request.request_id, exc_info=r)
+        try:
+            decision = self._schedule(request, new_body, subset)
+        except EPPError as e:
+            self._count_error(e)
+            raise
+        if self.metrics:
+            self._series(decision.request).request_total.inc()
+        return decision
+
+    def _preparers(self) -> list:
+        s = self.scheduler
+        if s is not self._prepared_for:
+            self._prepared_for = s
+            self._prepare = [p for p in s.plugins if getattr(p, "async_prepare", False)]
+        return self._prepare
+
+    def _count_error(self, e: EPPError) -> None:
+        if self.metrics:
+            self.metrics.request_error_total.labels(e.model, e.model, str(e.status)).inc()
 
     def _series(self, req: LLMRequest) -> "_Series":
         key = (req.model, req.target_model)
@@ -112,8 +144,7 @@ class Director:
             s = self._by_model[key] = _Series(self.metrics, *key)
         return s
 
-    def _decide(self, headers: dict[str, str], path: str, raw_body: bytes | None,
-                subset: list[str] | None) -> Decision:
+    def _request(self, headers: dict[str, str], path: str, raw_body: bytes | None) -> tuple[LLMRequest, bytes | None]:
         api = ""
         body, model, prompt, stream, salt = None, "", b"", False, ""
         if raw_body is not None:
@@ -134,6 +165,10 @@ class Director:
             request_id=headers.get(REQUEST_ID_HEADER) or f"epp-{next(self._ids)}",
             model=model, target_model=target, api=api, prompt=prompt, headers=headers, body=body,
             priority=self._priority(headers), cache_salt=salt, stream=stream)
+        return request, new_body
+
+    def _schedule(self, request: LLMRequest, new_body: bytes | None, subset: list[str] | None) -> Decision:
+        model, target, prompt = request.model, request.target_model, request.prompt
         try:
             candidates = self._candidates(subset)
             if request.priority < 0 and self.saturation.saturation(candidates) >= 1.0:

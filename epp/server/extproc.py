@@ -25,7 +25,10 @@ class ExternalProcessor(pbg.ExternalProcessorServicer):
         try:
             read, write = context.read, context.write
             while (msg := await read()) is not grpc.aio.EOF:
-                for resp in stream.on_message(msg):
+                out = stream.on_message(msg)
+                if out.__class__ is not list:
+                    out = await out      # the decision is being prepared; nothing else is read meanwhile
+                for resp in out:
                     await write(resp)
                 if stream.closed:
                     break

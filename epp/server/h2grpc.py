@@ -78,7 +78,8 @@ def _error_trailers(code: int, message: str) -> bytes:
 
 
 class Handler(Protocol):
-    """One gRPC call. on_message returns the replies to send; `closed` ends our side early."""
+    """One gRPC call. on_message returns the replies to send, or an awaitable of them (the call's
+    later messages wait until it is done); `closed` ends our side early."""
 
     closed: bool
 
@@ -89,7 +90,7 @@ class Handler(Protocol):
 
 class _Stream:
     __slots__ = ("sid", "handler", "buf", "send_window", "pending", "headers_sent", "trailers",
-                 "remote_done", "local_done", "recv_unacked")
+                 "remote_done", "local_done", "recv_unacked", "waiting", "backlog")
 
     def __init__(self, sid: int, handler: Handler | None, send_window: int) -> None:
         self.sid = sid
@@ -102,6 +103,8 @@ class _Stream:
         self.remote_done = False
         self.local_done = False
         self.recv_unacked = 0
+        self.waiting = False             # the handler is preparing replies asynchronously
+        self.backlog: list = []          # messages that arrived meanwhile, in order
 
 
 class GrpcMethodServer:
@@ -161,6 +164,7 @@ class _Connection(asyncio.Protocol):
         self.out: list[bytes] = []
         self.goaway_sent = False
         self.closed = False
+        self.tasks: set[asyncio.Future] = set()   # handlers' replies being prepared
 
     # ---------------------------------------------------------------- connection life
 
@@ -384,12 +388,10 @@ class _Connection(asyncio.Protocol):
                 break
             msg = self.srv.parse(data[pos + 5:pos + 5 + mlen])
             pos += 5 + mlen
-            replies = st.handler.on_message(msg)
-            if replies:
-                self._send(st, b"".join(_GRPC_PREFIX.pack(0, len(b)) + b
-                                        for b in [r.SerializeToString() for r in replies]))
-            if st.handler.closed:
-                self._finish(st, OK_TRAILERS)
+            if st.waiting:
+                st.backlog.append(msg)
+            else:
+                self._dispatch(st, msg)
         if st.local_done:
             st.buf = bytearray()
         elif data is st.buf:
@@ -397,8 +399,49 @@ class _Connection(asyncio.Protocol):
         elif pos < end:
             st.buf = bytearray(data[pos:])
 
+    def _dispatch(self, st: _Stream, msg) -> None:
+        replies = st.handler.on_message(msg)
+        if replies.__class__ is not list:
+            st.waiting = True
+            task = asyncio.ensure_future(replies)
+            self.tasks.add(task)      # the loop holds tasks weakly
+            task.add_done_callback(lambda t, st=st: self._resume(st, t))
+            return
+        self._reply(st, replies)
+
+    def _reply(self, st: _Stream, replies: list) -> None:
+        if replies:
+            self._send(st, b"".join(_GRPC_PREFIX.pack(0, len(b)) + b
+                                    for b in [r.SerializeToString() for r in replies]))
+        if st.handler.closed:
+            self._finish(st, OK_TRAILERS)
+
+    def _resume(self, st: _Stream, task: asyncio.Future) -> None:
+        """The handler's awaited replies are ready: send them, then the messages held meanwhile."""
+        self.tasks.discard(task)
+        st.waiting = False
+        if self.closed or self.streams.get(st.sid) is not st or st.local_done:
+            return   # the call ended meanwhile (reset, connection lost): the handler was closed then
+        try:
+            replies = task.result()
+        except BaseException:
+            log.exception("ext_proc handler failed while preparing replies")
+            self._finish(st, _error_trailers(GRPC_INTERNAL, "internal error"))
+            self._flush()
+            return
+        self._reply(st, replies)
+        while st.backlog and not st.waiting and not st.local_done:
+            self._dispatch(st, st.backlog.pop(0))
+        if st.local_done:
+            st.backlog = []
+        if st.remote_done and not st.waiting and not st.backlog:
+            self._remote_end(st)
+        self._flush()
+
     def _remote_end(self, st: _Stream) -> None:
         st.remote_done = True
+        if st.waiting or st.backlog:
+            return   # ended once the held messages are answered (_resume)
         if not st.local_done:
             if st.buf:
                 self._finish(st, _error_trailers(GRPC_INTERNAL, "stream ended inside a message"))

@@ -11,6 +11,10 @@ Request body modes:
   body message still gets its own reply; otherwise the headers must be answered before any body is
   seen, so the pick is made from the headers alone and the body is still checked at its end.
 - NONE, or no body at all: the pick is made at the headers.
+
+When a plugin must do I/O before scheduling (tokenizing through the model server), on_message
+returns an awaitable of the replies instead of a list; the transport awaits it and hands this stream
+no further message until it is done.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ _BODY_METHODS = ("POST", "PUT", "PATCH")
 class RequestStream:
     __slots__ = ("director", "max_body", "req_mode", "resp_mode", "early_body", "headers", "path",
                  "method", "subset", "chunks", "size", "decision", "headers_answered", "pending_acks",
-                 "status", "usage", "finished", "closed", "decided_early", "mapper")
+                 "status", "usage", "finished", "closed", "decided_early", "mapper", "waiting", "abandoned")
 
     def __init__(self, director: Director, max_body: int) -> None:
         self.director = director
@@ -55,10 +59,13 @@ class RequestStream:
         self.closed = False            # an immediate response was sent: nothing more to do
         self.decided_early = False     # STREAMED without early body: picked at the headers
         self.mapper = None             # maps a rewritten model name back in the response body
+        self.waiting = False           # a decision is being prepared (awaited by the transport)
+        self.abandoned = False         # the stream closed while waiting
 
     # ---------------------------------------------------------------- dispatch
 
-    def on_message(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+    def on_message(self, msg: pb.ProcessingRequest):
+        """The replies to `msg`: a list, or an awaitable of one while the decision is prepared."""
         if self.closed:
             return []
         try:
@@ -89,6 +96,46 @@ class RequestStream:
         self._finish()
         self.chunks = []
         return [p.immediate(e.status, e.body(), f"epp_{e.code}")]
+
+    def _decide_then(self, raw: bytes, then):
+        """then(decision) gives the replies; when the director must wait (I/O before scheduling), an
+        awaitable of them."""
+        d = self.director.decide(self.headers, self.path, raw, self.subset, wait=True)
+        if d.__class__ is Decision:
+            self.decision = d
+            return then(d)
+        return self._later(d, then)
+
+    async def _later(self, pending, then) -> list[pb.ProcessingResponse]:
+        self.waiting = True
+        try:
+            d = await pending
+        except EPPError as e:
+            return [] if self.abandoned else self._reject(e)
+        except Exception:
+            log.exception("internal error while preparing a request")
+            return [] if self.abandoned else self._reject(EPPError(500, "internal error in the endpoint picker"))
+        finally:
+            self.waiting = False
+        self.decision = d
+        if self.abandoned:   # the client left meanwhile: the pick is counted in and out, nothing sent
+            self.close()
+            return []
+        try:
+            return then(d)
+        except Exception:
+            log.exception("internal error while processing a request")
+            return self._reject(EPPError(500, "internal error in the endpoint picker"))
+
+    @staticmethod
+    def _and_then(out, more):
+        """Applies `more` to replies that may still be on their way."""
+        if out.__class__ is list:
+            return more(out)
+
+        async def chained():
+            return more(await out)
+        return chained()
 
     # ---------------------------------------------------------------- request side
 
@@ -146,7 +193,6 @@ class RequestStream:
 
     def _request_trailers(self) -> list[pb.ProcessingResponse]:
         """Trailers end the body when they follow it."""
-        out: list[pb.ProcessingResponse] = []
         if self.decision is None and not self.closed:
             if self.req_mode == p.STREAMED:
                 out = self._complete_streamed()
@@ -154,9 +200,12 @@ class RequestStream:
                 out = self._complete_buffered()
             else:
                 out = self._complete_full_duplex(False)
-            if self.closed:
-                return out
-        out.append(p.REQUEST_TRAILERS_OK)
+            return self._and_then(out, self._trailers_ok)
+        return [p.REQUEST_TRAILERS_OK]
+
+    def _trailers_ok(self, out: list[pb.ProcessingResponse]) -> list[pb.ProcessingResponse]:
+        if not self.closed:
+            out.append(p.REQUEST_TRAILERS_OK)
         return out
 
     def _body(self) -> bytes:
@@ -191,22 +240,28 @@ class RequestStream:
         return p.request_headers_response(p.common(self._route_mutation(d, False), clear_route_cache=True),
                                           p.lb_metadata(d.destination))
 
-    def _complete_full_duplex(self, eos: bool) -> list[pb.ProcessingResponse]:
+    def _complete_full_duplex(self, eos: bool):
         body = self._body()
-        d = self._decide(body)
-        out_body = d.body if d.body is not None else body
-        return [p.request_headers_response(p.common(self._route_mutation(d, d.body is not None), clear_route_cache=True),
-                                           p.lb_metadata(d.destination)),
-                *p.streamed_chunks(out_body, eos)]
 
-    def _complete_buffered(self) -> list[pb.ProcessingResponse]:
-        d = self._decide(self._body())
+        def replies(d: Decision) -> list[pb.ProcessingResponse]:
+            out_body = d.body if d.body is not None else body
+            return [p.request_headers_response(p.common(self._route_mutation(d, d.body is not None), clear_route_cache=True),
+                                               p.lb_metadata(d.destination)),
+                    *p.streamed_chunks(out_body, eos)]
+        return self._decide_then(body, replies)
+
+    def _complete_buffered(self):
+        return self._decide_then(self._body(), self._buffered_replies)
+
+    def _buffered_replies(self, d: Decision) -> list[pb.ProcessingResponse]:
         changed = d.body is not None
         c = p.common(self._route_mutation(d, changed), clear_route_cache=True, body=d.body if changed else None)
         return [p.request_body_response(c, p.lb_metadata(d.destination))]
 
-    def _complete_streamed(self) -> list[pb.ProcessingResponse]:
-        d = self._decide(self._body())
+    def _complete_streamed(self):
+        return self._decide_then(self._body(), self._streamed_replies)
+
+    def _streamed_replies(self, d: Decision) -> list[pb.ProcessingResponse]:
         out = [self._decided_headers_response(d)]
         if d.body is not None:  # the new body rides on the first reply; the other chunks are dropped
             out.append(p.request_body_response(p.common(body=d.body)))
@@ -281,6 +336,10 @@ class RequestStream:
 
     def close(self) -> None:
         """The stream is over (normally, or the client went away): release everything."""
+        if self.waiting:   # the decision is still being prepared: released when it arrives (_later)
+            self.abandoned = True
+            self.chunks = []
+            return
         self._finish()
         self.chunks = []
         self.usage = None

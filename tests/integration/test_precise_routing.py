@@ -64,16 +64,33 @@ def workload() -> list[bytes]:
     return out
 
 
-def run(tmp, pool, config_text: str, name: str) -> tuple[float, dict]:
+def settle(epp, pool) -> None:
+    """Waits until every pod's KV events reach epp. A pod's publisher connects to epp's port on its own
+    schedule and drops what it publishes before (as vLLM's does); measuring before then would count
+    those misses. So each pod gets a small request of its own, again, until epp has heard from all.
+    Event-driven: a slow machine waits longer instead of failing."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (epp.sample("epp_kv_event_publishers") or 0) >= PODS:
+            return
+        for i, a in enumerate(pool.addresses):
+            body = json.dumps({"model": "m", "prompt": f"warm-up {i} " * 20, "max_tokens": 1}).encode()
+            assert post(int(a.rsplit(":", 1)[1]), "/v1/completions", body)[0] == 200
+        time.sleep(0.2)
+    raise AssertionError(f"KV events reached epp from {epp.sample('epp_kv_event_publishers')} of {PODS} pods")
+
+
+def run(tmp, pool, config_text: str, name: str, *extra: str, samples=()) -> tuple[float, dict]:
     reset(pool)
-    epp = Epp(tmp, pool.efile, "--config-text", config_text, "--refresh-metrics-interval", "50ms", name=name)
+    epp = Epp(tmp, pool.efile, "--config-text", config_text, "--refresh-metrics-interval", "50ms", *extra, name=name)
     envoy = Envoy(tmp, [MODE], epp.ports["grpc"])
     try:
         # pods queue KV events while no epp listens (ZMQ PUB on connect) and flush them on connection:
         # one request, then a moment for that backlog (and the subscription) to drain before measuring
         warm = json.dumps({"model": "m", "prompt": "warm-up " * 40, "max_tokens": 1}).encode()
         assert post(envoy.ports[MODE], "/v1/completions", warm)[0] == 200
-        time.sleep(1.0)
+        if "precise" in config_text:
+            settle(epp, pool)
         prompt = cached = 0
         where = {}
         for i, body in enumerate(workload()):
@@ -86,20 +103,20 @@ def run(tmp, pool, config_text: str, name: str) -> tuple[float, dict]:
                 time.sleep(0.3)   # the first KV events (and the ZMQ subscription) settle
         where["kv_messages"] = epp.sample("epp_kv_events_total", what="messages")
         where["index_entries"] = epp.sample("epp_precise_prefix_index_entries")
+        for key, metric, labels in samples:
+            where[key] = epp.sample(metric, **labels) or 0
         return cached / prompt, where
     finally:
         envoy.stop()
         epp.stop()
 
 
-def test_precise_hit_rate_at_least_approximate(tmp_path, pool):
-    from vllm_sim.tokenizer import DEFAULT_DIR
-    approximate = open(os.path.join(ROOT, "config", "default.yaml")).read()
-    precise = f"""apiVersion: llm-d.ai/v1alpha1
+def precise_config(pool, tokenizer: str) -> str:
+    return f"""apiVersion: llm-d.ai/v1alpha1
 kind: EndpointPickerConfig
 plugins:
 - type: token-producer
-  parameters: {{local: {{path: {DEFAULT_DIR}}}}}
+  parameters: {tokenizer}
 - type: precise-prefix-cache-producer
   parameters:
     kvEventsConfig: {{zmqEndpoint: "tcp://127.0.0.1:{pool.kv_port}"}}
@@ -115,9 +132,52 @@ schedulingProfiles:
   - {{pluginRef: queue-scorer, weight: 2}}
   - {{pluginRef: kv-cache-utilization-scorer, weight: 2}}
 """
+
+
+def render_calls(pool) -> int:
+    total = 0
+    for a in pool.addresses:
+        with urllib.request.urlopen(f"http://{a}/debug/engine", timeout=5) as r:
+            total += json.loads(r.read())["render_calls"]
+    return total
+
+
+def test_precise_hit_rate_at_least_approximate(tmp_path, pool):
+    from vllm_sim.tokenizer import DEFAULT_DIR
+    approximate = open(os.path.join(ROOT, "config", "default.yaml")).read()
+    precise = precise_config(pool, f"{{local: {{path: {DEFAULT_DIR}}}}}")
     approx_rate, _ = run(str(tmp_path), pool, approximate, "epp-approximate")
     precise_rate, seen = run(str(tmp_path), pool, precise, "epp-precise")
     assert seen["kv_messages"] > 0 and seen["index_entries"] > 0, seen       # exposed on /metrics
     print(f"cluster prefix hit rate: approximate {approx_rate:.3f}, precise {precise_rate:.3f}")
     assert precise_rate > 0.5
     assert precise_rate >= approx_rate - 0.02, (approx_rate, precise_rate)
+
+
+RENDER_SAMPLES = [(r, "epp_token_producer_render_total", {"result": r}) for r in ("ok", "cache_hit", "connect", "breaker_open")]
+RENDER_SAMPLES.append(("fallbacks", "epp_precise_prefix_fallback_total", {"reason": "tokenization_failed"}))
+
+
+def test_precise_with_the_model_servers_render_endpoint(tmp_path, pool):
+    """Tokens from a pod's /v1/completions/render (upstream's vllm backend) route as well as the local
+    tokenizer: the request waits for its tokens, then is scored on the real caches."""
+    before = render_calls(pool)
+    config = precise_config(pool, f'{{modelName: m, vllm: {{url: "http://{pool.addresses[0]}", timeout: 2s}}}}')
+    rate, seen = run(str(tmp_path), pool, config, "epp-render", samples=RENDER_SAMPLES)
+    print(f"precise (render tokens) hit rate {rate:.3f}: {seen}")
+    assert seen["ok"] > 0 and seen["fallbacks"] == 0, seen
+    assert render_calls(pool) - before == seen["ok"]      # one round trip per distinct prompt
+    assert rate > 0.5
+
+
+def test_render_endpoint_down_falls_back_without_failing_requests(tmp_path, pool):
+    """Nothing listens at the render URL: every request is still answered (scored approximately), the
+    failures are counted, and after a few the breaker skips the renderer instead of waiting on it.
+    Run on the grpcio server, the other ext_proc transport, so both carry the prepare step."""
+    dead = f"127.0.0.1:{free_port()}"
+    config = precise_config(pool, f'{{modelName: m, vllm: {{url: "http://{dead}", timeout: 1s}}}}')
+    rate, seen = run(str(tmp_path), pool, config, "epp-render-down", "--ext-proc-server", "grpcio",
+                     samples=RENDER_SAMPLES)
+    print(f"render down: hit rate {rate:.3f}: {seen}")
+    assert seen["connect"] >= 3 and seen["breaker_open"] > 0, seen
+    assert seen["fallbacks"] >= 41 and seen["ok"] == 0, seen    # the warm-up and all 40 requests

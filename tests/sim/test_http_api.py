@@ -142,9 +142,12 @@ async def test_models_health_tokenize_detokenize_render():
         msgs = [{"role": "user", "content": "hi"}]
         st, t2 = await sim.post("/tokenize", {"messages": msgs})
         st, r = await sim.post("/v1/chat/completions/render", {"model": "alpha", "messages": msgs})
-        assert st == 200 and r["prompt_token_ids"] == t2["tokens"] == tok.encode(tok.apply_chat_template(msgs))
-        st, r = await sim.post("/v1/completions/render", {"prompt": "hello world"})
-        assert r["prompt_token_ids"] == tok.encode("hello world")
+        # vLLM's renderer API: chat answers one GenerateRequest, completions a list of them
+        assert st == 200 and r["token_ids"] == t2["tokens"] == tok.encode(tok.apply_chat_template(msgs))
+        assert r["model"] == "alpha" and r["request_id"].startswith("chatcmpl-") and "sampling_params" in r
+        st, r = await sim.post("/v1/completions/render", {"prompt": "hello world", "max_tokens": 3})
+        assert isinstance(r, list) and len(r) == 1 and r[0]["token_ids"] == tok.encode("hello world")
+        assert r[0]["sampling_params"]["max_tokens"] == 3 and r[0]["request_id"].startswith("cmpl-")
         st, e = await sim.post("/v1/completions/render", {"model": "gamma", "prompt": "x"})
         assert st == 404
         assert (await sim.post("/detokenize", {"tokens": "abc"}))[0] == 400

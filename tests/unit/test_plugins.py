@@ -288,8 +288,14 @@ def test_token_producer_local_tokenizer_makes_token_blocks(tmp_path):
     assert info.total == len(ids) // 16 and info.block_tokens == 16
     with pytest.raises(ValueError, match="no tokenizer.json"):
         TokenProducer(local={"path": str(tmp_path)})
-    with pytest.raises(ValueError, match="vllm backend"):
-        TokenProducer(vllm={"url": "http://x"})
+    with pytest.raises(ValueError, match="one backend"):
+        TokenProducer(vllm={"url": "http://x"}, local={"path": DEFAULT_DIR})
+    with pytest.raises(ValueError, match="http:// URL"):
+        TokenProducer(vllm={"url": "https://x"})
+    with pytest.raises(ValueError, match="unknown field"):
+        TokenProducer(vllm={"uri": "http://x"})
+    with pytest.raises(ValueError, match="duration"):
+        TokenProducer(vllm={"timeout": "soon"})
     assert TokenProducer().tokens(S(), r) is None                        # estimate: bytes are the blocks
 
 

@@ -254,14 +254,18 @@ class _Collector:
                                     labels=labels)
         skipped = CounterMetricFamily("epp_precise_prefix_index_skipped_events",
                                       "Stored blocks the index could not place, by reason.", labels=labels + ["reason"])
+        publishers = GaugeMetricFamily("epp_kv_event_publishers",
+                                       "Endpoints whose KV events have reached this epp.", labels=labels)
         for p in list(self.live):
             if p.subscriber is not None:
                 for what, n in p.subscriber.counters.as_dict().items():
                     events.add_metric([p.name, what], n)
+                publishers.add_metric([p.name], p.subscriber.publishers())
             stats = p.index.stats()
             entries.add_metric([p.name], stats["entries"])
             for reason in ("unplaceable", "mismatches", "malformed"):
                 skipped.add_metric([p.name, reason], stats[reason])
         yield events
+        yield publishers
         yield entries
         yield skipped

@@ -1,13 +1,19 @@
 """token-producer: the prompt as token ids, computed once per request for the plugins that count in
 tokens (approximate prefix hashing, context length).
 
-Backends: `estimate` (upstream's default: no tokenizer, ~4 bytes per token) and, our addition,
-`local: {path: DIR}`, a HuggingFace tokenizer.json read from disk, so prefix blocks are real token
-blocks (GIE #2330). Upstream's `vllm` backend (the model server's render endpoints) does I/O per
-request and comes with precise prefix routing.
+Backends:
+- `estimate` (upstream's default): no tokenizer, ~4 bytes per token.
+- `vllm: {url, timeout, mmTimeout}` (upstream's): the model server's renderer API, the engine's own
+  tokens. It is I/O, so it runs in the prepare step before scheduling (the request waits for it, up
+  to the timeout); see epp/datalayer/render_client.py for its cache, coalescing and breaker. Ours:
+  `cacheTokens` bounds the cache of rendered prompts.
+- `local: {path: DIR}` (ours): a HuggingFace tokenizer.json and chat template read from disk, so
+  prefix blocks are real token blocks without a round trip (GIE #2330).
+A request that cannot be tokenized gets no tokens (consumers fall back to byte hashing); it never fails.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -15,9 +21,22 @@ from array import array
 from collections import OrderedDict
 from typing import Any
 
-from ..framework import Plugin, params_error, register
+import orjson
+import xxhash
+from prometheus_client import Counter
+
+from ...datalayer.render_client import RenderClient, RenderError
+from ..framework import Plugin, need_duration, need_int, params_error, register
 
 log = logging.getLogger(__name__)
+
+RENDERS = Counter("epp_token_producer_render_total",
+                  "Prompts tokenized through the model server's renderer API, by result (ok, cache_hit, "
+                  "timeout, http_status, connect, bad_response, breaker_open, unsupported).", ["result"])
+_CHAT_KEYS = ("tools", "documents", "chat_template", "chat_template_kwargs", "add_generation_prompt",
+              "continue_final_message")
+COMPLETIONS_RENDER = "/v1/completions/render"
+CHAT_RENDER = "/v1/chat/completions/render"
 
 STATE_TOKENS = "token-producer/ids"
 CHUNK_CHARS = 2048          # text is tokenized in pieces of about this size, each cached
@@ -78,6 +97,16 @@ def _chat_text(body: dict) -> str:
     return "\n".join(parts)
 
 
+def _multimodal(body: dict) -> bool:
+    """A chat with a non-text content part (image, audio, video): rendering it takes longer."""
+    for m in body.get("messages") or ():
+        c = m.get("content") if isinstance(m, dict) else None
+        if isinstance(c, list) and any(isinstance(part, dict) and part.get("type") not in (None, "text")
+                                       for part in c):
+            return True
+    return False
+
+
 @register
 class TokenProducer(Plugin):
     type_name = "token-producer"
@@ -87,10 +116,12 @@ class TokenProducer(Plugin):
                  local: dict | None = None, vllm: dict | None = None) -> None:
         super().__init__(name)
         self.model_name = modelName
-        if vllm is not None:
-            raise params_error(self.type_name, "the vllm backend (render endpoints) is not available yet; "
-                                               "use local: {path: DIR} with the model's tokenizer.json, or estimate")
         self.tokenizer = None
+        self.render: RenderClient | None = None
+        if vllm is not None:
+            if local is not None:
+                raise params_error(self.type_name, "set one backend: vllm or local, not both")
+            self.render = self._render_client(vllm)
         self.template, self.specials = None, {}
         self.prefix_ids: list[int] = []
         self.failures = 0  # requests whose prompt could not be tokenized (callers fall back)
@@ -113,14 +144,112 @@ class TokenProducer(Plugin):
         self._pieces: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self.chunked = self.tokenizer is not None and self._chunking_is_exact()
 
+    def _render_client(self, cfg) -> RenderClient:
+        t = self.type_name
+        if not isinstance(cfg, dict):
+            raise params_error(t, "vllm must be a mapping {url, timeout, mmTimeout, cacheTokens}")
+        unknown = set(cfg) - {"url", "timeout", "mmTimeout", "cacheTokens"}
+        if unknown:
+            raise params_error(t, f"vllm: unknown field(s) {sorted(unknown)}; known: url, timeout, mmTimeout, cacheTokens")
+        url = cfg.get("url") or "http://localhost:8000"
+        if not isinstance(url, str) or not url.startswith("http://"):
+            raise params_error(t, f"vllm.url must be an http:// URL (TLS is not supported, as upstream), got {url!r}")
+        timeout = need_duration(t, "vllm.timeout", cfg.get("timeout", "5s"))
+        self.mm_timeout = need_duration(t, "vllm.mmTimeout", cfg.get("mmTimeout", "30s"))
+        cache = need_int(t, "vllm.cacheTokens", cfg.get("cacheTokens", 8_000_000), 0)
+        if timeout <= 0 or self.mm_timeout <= 0:
+            raise params_error(t, "vllm.timeout and vllm.mmTimeout must be positive")
+        return RenderClient(url, timeout, cache)
+
     @property
     def real(self) -> bool:
-        return self.tokenizer is not None
+        return self.tokenizer is not None or self.render is not None
+
+    @property
+    def async_prepare(self) -> bool:
+        """Tokenizing needs I/O before scheduling (the director awaits prepare())."""
+        return self.render is not None
+
+    def prepare(self, request: Any):
+        """With the vllm backend: the prompt's tokens from the cache (None returned), or an awaitable
+        that fetches them. Either way request.tokenization is set before scheduling."""
+        built = self._render_request(request)
+        if built is None:
+            if request.tokenization is None:
+                RENDERS.labels("unsupported").inc()
+                request.tokenization = [None, None, 0]
+            return None
+        path, payload = built
+        key = xxhash.xxh3_128_digest(payload, seed=len(path))
+        ids = self.render.cached(key)
+        if ids is not None:
+            RENDERS.labels("cache_hit").inc()
+            request.tokenization = [ids, None, 0]
+            return None
+        if not self.render.available():
+            RENDERS.labels("breaker_open").inc()
+            self.failures += 1
+            request.tokenization = [None, None, 0]
+            return None
+        return self._fetch(request, path, payload, key, self.mm_timeout if _multimodal(request.body) else None)
+
+    async def _fetch(self, request: Any, path: str, payload: bytes, key: bytes, timeout: float | None) -> None:
+        try:
+            ids = await self.render.render(path, payload, key, timeout)
+        except RenderError as e:
+            RENDERS.labels(e.reason).inc()
+            self.failures += 1
+            if e.reason != "breaker_open":
+                log.warning("%s: cannot render request %s (%s); it is scored approximately", self.name,
+                            request.request_id, e)
+            request.tokenization = [None, None, 0]
+            return
+        RENDERS.labels("ok").inc()
+        request.tokenization = [ids, None, 0]
+
+    def _render_request(self, request: Any) -> tuple[str, bytes] | None:
+        """The renderer call for this request: its prompt part only (sampling fields would only make
+        equal prompts look different to the cache). None when there is nothing to render."""
+        body = request.body
+        if not isinstance(body, dict):
+            return None
+        model = self.model_name or request.target_model
+        if request.api == "chat":
+            doc = {"model": model, "messages": body.get("messages") or []}
+            for k in _CHAT_KEYS:
+                if k in body:
+                    doc[k] = body[k]
+            return CHAT_RENDER, orjson.dumps(doc)
+        if request.api == "completions":
+            p = body.get("prompt")
+            if isinstance(p, list) and p and all(isinstance(t, int) for t in p):
+                request.tokenization = [list(p), None, 0]    # already token ids
+                return None
+            doc = {"model": model, "prompt": p}
+            if "add_special_tokens" in body:
+                doc["add_special_tokens"] = body["add_special_tokens"]
+            return COMPLETIONS_RENDER, orjson.dumps(doc)
+        return None
+
+    async def run_background(self, store) -> None:
+        """Holds the renderer's connection pool for the process's life."""
+        if self.render is None:
+            return
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.render.close()
 
     def tokens(self, state: dict, request: Any, limit: int = 0) -> list[int] | None:
         """Token ids of the prompt, at least `limit` of them when limit > 0 (a consumer that only
         looks at the head of the prompt need not pay for the rest); None with the estimate backend
         (callers hash the bytes directly)."""
+        if self.render is not None:
+            st = request.tokenization
+            if st is None:      # decided without the prepare step (no body yet): nothing to go on
+                st = request.tokenization = [None, None, 0]
+            state[STATE_TOKENS] = st
+            return st[0]
         if self.tokenizer is None:
             return None
         st = state.get(STATE_TOKENS)
