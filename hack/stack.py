@@ -1,6 +1,7 @@
 """The local stack: simulated pods, epp and Envoy on loopback, plus a demo load.
 
     hack/stack.sh [--pods 3] [--backend sim|standin] [--port 8081] [--demo-only]
+    hack/stack.sh --topology pd [--prefill 2] [--decode 2]     # P/D: prefill pods, decode pods + sidecars
 
 Every child runs in its own process group and is stopped (SIGTERM, then SIGKILL) on exit, Ctrl-C,
 SIGTERM or SIGHUP, so nothing is left behind.
@@ -19,6 +20,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import stack_pd  # noqa: E402
 from envoy_bootstrap import bootstrap  # noqa: E402
 from netutil import Children, free_port, free_range, wait_port  # noqa: E402
 
@@ -98,6 +100,10 @@ def demo(port: int, model: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pods", type=int, default=3)
+    ap.add_argument("--topology", choices=("aggregated", "pd"), default="aggregated",
+                    help="pd: --prefill prefill pods and --decode decode pods behind routing sidecars (sim only)")
+    ap.add_argument("--prefill", type=int, default=2)
+    ap.add_argument("--decode", type=int, default=2)
     ap.add_argument("--backend", choices=("sim", "standin"), default="sim" if sim_available() else "standin")
     ap.add_argument("--port", type=int, default=8081, help="Envoy's listener")
     ap.add_argument("--base-port", type=int, default=0, help="first pod port (default: a free one)")
@@ -119,12 +125,21 @@ def main() -> int:
         signal.signal(sig, on_signal)
     try:
         efile = os.path.join(logdir, "endpoints.yaml")
-        pods = start_pods(kids, args, efile)
+        pd = args.topology == "pd"
+        if pd:
+            if args.backend != "sim":
+                print("--topology pd needs the simulator (vllm_sim)", file=sys.stderr)
+                return 1
+            pd_pods = stack_pd.start(kids, args.prefill, args.decode, efile, args.sim_args)
+            pods = pd_pods["prefill"] + pd_pods["decode"]
+        else:
+            pods = start_pods(kids, args, efile)
         grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
         epp = kids.start("epp", [os.path.join(os.path.dirname(PY), "epp"), "--endpoints-file", efile,
                                  "--bind-address", "127.0.0.1", "--secure-serving=false", "--decision-header",
                                  "--grpc-port", str(grpc_port), "--grpc-health-port", str(health_port),
-                                 "--metrics-port", str(metrics_port)])
+                                 "--metrics-port", str(metrics_port),
+                                 *(["--config-file", stack_pd.epp_config()] if pd else [])])
         wait_port(grpc_port, 30, epp, "epp")
         cfg = os.path.join(logdir, "envoy.json")
         with open(cfg, "w") as f:
@@ -137,7 +152,10 @@ def main() -> int:
               f"http://127.0.0.1:{metrics_port}/metrics\nenvoy: http://127.0.0.1:{args.port}\nlogs: {logdir}")
         model = args.model or ("sim-model" if args.backend == "sim" else "m")
         if not args.no_demo:
-            demo(args.port, model)
+            if pd:
+                stack_pd.demo(post, args.port, model, pd_pods)
+            else:
+                demo(args.port, model)
         if args.demo_only:
             return 0
         print(f"\nTry: curl -s http://127.0.0.1:{args.port}/v1/completions -H 'content-type: application/json' "
