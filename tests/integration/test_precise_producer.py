@@ -141,3 +141,39 @@ async def test_index_equals_the_sims_cache_and_replicas_agree():
         sub.close(0)
         fan.close(0)
         ctx.term()
+
+
+async def test_render_backend_tokens_equal_the_local_tokenizer_and_the_sims():
+    """The two real-token backends agree with each other and with what the model server counts, for
+    a chat (template rendered) and a completion (special-token prefix)."""
+    from vllm_sim.tokenizer import DEFAULT_DIR
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vllm_sim", "--model", "m", "--port", str(port), "--time-scale", "100",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    render = TokenProducer(modelName="m", vllm={"url": url})
+    local = TokenProducer(local={"path": DEFAULT_DIR})
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_healthy(http, url, proc, HANG)
+            chat = {"model": "m", "messages": [{"role": "system", "content": "You help with invoices."},
+                                               {"role": "user", "content": "Where is invoice 42, ünïcode 日本?"}]}
+            completion = {"model": "m", "prompt": "Routing keeps a prompt's prefix where its cache is. " * 20}
+            for api, body in (("chat", chat), ("completions", completion)):
+                seen = []
+                for tp in (render, local):
+                    req = LLMRequest(request_id=api, model="m", target_model="m", api=api, prompt=b"", headers={},
+                                     body=body)
+                    w = tp.prepare(req) if tp.async_prepare else None
+                    if w is not None:
+                        await w
+                    seen.append(list(tp.tokens(CycleState(), req)))
+                path = "/v1/chat/completions" if api == "chat" else "/v1/completions"
+                async with http.post(url + path, json={**body, "max_tokens": 1}) as r:
+                    served = (await r.json())["usage"]["prompt_tokens"]
+                assert seen[0] == seen[1] and len(seen[0]) == served, (api, len(seen[0]), len(seen[1]), served)
+    finally:
+        await render.render.close()
+        proc.terminate()
+        await proc.wait()
