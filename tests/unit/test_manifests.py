@@ -52,6 +52,7 @@ CONFIG_COPIES = {
     "manifests/base/default.yaml": "config/default.yaml",
     "manifests/components/pd/pd.yaml": "config/pd.yaml",
     "manifests/components/precise-prefix/precise.yaml": "config/precise.yaml",
+    "manifests/components/precise-prefix-render/precise-render.yaml": "config/precise-render.yaml",
 }
 
 # compositions users build from the pieces (docs/deploy.md): gateway overlay + components (+ servers)
@@ -493,8 +494,16 @@ def test_epp_config_loads(rendered, name):
         assert any(cp["containerPort"] == port for cp in c["ports"])
         svc = _one(docs, "Service", EPP)
         assert any(sp["port"] == port for sp in svc["spec"]["ports"])
+        tp = next(p for p in cfg["plugins"] if p["type"] == "token-producer")["parameters"]
+        if "vllm" in tp:
+            # the renderer runs in the EPP pod, on the loopback port the config names, and is probed
+            port = int(tp["vllm"]["url"].rsplit(":", 1)[1])
+            r = _container(_epp_deployment(docs), "vllm-render")
+            assert f"--port={port}" in r["args"] and "--host=127.0.0.1" in r["args"], r["args"]
+            assert r["readinessProbe"]["httpGet"]["port"] == port and tp["modelName"] in r["args"]
+            return
         # the tokenizer directory is a mounted volume the init container fills
-        tok = next(p for p in cfg["plugins"] if p["type"] == "token-producer")["parameters"]["local"]["path"]
+        tok = tp["local"]["path"]
         assert tok in mounts, f"{tok} is not mounted"
         init = _container(_epp_deployment(docs), "tokenizer", init=True)
         assert any(m["mountPath"] == tok and not m.get("readOnly") for m in init["volumeMounts"])
