@@ -100,23 +100,23 @@ class Director:
         awaitable of its Decision instead; every other request is decided at once."""
         try:
             request, new_body = self._request(headers, path, raw_body)
-            if wait and request.body is not None:
-                waits = [w for p in self._preparers() if (w := p.prepare(request)) is not None]
-                if waits:
-                    return self._decide_later(waits, request, new_body, subset)
-            decision = self._schedule(request, new_body, subset)
         except EPPError as e:
             self._count_error(e)
             raise
-        if self.metrics:
-            self._series(decision.request).request_total.inc()
-        return decision
+        if wait and request.body is not None:
+            waits = [w for p in self._preparers() if (w := p.prepare(request)) is not None]
+            if waits:
+                return self._decide_later(waits, request, new_body, subset)
+        return self._counted_schedule(request, new_body, subset)
 
     async def _decide_later(self, waits: list, request: LLMRequest, new_body: bytes | None,
                             subset: list[str] | None) -> Decision:
         for r in await asyncio.gather(*waits, return_exceptions=True):
             if isinstance(r, BaseException):   # preparers fall back themselves; a bug must not fail the request
                 log.error("prepare step failed for request %s", request.request_id, exc_info=r)
+        return self._counted_schedule(request, new_body, subset)
+
+    def _counted_schedule(self, request: LLMRequest, new_body: bytes | None, subset: list[str] | None) -> Decision:
         try:
             decision = self._schedule(request, new_body, subset)
         except EPPError as e:

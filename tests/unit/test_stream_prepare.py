@@ -94,12 +94,18 @@ async def test_bad_body_is_rejected_before_waiting():
     assert out[0].immediate_response.status.code == 400 and not prep.seen
 
 
-async def test_client_leaving_while_waiting_releases_the_pick():
+async def held():
+    """A request whose decision waits on the preparer's gate."""
     prep = Preparer()
     d, s = setup(prep)
     s.on_message(req_headers())
     task = asyncio.ensure_future(s.on_message(req_body(BODY)))
     await asyncio.sleep(0)
+    return prep, d, s, task
+
+
+async def test_client_leaving_while_waiting_releases_the_pick():
+    prep, d, s, task = await held()
     s.close()                      # the transport closes the stream: nothing may leak
     prep.gate.set()
     assert await task == []
@@ -108,11 +114,7 @@ async def test_client_leaving_while_waiting_releases_the_pick():
 
 
 async def test_no_endpoint_after_waiting_is_a_clean_error():
-    prep = Preparer()
-    d, s = setup(prep)
-    s.on_message(req_headers())
-    task = asyncio.ensure_future(s.on_message(req_body(BODY)))
-    await asyncio.sleep(0)
+    prep, d, s, task = await held()
     d.store.replace([])
     prep.gate.set()
     out = await task
