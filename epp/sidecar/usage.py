@@ -8,18 +8,23 @@ every other chunk goes through as the same bytes object, uncopied.
 from __future__ import annotations
 
 import json
+import re
 
 import orjson
 
 USAGE = b'"usage"'
+_LONG_DIGITS = re.compile(rb"\d{19}")
 
 
 def loads(data: bytes):
-    """orjson, falling back to the standard library for what orjson refuses (ints beyond 64 bits, NaN)."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
+    """orjson, or the standard library where orjson would change a value (it turns an int beyond 64 bits
+    into a float: any run of 19 digits takes the exact path) or refuses it (NaN)."""
+    if _LONG_DIGITS.search(data) is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
 
 
 def dumps(obj) -> bytes:
