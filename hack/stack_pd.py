@@ -47,7 +47,8 @@ def start(kids, prefill: int, decode: int, endpoints_file: str, sim_args: list[s
         port = d_base + i
         if sidecar:
             front = free_port()
-            proc = kids.start(f"sidecar-{i}", [sidecar, "--port", str(front), "--vllm-port", str(port),
+            proc = kids.start(f"sidecar-{i}", [sidecar, "--bind-address", "127.0.0.1", "--port", str(front),
+                                               "--vllm-port", str(port),
                                                "--kv-connector", "nixlv2", "--enable-ssrf-protection",
                                                "--endpoints-file", endpoints_file])
             wait_port(front, 30, proc, f"sidecar {i}")
