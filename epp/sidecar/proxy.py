@@ -37,7 +37,7 @@ PREFILL_KV = {"do_remote_decode": True, "do_remote_prefill": False, "remote_engi
               "remote_block_ids": None, "remote_host": None, "remote_port": None}
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection", "TE", "Trailer",
-    "Trailers", "Transfer-Encoding", "Upgrade", "Host", "Content-Length"))
+    "Trailers", "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Expect"))
 RETRYABLE = (502, 503, 504)
 FORBIDDEN = "Forbidden: prefill target not allowed by SSRF protection\n"
 DECODER_DOWN = ("The decode node is not ready. Please check that the vLLM service is running and the port "
@@ -243,7 +243,11 @@ class Proxy:
             rewrite = cached is not None and hdrs.CONTENT_ENCODING not in resp.headers
             sse = "text/event-stream" in resp.headers.get(hdrs.CONTENT_TYPE, "")
             if rewrite and not sse:
-                body = rewrite_json(await resp.read(), cached)
+                try:
+                    body = rewrite_json(await resp.read(), cached)
+                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                    log.error("model server answer broke off: %s", e)
+                    return error_response(502, "BadGateway", f"{type(e).__name__}: {e}")
                 done = True
                 return web.Response(status=resp.status, reason=resp.reason, headers=headers, body=body)
             if not rewrite and resp.content_length is not None:
@@ -270,6 +274,8 @@ class Proxy:
             return out
         except (asyncio.CancelledError, ConnectionResetError):
             self.stats["client_disconnects"] += 1
+            log.debug("client went away during %s %s: the model server's request is cut", request.method,
+                      request.path)
             raise
         finally:
             if done:

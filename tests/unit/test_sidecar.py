@@ -422,10 +422,20 @@ async def test_model_server_breaking_off_breaks_the_client_stream(tmp_path):
         await out.write(b'data: {"choices":[{"text":"a"}]}\n\n')
         req.transport.close()
         return out
-    async with Fake(stream) as d, sidecar(d) as sc:
+    async def short_json(req, body):
+        out = web.StreamResponse(headers={"Content-Type": "application/json"})
+        out.content_length = 1000
+        await out.prepare(req)
+        await out.write(b'{"usage": {')
+        req.transport.close()
+        return out
+    async with Fake(stream) as d, Fake(prefill_ok()) as p, sidecar(d, tmp_path, [p.address]) as sc:
         with pytest.raises(aiohttp.ClientPayloadError):
             async with sc.client.post(sc.url + "/v1/completions", json={**BODY, "stream": True}) as r:
                 await r.read()
+        d.behave = short_json          # a P/D answer is read whole (to rewrite it): a broken one is a 502
+        code, raw, _ = await post(sc, target=p.address)
+        assert code == 502 and orjson.loads(raw)["type"] == "BadGateway"
 
 
 # ---- TLS, data parallel, metrics ----------------------------------------------------------------
