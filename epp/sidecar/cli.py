@@ -9,7 +9,9 @@ import ssl
 import sys
 
 from . import options
-from .options import build_parser  # noqa: F401  (the manifest tests parse the decode pods' args with it)
+from .options import build_parser
+
+__all__ = ["main", "build_parser"]    # build_parser: the manifest tests parse the decode pods' args
 
 
 async def serve(cfg: options.Config) -> int:
@@ -26,6 +28,15 @@ async def serve(cfg: options.Config) -> int:
     return 0
 
 
+def _runner():
+    """uvloop's when it is there, unless EPP_EVENT_LOOP names another loop (as for epp)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run if os.environ.get("EPP_EVENT_LOOP", "uvloop") == "uvloop" else asyncio.run
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = options.parse(argv)
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
@@ -35,15 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.extra.get("tracing"):
         log.warning("--tracing is accepted but not implemented: no spans are exported")
     from ..datalayer.file_source import EndpointsFileError
-    runner = asyncio.run
-    if os.environ.get("EPP_EVENT_LOOP", "uvloop") == "uvloop":
-        try:
-            import uvloop
-            runner = uvloop.run
-        except ImportError:
-            pass
     try:
-        return runner(serve(cfg))
+        return _runner()(serve(cfg))
     except (EndpointsFileError, OSError, ssl.SSLError) as e:
         log.error("cannot start: %s", e)
         return 2

@@ -2,7 +2,6 @@
 against the loopback API-server stand-in: members follow the pods as they come, go and turn unready."""
 from __future__ import annotations
 
-import asyncio
 
 import aiohttp
 import pytest
@@ -12,11 +11,12 @@ from netutil import free_port
 from epp.sidecar.options import parse
 from epp.sidecar.server import SidecarServer
 
+from tests.unit.test_sidecar import until
+
 from .fake_kube import FakeKube, inference_pool, pod
 
 POOLS = ("inference.networking.k8s.io", "inferencepools")
 PODS = ("", "pods")
-HANG = 30.0
 
 
 @pytest.fixture
@@ -26,15 +26,6 @@ def kube(tmp_path, monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     yield k
     k.close()
-
-
-async def until(cond, what):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + HANG
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def _ok_server():

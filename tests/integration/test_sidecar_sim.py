@@ -12,6 +12,8 @@ import orjson
 import pytest
 from netutil import Children, free_port, wait_port
 
+from tests.sim.conftest import until
+
 PY = sys.executable
 SIDECAR = os.path.join(os.path.dirname(PY), "epp-sidecar")
 KVT = json.dumps({"kv_connector": "NixlConnector", "kv_role": "kv_both"})
@@ -67,18 +69,6 @@ def pd(tmp_path_factory):
 async def get(http, url):
     async with http.get(url) as r:
         return await r.json()
-
-
-async def until(fetch, pred, what):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + HANG
-    while True:
-        got = await fetch()
-        if pred(got):
-            return got
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: last {got!r}")
-        await asyncio.sleep(0.01)
 
 
 async def complete(http, url, body, target=None):
