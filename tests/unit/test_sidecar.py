@@ -322,6 +322,10 @@ async def test_bad_bodies(tmp_path):
             doc = orjson.loads(body)
             assert code == 400 and doc["object"] == "error" and doc["type"] == "BadRequestError"
         assert p.seen == [] and d.seen == []
+    async with Fake(prefill_ok()) as p, Fake(decode_json) as d, \
+            sidecar(d, tmp_path, [p.address], max_request_body_bytes=1000) as sc:
+        assert (await post(sc, target=p.address, body={"prompt": "x" * 2000}))[0] == 413
+        assert p.seen == [] and d.seen == []
 
 
 async def test_without_prefiller_header_decode_alone_unchanged(tmp_path):
