@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -460,6 +461,37 @@ async def test_tls_listener_and_tls_legs(tmp_path):
         assert (await post(sc, target=p.address))[0] == 200 and p.seen == [] and sc.stats["prefill_fallback"] == 1
 
 
+async def test_secure_proxy_serves_the_cert_path_and_its_renewal(tmp_path, monkeypatch):
+    import ssl
+    from epp.sidecar import server as server_mod
+    monkeypatch.setattr(server_mod, "CERT_RELOAD_INTERVAL", 0.01)
+    certs = tmp_path / "certs"
+    certs.mkdir()
+
+    def issue():
+        with tempfile.TemporaryDirectory() as d:
+            crt, key = server_mod._self_signed_files(d)
+            (certs / "tls.crt").write_bytes(open(crt, "rb").read())
+            (certs / "tls.key").write_bytes(open(key, "rb").read())
+        return ssl.PEM_cert_to_DER_cert((certs / "tls.crt").read_text())
+
+    async def served(sc):
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        _, writer = await asyncio.open_connection("127.0.0.1", sc.ports[0], ssl=ctx)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        return der
+    first = issue()
+    async with sidecar(None, secure_proxy=True, cert_path=str(certs)) as sc:
+        assert await served(sc) == first
+        second = issue()
+
+        async def renewed():
+            return await served(sc) == second
+        await until(renewed, "the renewed certificate")
+
+
 async def test_data_parallel_ranks():
     from netutil import free_range
     base, ms = free_range(2), free_range(2)
@@ -495,9 +527,10 @@ async def test_allowlist_disabled_and_malformed_targets():
 
 
 async def until(cond, what, timeout=HANG):
+    """Until cond() (a value or an awaitable) is true; the timeout only bounds a hang."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not cond():
+    while not ((await got) if asyncio.iscoroutine(got := cond()) else got):
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
