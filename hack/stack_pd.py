@@ -49,7 +49,7 @@ def start(kids, prefill: int, decode: int, endpoints_file: str, sim_args: list[s
             front = free_port()
             proc = kids.start(f"sidecar-{i}", [sidecar, "--bind-address", "127.0.0.1", "--port", str(front),
                                                "--vllm-port", str(port),
-                                               "--kv-connector", "nixlv2", "--enable-ssrf-protection",
+                                               "--kv-connector", "nixlv2", "--enable-ssrf-protection", "--secure-proxy=false",
                                                "--endpoints-file", endpoints_file])
             wait_port(front, 30, proc, f"sidecar {i}")
             port = front

@@ -36,7 +36,7 @@ class Config:
     enable_prefiller_sampling: bool = False
     tls_stages: frozenset[str] = frozenset()           # --enable-tls
     insecure_stages: frozenset[str] = frozenset()      # --tls-insecure-skip-verify
-    secure_proxy: bool = False
+    secure_proxy: bool = True
     cert_path: str | None = None
     pool_namespace: str = ""
     pool_name: str = ""
@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add("enable-tls", "stages reached over TLS: prefiller, decoder (encoder accepted, unused); repeatable or "
           "comma-separated", None, _stages, action="append")
     f.add("tls-insecure-skip-verify", "stages whose TLS certificate is not verified", None, _stages, action="append")
-    f.add("secure-proxy", "serve TLS on --port (upstream's default is true; here false, see docs/sidecar.md)",
-          False, boolean)
+    f.add("secure-proxy", "serve TLS on --port (as upstream: on by default, a self-signed certificate without "
+          "--cert-path; plain-HTTP deployments pass --secure-proxy=false)", True, boolean)
     f.add("cert-path", "directory with tls.crt and tls.key for --secure-proxy (else self-signed); reloaded on "
           "change", None)
     f.add("inference-pool", "InferencePool as namespace/name or name (namespace 'default')", "", env="INFERENCE_POOL")

@@ -46,13 +46,12 @@ async def _ok_server():
 async def test_members_of_the_inference_pool(kube, monkeypatch):
     runner, port = await _ok_server()
     # the decode pods' environment, as manifests/model-servers/*-pd set it
-    monkeypatch.setenv("INFERENCE_POOL_NAME", "pool")
-    monkeypatch.setenv("INFERENCE_POOL_NAMESPACE", "ns1")
+    monkeypatch.setenv("INFERENCE_POOL", "ns1/pool")
     kube.put(*POOLS, "ns1", inference_pool("pool", {"app": "vllm"}, [port]))
     kube.put(*PODS, "ns1", pod("prefill-a", "127.0.0.1", {"app": "vllm", "llm-d.ai/role": "prefill"}))
     kube.put(*PODS, "ns1", pod("other", "127.0.0.2", {"app": "other"}))
     cfg = parse([f"--port={free_port()}", f"--vllm-port={port}", "--kv-connector=nixlv2", "--enable-ssrf-protection",
-                 "--bind-address=127.0.0.1"])
+                 "--bind-address=127.0.0.1", "--secure-proxy=false"])
     server = SidecarServer(cfg)
     await server.start()
     url = f"http://127.0.0.1:{server.ports[0]}/v1/completions"

@@ -52,7 +52,7 @@ def pd(tmp_path_factory):
             for n, a, r in (("prefill-0", prefill.address, "prefill"), ("prefill-1", f"127.0.0.1:{down}", "prefill"))))
         port, metrics = free_port(), free_port()
         sidecar = kids.start("sidecar", [SIDECAR, "--port", str(port), "--vllm-port", str(decode.port),
-                                         "--kv-connector", "nixlv2", "--enable-ssrf-protection",
+                                         "--kv-connector", "nixlv2", "--enable-ssrf-protection", "--secure-proxy=false",
                                          "--endpoints-file", str(efile), "--bind-address", "127.0.0.1",
                                          "--metrics-port", str(metrics)])
         for what, p, proc in (("prefill sim", prefill.port, prefill.proc), ("decode sim", decode.port, decode.proc),

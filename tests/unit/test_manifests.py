@@ -700,7 +700,9 @@ def test_model_servers(rendered, name):
             assert int(_flag_value(sc["args"], "--vllm-port")) == flags["port"] != target
             assert _flag_value(sc["args"], "--kv-connector") == "nixlv2"
             assert "--enable-ssrf-protection" in sc["args"]
-            assert _env(sc)["INFERENCE_POOL_NAME"]["value"] == POOL
+            assert _env(sc)["INFERENCE_POOL"]["value"] == f"$(POOL_NAMESPACE)/{POOL}"
+            assert _env(sc)["POOL_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+            assert "--secure-proxy=false" in sc["args"]     # the readiness probe and the gateway speak HTTP
             assert any(p["containerPort"] == target for p in sc["ports"])
             sa = dep["spec"]["template"]["spec"]["serviceAccountName"]
             rb = next(rb for rb in _of(docs, "RoleBinding") if any(s["name"] == sa for s in rb["subjects"]))

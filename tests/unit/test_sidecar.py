@@ -93,7 +93,7 @@ def status(code, doc=None):
 @asynccontextmanager
 async def sidecar(decode: Fake, tmp_path=None, members=(), **cfg):
     kw = dict(port=0, model_server_port=decode.port if decode else 1, bind_address="127.0.0.1",
-              endpoints_poll_interval=0.02)
+              endpoints_poll_interval=0.02, secure_proxy=False)
     if members:
         path = tmp_path / "endpoints.yaml"
         write_endpoints(path, members)

@@ -7,7 +7,8 @@ import pytest
 from epp.sidecar import options
 from epp.sidecar.usage import SSERewriter, cached_tokens_of, dumps, loads, rewrite_json, rewrite_line
 
-MANIFEST_ARGS = ["--port=8000", "--vllm-port=8200", "--kv-connector=nixlv2", "--enable-ssrf-protection"]
+MANIFEST_ARGS = ["--port=8000", "--vllm-port=8200", "--kv-connector=nixlv2", "--enable-ssrf-protection",
+                 "--secure-proxy=false"]
 
 
 @pytest.fixture(autouse=True)
@@ -26,20 +27,22 @@ def test_defaults_are_upstreams():
     assert (c.port, c.model_server_port, c.kv_connector, c.data_parallel_size) == (8000, 8200, "nixlv2", 1)
     assert not c.enable_ssrf_protection and not c.enable_prefiller_sampling and c.pool_name == ""
     assert c.prefill_max_retries == 0 and c.prefill_retry_backoff == 0.2
+    assert c.secure_proxy       # TLS on --port unless told otherwise, as upstream
 
 
 def test_the_decode_pods_args_parse(monkeypatch):
-    """manifests/model-servers/{vllm,sim}-pd: the pool comes from the (older) INFERENCE_POOL_* variables."""
-    monkeypatch.setenv("INFERENCE_POOL_NAME", "vllm-llama3-8b-instruct")
-    monkeypatch.setenv("INFERENCE_POOL_NAMESPACE", "prod")
+    """manifests/model-servers/{vllm,sim}-pd: the pool from INFERENCE_POOL (Kubernetes expands
+    $(POOL_NAMESPACE) in it); plain HTTP on the pod port."""
+    monkeypatch.setenv("INFERENCE_POOL", "prod/vllm-llama3-8b-instruct")
     c = parse(*MANIFEST_ARGS)
-    assert (c.port, c.model_server_port, c.enable_ssrf_protection) == (8000, 8200, True)
+    assert (c.port, c.model_server_port, c.enable_ssrf_protection, c.secure_proxy) == (8000, 8200, True, False)
     assert (c.pool_namespace, c.pool_name) == ("prod", "vllm-llama3-8b-instruct")
 
 
 def test_the_local_stacks_args_parse(tmp_path):
     c = parse("--port", "9000", "--vllm-port", "9100", "--kv-connector", "nixlv2", "--enable-ssrf-protection",
-              "--endpoints-file", str(tmp_path / "e.yaml"))
+              "--secure-proxy=false", "--endpoints-file", str(tmp_path / "e.yaml"))
+    assert not c.secure_proxy
     assert (c.port, c.model_server_port, c.endpoints_file) == (9000, 9100, str(tmp_path / "e.yaml"))
 
 
