@@ -24,7 +24,8 @@ def sidecar_command() -> str | None:
 
 
 def start(kids, prefill: int, decode: int, endpoints_file: str, sim_args: list[str]) -> dict:
-    """Starts the pods and sidecars; writes the EPP's endpoints file. Returns their addresses."""
+    """Starts the pods and sidecars; writes the EPP's endpoints file. Returns the pool's addresses
+    (a decode pod's is its sidecar's) and, under "sims", the simulators' own."""
     sidecar = sidecar_command()
     flags = ["--kv-transfer-config", KV_TRANSFER, *sim_args]
     p_base, d_base = free_range(prefill), free_range(decode)
@@ -39,12 +40,13 @@ def start(kids, prefill: int, decode: int, endpoints_file: str, sim_args: list[s
         wait_port(p_base + i, 60, pools, "the prefill pods")
     for i in range(decode):
         wait_port(d_base + i, 60, poold, "the decode pods")
-    decodes = []
+    decodes, decode_sims = [], []
     lines = ["endpoints:"]
     for i, a in enumerate(prefills):
         lines += [f"- name: prefill-{i}", f'  address: "{a}"', "  labels: {app: sim, llm-d.ai/role: prefill}"]
     for i in range(decode):
         port = d_base + i
+        decode_sims.append(f"127.0.0.1:{port}")
         if sidecar:
             front = free_port()
             proc = kids.start(f"sidecar-{i}", [sidecar, "--bind-address", "127.0.0.1", "--port", str(front),
@@ -59,7 +61,8 @@ def start(kids, prefill: int, decode: int, endpoints_file: str, sim_args: list[s
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(tmp, endpoints_file)
-    return {"prefill": prefills, "decode": decodes, "sidecar": "epp-sidecar" if sidecar else "built into the decode sims"}
+    return {"prefill": prefills, "decode": decodes, "sims": {"prefill": prefills, "decode": decode_sims},
+            "sidecar": "epp-sidecar" if sidecar else "built into the decode sims"}
 
 
 def epp_config() -> str:
