@@ -106,16 +106,17 @@ class DisaggProfileHandler(ProfileHandler, PreRequest):
             self._producer = p
 
     def validate(self, profiles) -> None:
+        if self.prefill == self.decode:
+            raise ValueError(f"profiles.decode and profiles.prefill are both {self.decode!r}")
         if self.decode not in profiles:
             raise ValueError(f"no scheduling profile {self.decode!r} for the decode stage (profiles.decode); "
                              f"profiles: {sorted(profiles)}")
         if self.decider is not None:
             if self.prefill not in profiles:
                 raise ValueError(f"deciders.prefill is {self.decider_name!r} but there is no scheduling profile "
-                                 f"{self.prefill!r} for the prefill stage (profiles.prefill); profiles: {sorted(profiles)}")
+                                 f"{self.prefill!r} for the prefill stage (profiles.prefill); "
+                                 f"profiles: {sorted(profiles)}")
             self.decider.attach(profiles[self.decode], self._producer)
-        if self.prefill == self.decode:
-            raise ValueError(f"profiles.decode and profiles.prefill are both {self.decode!r}")
 
     def sub_plugins(self) -> list:
         return [self.decider, *self.decider.sub_plugins()] if self.decider is not None else []
