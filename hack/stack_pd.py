@@ -93,4 +93,5 @@ def demo(post, port: int, model: str, pods: dict) -> None:
               f"{ms:7.1f}  {json.dumps(reasons) if reasons else ''}")
     print(f"\nprefill pods {', '.join(pods['prefill'])}; decode pods {', '.join(pods['decode'])} "
           f"(sidecar: {pods['sidecar']}). A long uncached prompt is prefilled on a prefill pod and its KV "
-          f"pulled by the decode pod (cached = prompt - 1 on the decode pod).")
+          f"pulled by the decode pod; `cached` is what the prefill leg found cached, as llm-d's sidecar reports "
+          f"it. epp counts tokens as ~4 bytes each unless a token-producer has the model's tokenizer.")
