@@ -41,6 +41,7 @@ class Decision:
     headers: list[tuple[str, str]] | None = None   # plugins' request headers (e.g. the P/D prefill host)
     tokens: int = 0                          # estimated prompt tokens, counted in flight on the target
     served_model: str | None = None          # the rewritten model name the server will answer with
+    prefill: Endpoint | None = None          # P/D: the prefill pod, counted in flight until the answer starts
 
     def response_mapper(self) -> ModelNameMapper | None:
         if self.served_model is None:
@@ -190,12 +191,16 @@ class Director:
         for ep in targets[:1]:
             ep.in_flight += 1
             ep.in_flight_tokens += tokens
+        prefill = result.prefill_target()
+        if prefill is not None:
+            prefill.in_flight += 1
+            prefill.in_flight_tokens += tokens
         hit_ratio = state.get(STATE_HIT_RATIO)
         if hit_ratio is not None and self.metrics:
             self.metrics.prefix_hit_ratio.observe(hit_ratio)
         decision = Decision(request=request, targets=targets, destination=",".join(ep.address for ep in targets),
                             result=result, headers=result.headers, tokens=tokens, body=new_body,
-                            served_model=target if new_body is not None else None)
+                            served_model=target if new_body is not None else None, prefill=prefill)
         if self.explain:
             decision.explanation = self._explain(result)
         if log.isEnabledFor(logging.DEBUG):
@@ -250,8 +255,17 @@ class Director:
 
     # ---------------------------------------------------------------- response path
 
+    def prefill_done(self, decision: Decision) -> None:
+        """The answer has started, so the prefill leg is over: the prefill pod is no longer busy with it."""
+        ep = decision.prefill
+        if ep is not None:
+            decision.prefill = None
+            ep.in_flight -= 1
+            ep.in_flight_tokens -= decision.tokens
+
     def response_headers(self, decision: Decision, status: int | None) -> list[tuple[str, str]] | None:
         """Headers the plugins add to the response (e.g. a session token)."""
+        self.prefill_done(decision)
         if decision.result is None:
             return None
         return self.scheduler.response_headers(decision.request, decision.result, status)
@@ -261,6 +275,7 @@ class Director:
         for ep in decision.targets[:1]:
             ep.in_flight -= 1
             ep.in_flight_tokens -= decision.tokens
+        self.prefill_done(decision)
         if decision.result is not None:
             self.scheduler.response_complete(decision.request, decision.result, status, usage)
         if not self.metrics:

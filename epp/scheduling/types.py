@@ -43,7 +43,23 @@ class SchedulingResult:
     primary: str                                 # the profile whose targets the proxy routes to
     headers: list[tuple[str, str]] | None = None # set on the request by pre-request hooks (e.g. P/D)
     reasons: dict[str, str] | None = None        # why the handler decided as it did (explaining)
+    prefill: str | None = None                   # the P/D handler's prefill profile, when it names one
 
     @property
     def targets(self) -> list[Endpoint]:
         return self.profiles[self.primary].targets
+
+    def prefill_target(self) -> Endpoint | None:
+        """The prefill pod of a disaggregated request (None when decoding alone)."""
+        if self.prefill is None or self.prefill == self.primary:
+            return None
+        p = self.profiles.get(self.prefill)
+        return p.targets[0] if p is not None and p.targets else None
+
+    def chosen(self) -> list[Endpoint]:
+        """The endpoints that will hold this prompt's KV: the pick and, with P/D, the prefill pod."""
+        out = [self.targets[0]] if self.targets else []
+        pre = self.prefill_target()
+        if pre is not None:
+            out.append(pre)
+        return out

@@ -140,6 +140,18 @@ def test_the_prefill_pod_is_chosen_by_prefix_affinity_among_prefill_pods():
     assert prefill_pick(follow)[0] == prefill_pick(first)[0]
 
 
+def test_prefill_affinity_with_a_renamed_prefill_profile():
+    """The prefix producers record the prefill pick under whatever name the handler gives its prefill
+    profile, not only "prefill"."""
+    text = (PD_YAML.replace("prefill: prefill", "prefill: pf").replace("- name: prefill", "- name: pf"))
+    s, eps = scheduler(text), pool()
+    first = run(s, LONG, eps)
+    assert first.prefill == "pf" and first.prefill_target() is not None
+    follow, _ = s.schedule(req(LONG + " and now a long new question " * 60), eps, explain=True)
+    assert follow.prefill_target() is first.prefill_target()
+    assert follow.profiles["pf"].scores[first.prefill_target().address]["prefix-cache-scorer"] > 0
+
+
 def test_prefill_pod_chosen_by_load_when_no_affinity():
     s = scheduler()
     eps = [pod(1, "prefill", waiting=9), pod(2, "prefill"), pod(3, "decode")]
@@ -343,6 +355,31 @@ def test_stream_sets_our_header_and_drops_the_clients():
         assert explained["pick"] == [hs[p.DEST]]
         assert ("prefill" in explained["profiles"]) == ours
         st.close()
+
+
+def test_the_prefill_pod_counts_in_flight_until_the_answer_starts():
+    """Load-aware prefill scorers see epp's own prefills: the prefill pod holds the request until the
+    first response byte (the prefill leg is over then), the decode pod until the end."""
+    eps = pool()
+    d = director(scheduler(), eps)
+    st = RequestStream(d, 1 << 20)
+    st.on_message(req_headers())
+    out = st.on_message(req_body(json.dumps({"model": "m", "prompt": LONG}).encode()))
+    hs = set_headers(out[0].request_headers.response)
+    by = {ep.address: ep for ep in eps}
+    prefill, decode = by[hs[p.PREFILLER]], by[hs[p.DEST]]
+    assert (prefill.in_flight, decode.in_flight) == (1, 1) and prefill.in_flight_tokens > 0
+    st.on_message(resp_headers())
+    assert (prefill.in_flight, prefill.in_flight_tokens, decode.in_flight) == (0, 0, 1)
+    st.close()
+    assert decode.in_flight == 0 and prefill.in_flight == 0
+    # a stream that ends before any answer (client gone) releases both
+    st = RequestStream(d, 1 << 20)
+    st.on_message(req_headers())
+    st.on_message(req_body(json.dumps({"model": "m", "prompt": LONG.replace("refund", "shipping")}).encode()))
+    assert sum(ep.in_flight for ep in eps) == 2
+    st.close()
+    assert all(ep.in_flight == 0 and ep.in_flight_tokens == 0 for ep in eps)
 
 
 def test_metric_is_registered_once_with_upstream_labels():

@@ -41,9 +41,10 @@ def req(prompt=b"", model="m", headers=None, api="completions", body=None):
 
 
 def result(*targets, profile="default", **more):
+    """A scheduling result; a profile named prefill among `more` is the P/D handler's prefill pick."""
     profiles = {profile: ProfileResult(list(targets))}
     profiles.update({k: ProfileResult(list(v)) for k, v in more.items()})
-    return SchedulingResult(profiles, profile)
+    return SchedulingResult(profiles, profile, prefill="prefill" if "prefill" in more else None)
 
 
 def test_every_upstream_type_name_is_registered():

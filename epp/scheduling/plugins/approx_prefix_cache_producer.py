@@ -17,7 +17,6 @@ from .token_producer import TokenProducer, ids_bytes
 
 CHARS_PER_TOKEN = 4
 STATE_HIT_RATIO = "prefix/hit-ratio"  # of the primary pick, for the hit-ratio metric
-PREFILL_PROFILE = "prefill"
 
 
 class MatchInfo:
@@ -90,11 +89,7 @@ class ApproxPrefixCacheProducer(Plugin, PreRequest, EndpointLifecycle):
             self.hit_blocks += matched
             self.total_blocks += len(keys)
             state[STATE_HIT_RATIO] = matched / len(keys)
-        chosen = [primary]
-        prefill = result.profiles.get(PREFILL_PROFILE)
-        if prefill is not None and prefill.targets and result.primary != PREFILL_PROFILE:
-            chosen.append(prefill.targets[0])
-        chosen = [ep for ep in chosen if ep is not None]
+        chosen = result.chosen()
         defer = state.get(DEFER)
         if defer is not None:  # the index update does not hold up the answer
             defer(self._record, chosen, keys)

@@ -143,7 +143,7 @@ class DisaggProfileHandler(ProfileHandler, PreRequest):
         decode = results.get(self.decode) or ProfileResult(targets=[])
         out = {self.decode: decode}
         if not decode.targets:
-            return SchedulingResult(profiles={**results, **out}, primary=self.decode)
+            return SchedulingResult(profiles={**results, **out}, primary=self.decode, prefill=self.prefill)
         wanted, reason, detail = state.get(self._key) or (True, PREFILL_FIRST, "stageOrder prefill-first")
         decision = DECODE_ONLY
         prefill = results.get(self.prefill)
@@ -164,7 +164,7 @@ class DisaggProfileHandler(ProfileHandler, PreRequest):
         elif wanted:  # prefill-first without a prefill profile
             reason, detail = NO_PREFILL_POD, f"no scheduling profile {self.prefill!r}"
         record(self, request.target_model, decision, reason)
-        return SchedulingResult(profiles=out, primary=self.decode,
+        return SchedulingResult(profiles=out, primary=self.decode, prefill=self.prefill,
                                 reasons={"pd_decision": decision, "pd_reason": reason, "pd_detail": detail})
 
     def pre_request(self, state, request, result):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from ..framework import EndpointLifecycle, PreRequest, Scorer, need_int, register
-from .approx_prefix_cache_producer import PREFILL_PROFILE, ApproxPrefixCacheProducer, find_prefix_producer
+from .approx_prefix_cache_producer import ApproxPrefixCacheProducer, find_prefix_producer
 
 STATE_COLD = "no-hit-lru/cold"
 
@@ -56,11 +56,7 @@ class NoHitLRUScorer(Scorer, PreRequest, EndpointLifecycle):
     def pre_request(self, state, request, result):
         if not state.get(STATE_COLD):
             return None
-        chosen = [result.targets[0]] if result.targets else []
-        prefill = result.profiles.get(PREFILL_PROFILE)
-        if prefill is not None and prefill.targets and result.primary != PREFILL_PROFILE:
-            chosen.append(prefill.targets[0])
-        for ep in chosen:
+        for ep in result.chosen():
             self._lru.pop(ep.address, None)
             self._lru[ep.address] = None
         while len(self._lru) > self.size:

@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from ..framework import (EndpointLifecycle, Plugin, PreRequest, ResponseComplete, need_bool, need_duration,
                          need_int, params_error, register)
 from ..types import DEFER
-from .approx_prefix_cache_producer import PREFILL_PROFILE, ApproxPrefixCacheProducer, MatchInfo
+from .approx_prefix_cache_producer import ApproxPrefixCacheProducer, MatchInfo
 from .token_producer import TokenProducer
 
 log = logging.getLogger(__name__)
@@ -148,10 +148,7 @@ class PrecisePrefixCacheProducer(Plugin, PreRequest, EndpointLifecycle, Response
         self.total_blocks += len(info.keys)
         if info.blocks is None:      # a fallback decision: the approximate producer records it
             return None
-        chosen = [primary]
-        prefill = result.profiles.get(PREFILL_PROFILE)
-        if prefill is not None and prefill.targets and result.primary != PREFILL_PROFILE:
-            chosen.append(prefill.targets[0])
+        chosen = result.chosen()
         if self.speculative:
             now = time.monotonic()
             defer = state.get(DEFER)
