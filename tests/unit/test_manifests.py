@@ -23,7 +23,7 @@ import yaml
 
 from epp.datalayer.k8s import rbac
 from epp.flags import build_parser, parse as parse_epp_flags
-from epp.scheduling.config import ConfigError, load as load_config
+from epp.scheduling.config import load as load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MANIFESTS = os.path.join(ROOT, "manifests")
@@ -38,10 +38,6 @@ NAMESPACED_KINDS = {"Deployment", "Service", "ServiceAccount", "Role", "RoleBind
                     "InferencePool", "HTTPRoute", "Gateway", "DestinationRule"}
 CLUSTER_KINDS = {"GatewayClass"}
 
-# EndpointPickerConfig plugins whose implementation lands with later issues (P/D decider, precise KV
-# producer): until registered, loading their config must fail for exactly that reason; afterwards it
-# must load. The same allowance as tests/unit/test_config.py.
-PENDING_PLUGINS = {"prefix-based-pd-decider", "precise-prefix-cache-producer"}
 # epp flags the manifests may use before epp's parser knows them. --endpoint-selector,
 # --endpoint-target-ports and --ha-enable-leader-election landed with Kubernetes discovery, so nothing
 # is pending any more; a flag listed here is tolerated only while build_parser() lacks it.
@@ -458,21 +454,14 @@ def test_epp_deployment(rendered, name):
 
 def _load_epp_config(text: str, source: str):
     """Loads with epp's own loader; a token-producer's local tokenizer path is pointed at the simulator's
-    tokenizer (the deployed path only exists in the pod). Pending plugin types may fail, for that reason
-    only."""
+    tokenizer (the deployed path only exists in the pod)."""
     from vllm_sim.tokenizer import DEFAULT_DIR
     doc = yaml.safe_load(text)
     for p in doc.get("plugins", []):
         local = (p.get("parameters") or {}).get("local")
         if p.get("type") == "token-producer" and local:
             text = text.replace(local["path"], DEFAULT_DIR)
-    try:
-        return load_config(text, source)
-    except ConfigError as e:
-        m = re.search(r"plugin type '([^']+)' is not registered", str(e))
-        if m and m.group(1) in PENDING_PLUGINS:
-            return None        # lands with its issue; the test then loads it for real
-        raise
+    return load_config(text, source)
 
 
 @pytest.mark.parametrize("name", _epp_renders())
