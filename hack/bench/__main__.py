@@ -1,0 +1,92 @@
+"""Routing benchmark harness (docs/benchmarks.md).
+
+    hack/bench.sh run hack/bench/scenarios/shared-prefix.yaml            # every router of the scenario
+    hack/bench.sh run hack/bench/scenarios/precise-kv.yaml --routers epp-approx,epp-precise
+    hack/bench.sh run hack/bench/scenarios/shared-prefix.yaml --quick    # < 3 minutes: the smoke test
+    hack/bench.sh overhead [--quick]                                     # added latency, instant backends
+    hack/bench.sh list                                                   # scenarios and routers
+
+(`hack/bench.sh` is `.venv/bin/python -m hack.bench`.) Writes out/bench/<scenario>-<time>/results.json,
+report.md and PNG plots, and prints the report.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import signal
+import sys
+
+from . import HERE, ROOT  # noqa: F401  (sets sys.path for the hack helpers)
+
+
+def _on_signal(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="hack/bench.sh", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a scenario")
+    r.add_argument("scenario", help="a YAML file (hack/bench/scenarios/*.yaml) or a scenario's name")
+    r.add_argument("--quick", action="store_true", help="the scenario's `quick` overrides: a smoke run in < 3 min")
+    r.add_argument("--routers", default="", help="comma list overriding the scenario's routers")
+    r.add_argument("--out", default="", help="output directory (default out/bench/<scenario>-<time>)")
+    r.add_argument("--no-install", dest="install", action="store_false",
+                   help="do not pip-install peers or matplotlib (peers not installed yet are reported unavailable)")
+    r.add_argument("--plots", choices=("install", "auto", "never"), default=None,
+                   help="install: matplotlib into out/bench-venvs when missing (default); auto: only if present "
+                        "(default with --quick); never")
+    r.add_argument("--envoy-concurrency", type=int, default=2)
+    o = sub.add_parser("overhead", help="added latency and sustained rate: Envoy, Envoy+epp, peers (instant backends)")
+    o.add_argument("--quick", action="store_true")
+    o.add_argument("--peers", default="sglang-rr,sglang-cache-aware,vllm-router-rr,vllm-router-cache-aware",
+                   help="comma list of peers to add ('' for none)")
+    o.add_argument("--endpoints", type=int, default=8)
+    o.add_argument("--size", type=int, default=16, help="prompt KB")
+    o.add_argument("--no-install", dest="install", action="store_false")
+    o.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "overhead.json"))
+    sub.add_parser("list", help="scenarios and routers")
+    a = ap.parse_args(argv)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+
+    if a.cmd == "list":
+        from . import routers, scenario
+        for path in sorted(glob.glob(os.path.join(HERE, "scenarios", "*.yaml"))):
+            s = scenario.load(path)
+            print(f"{os.path.relpath(path, ROOT)}: {s.description.strip().splitlines()[0] if s.description else ''}")
+        print("routers: " + ", ".join(routers.KNOWN) + ", epp:PATH")
+        return 0
+    if a.cmd == "overhead":
+        from . import overhead
+        return overhead.main(a)
+
+    from . import harness, report, scenario
+    path = a.scenario
+    if not os.path.exists(path):
+        path = os.path.join(HERE, "scenarios", a.scenario + ("" if a.scenario.endswith(".yaml") else ".yaml"))
+    try:
+        s = scenario.load(path, quick=a.quick)
+    except (OSError, scenario.ScenarioError) as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
+    a.routers = [x for x in a.routers.split(",") if x]
+    a.plots = a.plots or ("auto" if a.quick else "install")
+    try:
+        res, outdir = harness.run(s, a)
+    except KeyboardInterrupt as e:
+        print(f"\nbench: stopped ({e}); every child was stopped", file=sys.stderr)
+        return 130
+    except ValueError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
+    print("\n" + report.markdown(res))
+    print(f"\n(wrote {os.path.relpath(outdir, ROOT)}/results.json and report.md)")
+    bad = [n for n, r in res["routers"].items() if r["status"] == "failed"]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""One run of a scenario: for each router, a fresh pool, the router in front of it, the stages in order,
+then everything stopped. Routers that cannot run here get a row that says why."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import aiohttp
+
+from bench_overhead import run_uv
+from netutil import Children
+
+from . import ROOT
+from . import loadgen, pool as poolmod, report, routers
+from .scenario import Scenario, stages
+from .sysmon import Monitor
+from .workload import Workload
+
+
+async def wait_ready(http: aiohttp.ClientSession, url: str, model: str, proc_pids: dict, timeout: float = 60.0) -> None:
+    """Until a small request through the router answers 200 (peers 503 until their health checks pass)."""
+    body = {"model": model, "prompt": "ready check", "max_tokens": 1}
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            async with http.post(url + "/v1/completions", json=body, timeout=aiohttp.ClientTimeout(total=10)) as r:
+                if r.status == 200:
+                    return
+                last = f"http {r.status}: {(await r.read())[:200]!r}"
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+            last = repr(e)
+        await asyncio.sleep(0.3)
+    raise RuntimeError(f"router not answering after {timeout:.0f}s: {last}")
+
+
+async def settle_kv_events(http: aiohttp.ClientSession, running: routers.Running, pool, timeout: float = 60.0) -> None:
+    """Until epp has heard KV events from every pod. A pod's publisher connects on its own schedule and
+    drops what it publishes before, so each pod gets small direct requests until epp counts it."""
+    deadline = time.monotonic() + timeout
+    i = 0
+    while time.monotonic() < deadline:
+        if routers.epp_sample(running.epp_metrics, "epp_kv_event_publishers") >= len(pool.addresses):
+            return
+        for a in pool.addresses:
+            i += 1
+            body = {"model": pool.model, "prompt": f"kv events warm-up {i} " * 8, "max_tokens": 1}
+            async with http.post(f"http://{a}/v1/completions", json=body) as r:
+                await r.read()
+        await asyncio.sleep(0.3)
+    raise RuntimeError("KV events did not reach epp from every pod")
+
+
+async def run_router(s: Scenario, name: str, kids: Children, opts) -> dict:
+    ts = s.pool.time_scale
+    ld = s.load
+    out: dict = {"status": "ok", "stages": []}
+    t0 = time.time()
+    pool = poolmod.start(kids, s.pool, name)
+    running = None
+    try:
+        running = routers.start(kids, name, pool, install=opts.install, envoy_concurrency=opts.envoy_concurrency)
+        out["info"] = running.info
+        async with loadgen.session(ld.request_timeout_s / ts) as http:
+            await wait_ready(http, running.url, s.pool.model, running.pids)
+            if running.epp_metrics and routers.needs_kv_events(name):
+                await settle_kv_events(http, running, pool)
+            render0 = await poolmod.render_calls(http, pool.addresses)
+            wl = Workload(s)
+            url = running.url + ("/v1/chat/completions" if s.workload.api == "chat" else "/v1/completions")
+            if ld.warmup_requests:
+                first = stages(s)[0]
+                level = first * ts if ld.mode == "poisson" else first
+                await loadgen.run_stage(http, url, wl, ld.mode, level, 1e9, ld.warmup_requests, ld.drain_timeout_s / ts,
+                                        s.workload.seed + 999, f"{name} warm-up")
+            groups = {"sims": pool.sim_pids(), **{k: [v] for k, v in running.pids.items()}}
+            for i, level in enumerate(stages(s)):
+                mon = Monitor(groups)
+                before = await poolmod.scrape(http, pool.addresses)
+                snap0 = mon.snapshot()
+                sampler = asyncio.create_task(mon.run())
+                wall_level = level * ts if ld.mode == "poisson" else level
+                st = await loadgen.run_stage(http, url, wl, ld.mode, wall_level, ld.duration_s / ts, ld.max_requests,
+                                             ld.drain_timeout_s / ts, s.workload.seed + i,
+                                             f"{name} {'rate' if ld.mode == 'poisson' else 'concurrency'} {level:g}")
+                snap1 = mon.snapshot()
+                sampler.cancel()
+                after = await poolmod.scrape(http, pool.addresses)
+                summary = report.summarize(st, before, after, mon.summary(snap0, snap1), ts, level, ld.mode)
+                out["stages"].append(summary)
+                print(f"  {name} {level:g}: {summary['completed']}/{summary['sent']} ok, "
+                      f"{summary['output_tok_per_s']:.0f} out tok/s, TTFT p90 {summary['ttft_p90_s']:.3f} s, "
+                      f"hit rate {summary['hit_rate']:.1%}, machine {summary['cpu']['machine_busy']:.0%} busy"
+                      + (f" CPU-BOUND ({summary['cpu']['why']})" if summary["cpu"]["cpu_bound"] else ""), flush=True)
+            out["render_calls"] = await poolmod.render_calls(http, pool.addresses) - render0
+    except routers.Unavailable as e:
+        out = {"status": "unavailable", "reason": str(e), "stages": []}
+    except (RuntimeError, TimeoutError, OSError, aiohttp.ClientError) as e:
+        out = {"status": "failed", "reason": f"{type(e).__name__}: {e}"[:300], "stages": out["stages"],
+               "logs": kids.logdir}
+    finally:
+        if running:
+            for pid in running.pids.values():
+                for _, p in list(kids.procs):
+                    if p.pid == pid:
+                        kids.stop(p)
+        kids.stop(pool.proc)
+    out["wall_s"] = time.time() - t0
+    print(f"  {name}: {out['status']} {out.get('reason', '')} ({out['wall_s']:.0f} s)", flush=True)
+    return out
+
+
+def make_plots(res_path: str, res: dict, mode: str) -> None:
+    """In-process when matplotlib imports; else with out/bench-venvs/matplotlib (installed unless mode is
+    'auto', which only uses what is there)."""
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plot.py")
+    if mode == "never":
+        res["plots_note"] = "skipped (--plots never)"
+        return
+    try:
+        from . import plot
+        res["plots"] = [os.path.basename(p) for p in plot.plot(res_path)]
+        return
+    except ImportError:
+        pass
+    try:
+        py, _ = routers.peer_python("matplotlib", install=(mode == "install"))
+        r = subprocess.run([py, here, res_path], capture_output=True, text=True, timeout=300)
+        if r.returncode:
+            res["plots_note"] = f"plot failed: {r.stderr.strip()[-200:]}"
+        else:
+            res["plots"] = [os.path.basename(p) for p in r.stdout.split()]
+    except routers.Unavailable as e:
+        res["plots_note"] = f"skipped: matplotlib not importable ({e})"
+
+
+def machine() -> dict:
+    try:
+        model = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(" :\t")
+    except (OSError, IndexError):
+        model = platform.processor()
+    return {"cpus": os.cpu_count(), "cpu": model, "python": sys.version.split()[0],
+            "loadavg_start": os.getloadavg()}
+
+
+def run(s: Scenario, opts) -> tuple[dict, str]:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    outdir = opts.out or os.path.join(ROOT, "out", "bench", f"{s.name}-{stamp}")
+    os.makedirs(outdir, exist_ok=True)
+    logdir = os.path.join(outdir, "logs")
+    os.makedirs(logdir, exist_ok=True)
+    kids = Children(logdir)
+    names = opts.routers or s.routers
+    for n in names:
+        routers.check(n)
+    res = {"scenario": {**dataclasses.asdict(s), "quick": opts.quick}, "started": stamp, "machine": machine(),
+           "routers": {}}
+    wall_stage = s.load.duration_s / s.pool.time_scale
+    print(f"{s.name}: {len(names)} routers x {len(stages(s))} stages of ~{wall_stage:.0f} wall s "
+          f"(time scale {s.pool.time_scale:g}); results in {os.path.relpath(outdir, ROOT)}", flush=True)
+    try:
+        for n in names:
+            print(f"# {n}", flush=True)
+            try:
+                res["routers"][n] = run_uv(run_router(s, n, kids, opts))
+            except (RuntimeError, TimeoutError, OSError) as e:     # the pool did not start
+                res["routers"][n] = {"status": "failed", "reason": f"{type(e).__name__}: {e}"[:300], "stages": []}
+                print(f"  {n}: failed: {e}", flush=True)
+    finally:
+        kids.stop_all()
+    res["finished"] = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(outdir, "results.json")
+    with open(path, "w") as fh:
+        json.dump(res, fh, indent=1, default=str)
+    make_plots(path, res, opts.plots)
+    with open(path, "w") as fh:
+        json.dump(res, fh, indent=1, default=str)
+    md = report.markdown(res)
+    with open(os.path.join(outdir, "report.md"), "w") as fh:
+        fh.write(md + "\n")
+    return res, outdir

@@ -1,0 +1,118 @@
+"""The simulated pool of a scenario (vllm_sim.pool), restarted for every router so each one starts on
+cold, identical caches, and the counters every stage reads from the sims' /metrics."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import aiohttp
+
+from netutil import Children, free_port, free_range
+
+from .scenario import Pool as PoolSpec
+
+PY = sys.executable
+
+# counters summed per pod (prometheus_client adds _total to counters)
+COUNTERS = {
+    "hits": "vllm:prefix_cache_hits_total", "queries": "vllm:prefix_cache_queries_total",
+    "prompt_tokens": "vllm:prompt_tokens_total", "generation_tokens": "vllm:generation_tokens_total",
+    "preemptions": "vllm:num_preemptions_total", "requests": "vllm:e2e_request_latency_seconds_count",
+    "ttft_sum": "vllm:time_to_first_token_seconds_sum", "ttft_count": "vllm:time_to_first_token_seconds_count",
+    "queue_sum": "vllm:request_queue_time_seconds_sum", "queue_count": "vllm:request_queue_time_seconds_count",
+}
+GAUGES = {"waiting": "vllm:num_requests_waiting", "running": "vllm:num_requests_running",
+          "kv_usage": "vllm:kv_cache_usage_perc"}
+
+
+class PoolHandle:
+    def __init__(self, spec: PoolSpec, proc, addresses: list[str], endpoints_file: str, kv_port: int) -> None:
+        self.spec, self.proc, self.addresses = spec, proc, addresses
+        self.endpoints_file, self.kv_port = endpoints_file, kv_port
+        self.model, self.block_size = spec.model, spec.block_size
+
+    def sim_pids(self) -> list[int]:
+        """The sims are children of the pool launcher."""
+        out = []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        if int(f.read().rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                            out.append(int(d))
+                except (OSError, ValueError, IndexError):
+                    pass
+        return out
+
+
+def sim_flags(spec: PoolSpec, kv_port: int) -> list[str]:
+    args = ["--model", spec.model, "--profile", spec.profile, "--time-scale", str(spec.time_scale),
+            "--block-size", str(spec.block_size), "--max-num-seqs", str(spec.max_num_seqs),
+            "--max-num-batched-tokens", str(spec.max_num_batched_tokens)]
+    if spec.gpu_blocks:
+        args += ["--num-gpu-blocks-override", str(spec.gpu_blocks)]
+    if spec.offload_blocks:
+        args += ["--kv-offload-blocks", str(spec.offload_blocks)]
+    if spec.kv_events:
+        args += ["--kv-events-config", json.dumps({
+            "enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://127.0.0.1:{kv_port}",
+            "topic": "kv@127.0.0.1:{port}@" + spec.model})]
+    return args + [str(a) for a in spec.sim_args]
+
+
+def start(kids: Children, spec: PoolSpec, name: str, timeout: float = 90.0) -> PoolHandle:
+    base, kv_port = free_range(spec.count), free_port()
+    efile = os.path.join(kids.logdir, f"{name}-endpoints.yaml")
+    if os.path.exists(efile):
+        os.remove(efile)
+    p = kids.start(f"{name}-pool", [PY, "-m", "vllm_sim.pool", "--count", str(spec.count), "--base-port", str(base),
+                                    "--roles", spec.roles, "--endpoints-file", efile,
+                                    "--startup-timeout", str(timeout), "--", *sim_flags(spec, kv_port)])
+    deadline = time.time() + timeout + 5
+    while not os.path.exists(efile):      # written once every sim answers /health
+        if p.poll() is not None:
+            raise RuntimeError(f"the sim pool exited with {p.returncode} (log: {kids.logdir}/{name}-pool.log)")
+        if time.time() > deadline:
+            raise TimeoutError(f"the sim pool did not start in {timeout:.0f}s")
+        time.sleep(0.1)
+    return PoolHandle(spec, p, [f"127.0.0.1:{base + i}" for i in range(spec.count)], efile, kv_port)
+
+
+def _parse(text: str) -> dict[str, float]:
+    want = {**{v: k for k, v in COUNTERS.items()}, **{v: k for k, v in GAUGES.items()}}
+    out = {k: 0.0 for k in (*COUNTERS, *GAUGES)}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        brace = line.find("{")
+        name = line[:brace] if brace >= 0 else line.split(" ", 1)[0]
+        key = want.get(name)
+        if key:
+            out[key] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+async def scrape(http: aiohttp.ClientSession, addresses: list[str]) -> list[dict[str, float]]:
+    """Every pod's counters (a pod that does not answer gives NaNs: its deltas are unknown)."""
+    out = []
+    for a in addresses:
+        try:
+            async with http.get(f"http://{a}/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
+                out.append(_parse(await r.text()))
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            out.append({k: float("nan") for k in (*COUNTERS, *GAUGES)})
+    return out
+
+
+async def render_calls(http: aiohttp.ClientSession, addresses: list[str]) -> int:
+    """Calls of the sims' renderer API (a tokenizing router calls it per request)."""
+    n = 0
+    for a in addresses:
+        try:
+            async with http.get(f"http://{a}/debug/engine", timeout=aiohttp.ClientTimeout(total=10)) as r:
+                n += (await r.json()).get("render_calls", 0)
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            pass
+    return n

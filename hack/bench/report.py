@@ -1,0 +1,151 @@
+"""Stage statistics (engine time), the markdown tables and the goal check of a run."""
+from __future__ import annotations
+
+import math
+
+from bench_overhead import pct
+
+from .loadgen import Stage
+
+
+def _p(sorted_vals: list[float], q: float) -> float:
+    return pct(sorted_vals, q)
+
+
+def summarize(st: Stage, before: list[dict], after: list[dict], cpu: dict, time_scale: float, level: float,
+              mode: str) -> dict:
+    """One stage in engine time: wall durations and latencies x time_scale, rates / time_scale."""
+    ts = time_scale
+    ok = [r for r in st.recs if r.ok]
+    wall = max(1e-9, st.t_end - st.t_start)
+    eng = wall * ts
+    ttft = sorted(r.ttft * ts for r in ok)
+    itl = sorted(x * ts for r in ok for x in r.itl)
+    e2e = sorted(r.e2e * ts for r in ok)
+    prompt = sum(r.prompt_tokens for r in ok)
+    cached = sum(r.cached_tokens for r in ok)
+    errors: dict[str, int] = {}
+    for r in st.recs:
+        if not r.ok:
+            k = (r.error or f"http {r.status}").split(":")[0]
+            errors[k] = errors.get(k, 0) + 1
+    pods = [{k: a[k] - b[k] for k in ("hits", "queries", "requests", "preemptions", "prompt_tokens", "ttft_sum",
+                                       "ttft_count", "queue_sum", "queue_count")} for a, b in zip(after, before)]
+    q = sum(p["queries"] for p in pods)
+    reqs = [p["requests"] for p in pods]
+    mean_reqs = sum(reqs) / len(reqs) if reqs else math.nan
+    lag = sorted(r.lag for r in st.recs)
+    return {
+        "mode": mode, "level": level, "sent": len(st.recs), "completed": len(ok), "errors": len(st.recs) - len(ok),
+        "error_kinds": errors, "drained": st.drained,
+        "wall_s": wall, "engine_s": eng,
+        "req_per_s": len(ok) / eng, "output_tok_per_s": sum(r.out_tokens for r in ok) / eng,
+        "input_tok_per_s": prompt / eng,
+        "ttft_p50_s": _p(ttft, 50), "ttft_p90_s": _p(ttft, 90), "ttft_p99_s": _p(ttft, 99),
+        "ttft_mean_s": sum(ttft) / len(ttft) if ttft else math.nan,
+        "itl_p50_ms": _p(itl, 50) * 1e3, "itl_p90_ms": _p(itl, 90) * 1e3,
+        "e2e_p50_s": _p(e2e, 50), "e2e_p90_s": _p(e2e, 90),
+        "hit_rate": sum(p["hits"] for p in pods) / q if q else math.nan,
+        "client_cached_share": cached / prompt if prompt else math.nan,
+        "pod_requests": reqs, "pod_hit_rate": [p["hits"] / p["queries"] if p["queries"] else math.nan for p in pods],
+        "imbalance": max(reqs) / mean_reqs if reqs and mean_reqs else math.nan,
+        "preemptions": sum(p["preemptions"] for p in pods),
+        "server_ttft_mean_s": (sum(p["ttft_sum"] for p in pods) / sum(p["ttft_count"] for p in pods)
+                               if sum(p["ttft_count"] for p in pods) else math.nan),
+        "server_queue_mean_s": (sum(p["queue_sum"] for p in pods) / sum(p["queue_count"] for p in pods)
+                                if sum(p["queue_count"] for p in pods) else math.nan),
+        "arrival_lag_p99_ms": _p(lag, 99) * 1e3,
+        "cpu": cpu,
+    }
+
+
+def f(v, spec: str = ".2f", unit: str = "") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec) + unit
+
+
+def _lat(v: float) -> str:
+    """Seconds, in ms below 1 s."""
+    if v is None or math.isnan(v):
+        return "-"
+    return f"{v * 1e3:.0f} ms" if v < 1 else f"{v:.2f} s"
+
+
+HEADER = ("| router | {lvl} | req/s | out tok/s | TTFT p50 | TTFT p90 | ITL p50 | ITL p90 | E2E p50 | E2E p90 "
+          "| hit rate | max/mean pod load | errors | CPU |")
+
+
+def table(res: dict) -> list[str]:
+    mode = res["scenario"]["load"]["mode"]
+    lines = [HEADER.format(lvl="rate (req/s)" if mode == "poisson" else "concurrency"),
+             "|" + "---|" * 14]
+    for name, r in res["routers"].items():
+        if r["status"] != "ok":
+            lines.append(f"| {name} | {r['status']}: {r.get('reason', '')} |" + " |" * 12)
+            continue
+        for s in r["stages"]:
+            c = s["cpu"]
+            cpu = f"{c['machine_busy']:.0%}" + (f" **CPU-BOUND** ({c['why']})" if c["cpu_bound"] else "")
+            err = str(s["errors"]) + (f" ({', '.join(f'{k} {v}' for k, v in s['error_kinds'].items())})" if s["errors"] else "")
+            lines.append(
+                f"| {name} | {f(s['level'], 'g')} | {f(s['req_per_s'])} | {f(s['output_tok_per_s'], '.0f')} | "
+                f"{_lat(s['ttft_p50_s'])} | {_lat(s['ttft_p90_s'])} | {f(s['itl_p50_ms'], '.1f', ' ms')} | "
+                f"{f(s['itl_p90_ms'], '.1f', ' ms')} | {_lat(s['e2e_p50_s'])} | {_lat(s['e2e_p90_s'])} | "
+                f"{f(s['hit_rate'] * 100, '.1f', '%')} | {f(s['imbalance'], '.2f')} | {err} | {cpu} |")
+    return lines
+
+
+def goal(res: dict) -> list[str]:
+    """The scenario's goal (e.g. issue 5: precise >= 1.25x approximate tok/s, >= 10x lower p90 TTFT) at the
+    highest stage."""
+    g = res["scenario"].get("goal") or {}
+    if not g:
+        return []
+    r, b = res["routers"].get(g["router"]), res["routers"].get(g["baseline"])
+    if not r or not b or r["status"] != "ok" or b["status"] != "ok" or not r["stages"] or not b["stages"]:
+        return [f"goal: {g['router']} vs {g['baseline']}: not measured"]
+    top_r, top_b = r["stages"][-1], b["stages"][-1]
+    tx = top_r["output_tok_per_s"] / top_b["output_tok_per_s"] if top_b["output_tok_per_s"] else math.nan
+    lx = top_b["ttft_p90_s"] / top_r["ttft_p90_s"] if top_r["ttft_p90_s"] else math.nan
+    ok_t, ok_l = tx >= g.get("min_throughput_x", 0), lx >= g.get("min_ttft_p90_x", 0)
+    flag = " (CPU-bound stage: indicative only)" if top_r["cpu"]["cpu_bound"] or top_b["cpu"]["cpu_bound"] else ""
+    return [f"goal at {f(top_r['level'], 'g')}: {g['router']} / {g['baseline']} output tok/s = {f(tx)}x "
+            f"(want >= {g.get('min_throughput_x')}: {'met' if ok_t else 'NOT met'}); p90 TTFT {f(lx, '.1f')}x lower "
+            f"(want >= {g.get('min_ttft_p90_x')}: {'met' if ok_l else 'NOT met'}){flag}"]
+
+
+def markdown(res: dict) -> str:
+    s = res["scenario"]
+    p, w, ld = s["pool"], s["workload"], s["load"]
+    lines = [f"# {s['name']}", "", s.get("description", "").strip(), "",
+             f"pool: {p['count']} x vllm_sim `{p['profile']}`, time scale {p['time_scale']:g} (engine s per wall s), "
+             f"GPU blocks {p['gpu_blocks'] or 'profile default'} x {p['block_size']} tokens, CPU offload blocks "
+             f"{p['offload_blocks']}, max_num_seqs {p['max_num_seqs']}; pool restarted per router (cold caches)",
+             f"workload: {describe_workload(w)}; load: {ld['mode']} {'rates' if ld['mode'] == 'poisson' else 'concurrency'} "
+             f"{', '.join(f(float(x), 'g') for x in (ld['rates'] if ld['mode'] == 'poisson' else ld['concurrency']))}, "
+             f"{ld['duration_s']:g} engine s per stage (stages in order, caches kept)",
+             "", "All times and rates are engine time (wall x time scale). hit rate: the sims' prefix-cache hits / "
+             "queries (tokens, GPU + CPU tier) during the stage. max/mean pod load: requests on the busiest pod over "
+             "the mean. CPU: machine busy share during the stage.", ""]
+    lines += table(res)
+    lines += [""] + goal(res)
+    for name, r in res["routers"].items():
+        if r["status"] == "ok" and r.get("info"):
+            lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in r["info"].items() if k != "cmd"))
+    if res.get("plots"):
+        lines.append("\nplots: " + ", ".join(res["plots"]))
+    elif res.get("plots_note"):
+        lines.append(f"\nplots: {res['plots_note']}")
+    return "\n".join(x for x in lines if x is not None)
+
+
+def describe_workload(w: dict) -> str:
+    t = w["type"]
+    if t == "shared_prefix":
+        return (f"shared_prefix {w['groups']} groups x {w['prompts_per_group']} prompts, system {w['system_len']} + "
+                f"question {w['question_len']} tokens, output {w['output_len']} ({w['api']})")
+    if t == "multi_turn":
+        return (f"multi_turn {w['sessions']} sessions x {w['turns']} turns, system {w['system_len']} (one per "
+                f"{w['groups']} groups), question {w['question_len']}, output {w['output_len']} (chat)")
+    return f"{t} input {w['input_min']}-{w['input_max']} tokens, output {w['output_len']} ({w['api']})"
