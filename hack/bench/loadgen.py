@@ -101,11 +101,12 @@ async def one(http: aiohttp.ClientSession, url: str, item: Item, rec: Rec, want_
 
 
 class Progress:
-    """One status line every `every` seconds on stderr (rewritten in place on a terminal)."""
+    """A status line on stderr: every 2 s rewritten in place on a terminal, else every 15 s."""
 
-    def __init__(self, label: str, every: float = 2.0) -> None:
-        self.label, self.every, self.t0 = label, every, perf()
+    def __init__(self, label: str) -> None:
+        self.label, self.t0 = label, perf()
         self.tty = sys.stderr.isatty()
+        self.every = 2.0 if self.tty else 15.0
 
     async def run(self, stage: "Stage") -> None:
         while True:
@@ -171,8 +172,8 @@ async def run_stage(http: aiohttp.ClientSession, url: str, wl: Workload, mode: s
                 st.recs.append(rec)
                 await send(wl.next(), rec)
         workers = [asyncio.create_task(worker()) for _ in range(int(level))]
-        await asyncio.wait(workers, timeout=max(0.0, end - perf()) + drain_timeout)
-        tasks.update(w for w in workers if not w.done())
+        await asyncio.wait(workers, timeout=max(0.0, end - perf()))
+        tasks.update(w for w in workers if not w.done())      # each finishes its last request in the drain
     st.t_arrivals_end = perf()
     if tasks:
         done, pending = await asyncio.wait(set(tasks), timeout=drain_timeout)

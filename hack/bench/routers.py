@@ -94,16 +94,19 @@ def start_envoy(kids: Children, name: str, cfg: dict, port: int, concurrency: in
     return p
 
 
-def round_robin_bootstrap(port: int, addresses: list[str]) -> dict:
-    """envoy_bootstrap's `direct` listener, its cluster widened to every pod (Envoy's default ROUND_ROBIN)."""
-    first = int(addresses[0].rsplit(":", 1)[1])
-    cfg = bootstrap(free_port(), {"direct": port}, direct_backend=first)
+def widen_direct(cfg: dict, addresses: list[str]) -> dict:
+    """envoy_bootstrap's `direct` cluster (one fixed backend) widened to every pod, Envoy's ROUND_ROBIN."""
     cluster = next(c for c in cfg["static_resources"]["clusters"] if c["name"] == "direct")
     cluster["lb_policy"] = "ROUND_ROBIN"
     cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
         {"endpoint": {"address": {"socket_address": {"address": a.rsplit(":", 1)[0],
                                                      "port_value": int(a.rsplit(":", 1)[1])}}}} for a in addresses]
     return cfg
+
+
+def round_robin_bootstrap(port: int, addresses: list[str]) -> dict:
+    return widen_direct(bootstrap(free_port(), {"direct": port}, direct_backend=int(addresses[0].rsplit(":", 1)[1])),
+                        addresses)
 
 
 # ------------------------------------------------------------------ epp
@@ -242,8 +245,11 @@ def start(kids: Children, name: str, pool, install: bool = True, envoy_concurren
         return Running(name, f"http://127.0.0.1:{port}", {"envoy": p.pid}, {"lb": "Envoy ROUND_ROBIN"})
     cfg = epp_config(name, pool, kids.logdir)
     grpc, mport = free_port(), free_port()
-    epp = start_epp(kids, pool.endpoints_file, grpc, "50ms", extra=["--metrics-port", str(mport), "--config-file", cfg],
-                    name=f"{name}-epp")
+    # epp's clocks run on wall time: its 50 ms scrape and 2 s staleness defaults, scaled to engine time
+    ts = pool.spec.time_scale
+    epp = start_epp(kids, pool.endpoints_file, grpc, f"{50 / ts:.0f}ms",
+                    extra=["--metrics-port", str(mport), "--config-file", cfg,
+                           "--metrics-staleness-threshold", f"{2000 / ts:.0f}ms"], name=f"{name}-epp")
     wait_port(mport, 30, epp, "epp metrics")
     env = start_envoy(kids, name, bootstrap(free_port(), {"FULL_DUPLEX_STREAMED": port}, epp_port=grpc), port,
                       envoy_concurrency)
