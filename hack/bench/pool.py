@@ -63,6 +63,9 @@ def sim_flags(spec: PoolSpec, kv_port: int) -> list[str]:
 
 
 def start(kids: Children, spec: PoolSpec, name: str, timeout: float = 90.0) -> PoolHandle:
+    if "prefill" in (r.strip() for r in spec.roles.split(",")):   # P/D: decode sims behind epp-sidecar
+        from . import pd_pool
+        return pd_pool.start(kids, spec, name, timeout, PoolHandle, sim_flags)
     base, kv_port = free_range(spec.count), free_port()
     efile = os.path.join(kids.logdir, f"{name}-endpoints.yaml")
     if os.path.exists(efile):
