@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import http.client
 import os
 import re
 import signal
@@ -58,7 +59,7 @@ def _healthy(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as r:
             return r.status == 200
-    except OSError:
+    except (OSError, http.client.HTTPException):   # not up yet, or something else holds the port
         return False
 
 
