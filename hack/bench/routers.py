@@ -3,6 +3,7 @@
     envoy-rr                  Envoy round robin over the pods (no EPP)
     epp-random, epp-load-only, epp-approx, epp-prefix-heavy, epp-precise
                               Envoy (ext_proc FULL_DUPLEX_STREAMED) + epp with config/<...>.yaml
+    epp-approx-pw             the approximate scorer with precise.yaml's weights (a control)
     epp:PATH                  Envoy + epp with any EndpointPickerConfig file
     sglang-cache-aware, sglang-rr                     sglang-router (PyPI `sglang-router`)
     vllm-router-cache-aware, vllm-router-rr           vllm-router (PyPI `vllm-router`)
@@ -29,8 +30,11 @@ from netutil import Children, free_port, wait_port
 
 PY = sys.executable
 VENVS = os.path.join(ROOT, "out", "bench-venvs")
-CONFIGS = {"epp-random": "random.yaml", "epp-load-only": "load-only.yaml", "epp-approx": "default.yaml",
-           "epp-prefix-heavy": "prefix-heavy.yaml", "epp-precise": "precise.yaml"}
+CONFIGS = {"epp-random": "config/random.yaml", "epp-load-only": "config/load-only.yaml",
+           "epp-approx": "config/default.yaml", "epp-prefix-heavy": "config/prefix-heavy.yaml",
+           "epp-precise": "config/precise.yaml", "epp-pd": "config/pd.yaml",
+           # a control: the approximate scorer with precise.yaml's weights (prefix 3, KV 1, queue 1)
+           "epp-approx-pw": "hack/bench/configs/approx-precise-weights.yaml"}
 PEERS = {  # name -> (PyPI package, policy)
     "sglang-cache-aware": ("sglang-router", "cache_aware"), "sglang-rr": ("sglang-router", "round_robin"),
     "vllm-router-cache-aware": ("vllm-router", "cache_aware"), "vllm-router-rr": ("vllm-router", "round_robin"),
@@ -115,7 +119,7 @@ def epp_config(name: str, pool, logdir: str) -> str:
     """The config file for an epp router. precise.yaml is the repo's file with only what depends on this
     machine replaced: the tokenizer directory (the sims'), the model name, the block size and the
     address epp binds for the pods' KV events."""
-    path = name[4:] if name.startswith("epp:") else os.path.join(ROOT, "config", CONFIGS[name])
+    path = name[4:] if name.startswith("epp:") else os.path.join(ROOT, CONFIGS[name])
     text = _config_text(path)
     if not text:
         raise Unavailable(f"config {path} not readable")
