@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -13,6 +14,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_listen_port() -> int:
+    """A free port below the kernel's ephemeral range, for a listener that clients keep connecting to
+    before it exists (a ZMQ SUB the pods' PUB sockets dial): a port inside that range can be picked as
+    the dialer's own source port, and Linux then connects the socket to itself (TCP simultaneous open),
+    which leaves that pod's publisher stuck on itself for good."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 def wait_port(port: int, timeout: float = 30, proc: subprocess.Popen | None = None, what: str = "process") -> None:

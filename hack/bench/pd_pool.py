@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 
-from netutil import Children, free_port, free_range, wait_port
+from netutil import Children, free_listen_port, free_port, free_range, wait_port
 
 PY = sys.executable
 KV_TRANSFER = json.dumps({"kv_connector": "NixlConnector", "kv_role": "kv_both"})
@@ -25,7 +25,7 @@ def sidecar_binary() -> str:
 
 def start(kids: Children, spec, name: str, timeout: float, handle_cls, sim_flags) -> object:
     roles = [r.strip() for r in spec.roles.split(",")]
-    base, kv_port = free_range(spec.count), free_port()
+    base, kv_port = free_range(spec.count), free_listen_port()
     raw = os.path.join(kids.logdir, f"{name}-sims.yaml")
     efile = os.path.join(kids.logdir, f"{name}-endpoints.yaml")
     for f in (raw, efile):

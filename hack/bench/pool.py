@@ -9,7 +9,7 @@ import time
 
 import aiohttp
 
-from netutil import Children, free_port, free_range
+from netutil import Children, free_listen_port, free_range
 
 from .scenario import Pool as PoolSpec
 
@@ -66,7 +66,7 @@ def start(kids: Children, spec: PoolSpec, name: str, timeout: float = 90.0) -> P
     if "prefill" in (r.strip() for r in spec.roles.split(",")):   # P/D: decode sims behind epp-sidecar
         from . import pd_pool
         return pd_pool.start(kids, spec, name, timeout, PoolHandle, sim_flags)
-    base, kv_port = free_range(spec.count), free_port()
+    base, kv_port = free_range(spec.count), free_listen_port()
     efile = os.path.join(kids.logdir, f"{name}-endpoints.yaml")
     if os.path.exists(efile):
         os.remove(efile)

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from netutil import free_port, free_range
+from netutil import free_listen_port, free_port, free_range
 
 from .stack import Envoy, Epp, post
 
@@ -23,7 +23,7 @@ PODS = 3
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("precise")
-    kv_port, base = free_port(), free_range(PODS)
+    kv_port, base = free_listen_port(), free_range(PODS)
     efile = str(tmp / "endpoints.yaml")
     events = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://127.0.0.1:{kv_port}",
               "topic": "kv@127.0.0.1:{port}@m"}
@@ -77,7 +77,8 @@ def settle(epp, pool) -> None:
             body = json.dumps({"model": "m", "prompt": f"warm-up {i} " * 20, "max_tokens": 1}).encode()
             assert post(int(a.rsplit(":", 1)[1]), "/v1/completions", body)[0] == 200
         time.sleep(0.2)
-    raise AssertionError(f"KV events reached epp from {epp.sample('epp_kv_event_publishers')} of {PODS} pods")
+    kv = [line for line in epp.metrics().splitlines() if line.startswith("epp_kv_event") and not line.endswith(" 0.0")]
+    raise AssertionError(f"KV events reached epp from {epp.sample('epp_kv_event_publishers')} of {PODS} pods: {kv}")
 
 
 def run(tmp, pool, config_text: str, name: str, *extra: str, samples=()) -> tuple[float, dict]:
