@@ -40,27 +40,27 @@ def start(kids, prefill: int, decode: int, endpoints_file: str, sim_args: list[s
         wait_port(p_base + i, 60, pools, "the prefill pods")
     for i in range(decode):
         wait_port(d_base + i, 60, poold, "the decode pods")
-    decodes, decode_sims = [], []
+    # the endpoints file is written before the sidecars start: each loads its SSRF allowlist at start,
+    # so the first prefill target epp names is already allowed
+    fronts = [free_port() if sidecar else d_base + i for i in range(decode)]
+    decode_sims = [f"127.0.0.1:{d_base + i}" for i in range(decode)]
+    decodes = [f"127.0.0.1:{port}" for port in fronts]
     lines = ["endpoints:"]
     for i, a in enumerate(prefills):
         lines += [f"- name: prefill-{i}", f'  address: "{a}"', "  labels: {app: sim, llm-d.ai/role: prefill}"]
-    for i in range(decode):
-        port = d_base + i
-        decode_sims.append(f"127.0.0.1:{port}")
-        if sidecar:
-            front = free_port()
-            proc = kids.start(f"sidecar-{i}", [sidecar, "--bind-address", "127.0.0.1", "--port", str(front),
-                                               "--vllm-port", str(port),
-                                               "--kv-connector", "nixlv2", "--enable-ssrf-protection", "--secure-proxy=false",
-                                               "--endpoints-file", endpoints_file])
-            wait_port(front, 30, proc, f"sidecar {i}")
-            port = front
-        decodes.append(f"127.0.0.1:{port}")
-        lines += [f"- name: decode-{i}", f'  address: "127.0.0.1:{port}"', "  labels: {app: sim, llm-d.ai/role: decode}"]
+    for i, a in enumerate(decodes):
+        lines += [f"- name: decode-{i}", f'  address: "{a}"', "  labels: {app: sim, llm-d.ai/role: decode}"]
     tmp = endpoints_file + ".tmp"
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(tmp, endpoints_file)
+    if sidecar:
+        for i, front in enumerate(fronts):
+            proc = kids.start(f"sidecar-{i}", [sidecar, "--bind-address", "127.0.0.1", "--port", str(front),
+                                               "--vllm-port", str(d_base + i), "--kv-connector", "nixlv2",
+                                               "--enable-ssrf-protection", "--secure-proxy=false",
+                                               "--endpoints-file", endpoints_file])
+            wait_port(front, 30, proc, f"sidecar {i}")
     return {"prefill": prefills, "decode": decodes, "sims": {"prefill": prefills, "decode": decode_sims},
             "sidecar": "epp-sidecar" if sidecar else "built into the decode sims"}
 

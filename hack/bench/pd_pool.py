@@ -42,24 +42,26 @@ def start(kids: Children, spec, name: str, timeout: float, handle_cls, sim_flags
             raise TimeoutError(f"the sim pool did not start in {timeout:.0f}s")
         time.sleep(0.1)
     sidecar = sidecar_binary()
-    lines, sidecars = ["endpoints:"], []
+    # the endpoints file is written before the sidecars start: each loads its SSRF allowlist at start,
+    # so the first prefill target epp names is already allowed
+    fronts = {i: free_port() for i in range(spec.count) if roles[i % len(roles)] == "decode"}
+    lines = ["endpoints:"]
     for i in range(spec.count):
-        role, port = roles[i % len(roles)], base + i
-        address = f"127.0.0.1:{port}"
-        if role == "decode":
-            front = free_port()
-            sc = kids.start(f"{name}-sidecar-{i}", [sidecar, "--bind-address", "127.0.0.1", "--port", str(front),
-                                                    "--vllm-port", str(port), "--kv-connector", "nixlv2",
-                                                    "--enable-ssrf-protection", "--secure-proxy=false",
-                                                    "--endpoints-file", efile])
-            wait_port(front, 30, sc, f"sidecar {i}")
-            sidecars.append(sc)      # stopped with the run's other children
-            address = f"127.0.0.1:{front}"
+        role = roles[i % len(roles)]
+        address = f"127.0.0.1:{fronts[i] if i in fronts else base + i}"
         lines += [f"- name: {name}-{role}-{i}", f'  address: "{address}"',
                   f"  labels: {{app: sim, llm-d.ai/role: {role}}}"]
     with open(efile + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(efile + ".tmp", efile)
+    sidecars = []
+    for i, front in fronts.items():
+        sc = kids.start(f"{name}-sidecar-{i}", [sidecar, "--bind-address", "127.0.0.1", "--port", str(front),
+                                                "--vllm-port", str(base + i), "--kv-connector", "nixlv2",
+                                                "--enable-ssrf-protection", "--secure-proxy=false",
+                                                "--endpoints-file", efile])
+        wait_port(front, 30, sc, f"sidecar {i}")
+        sidecars.append(sc)      # stopped with the run's other children
     h = handle_cls(spec, p, [f"127.0.0.1:{base + i}" for i in range(spec.count)], efile, kv_port)
     h.sidecars = sidecars
     return h
