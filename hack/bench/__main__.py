@@ -4,6 +4,7 @@
     hack/bench.sh run hack/bench/scenarios/precise-kv.yaml --routers epp-approx,epp-precise
     hack/bench.sh run hack/bench/scenarios/shared-prefix.yaml --quick    # < 3 minutes: the smoke test
     hack/bench.sh overhead [--quick]                                     # added latency, instant backends
+    hack/bench.sh plot out/bench/<run>/results.json                      # redraw plots, rewrite report.md
     hack/bench.sh list                                                   # scenarios and routers
 
 (`hack/bench.sh` is `.venv/bin/python -m hack.bench`.) Writes out/bench/<scenario>-<time>/results.json,
@@ -47,6 +48,8 @@ def main(argv=None) -> int:
     o.add_argument("--size", type=int, default=16, help="prompt KB")
     o.add_argument("--no-install", dest="install", action="store_false")
     o.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "overhead.json"))
+    pl = sub.add_parser("plot", help="(re)draw a run's plots and rewrite its report.md")
+    pl.add_argument("results", help="out/bench/<run>/results.json")
     sub.add_parser("list", help="scenarios and routers")
     a = ap.parse_args(argv)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -58,6 +61,10 @@ def main(argv=None) -> int:
             s = scenario.load(path)
             print(f"{os.path.relpath(path, ROOT)}: {s.description.strip().splitlines()[0] if s.description else ''}")
         print("routers: " + ", ".join(routers.KNOWN) + ", epp:PATH")
+        return 0
+    if a.cmd == "plot":
+        from . import harness
+        print(harness.replot(a.results))
         return 0
     if a.cmd == "overhead":
         from . import overhead

@@ -176,13 +176,25 @@ def run(s: Scenario, opts) -> tuple[dict, str]:
     finally:
         kids.stop_all()
     res["finished"] = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = os.path.join(outdir, "results.json")
-    with open(path, "w") as fh:
-        json.dump(res, fh, indent=1, default=str)
-    make_plots(path, res, opts.plots)
-    with open(path, "w") as fh:
-        json.dump(res, fh, indent=1, default=str)
-    md = report.markdown(res)
-    with open(os.path.join(outdir, "report.md"), "w") as fh:
-        fh.write(md + "\n")
+    write(os.path.join(outdir, "results.json"), res, opts.plots)
     return res, outdir
+
+
+def write(path: str, res: dict, plots: str) -> None:
+    """results.json, the plots beside it, then report.md (which names the plots)."""
+    with open(path, "w") as fh:
+        json.dump(res, fh, indent=1, default=str)
+    res.pop("plots", None)
+    res.pop("plots_note", None)
+    make_plots(path, res, plots)
+    with open(path, "w") as fh:
+        json.dump(res, fh, indent=1, default=str)
+    with open(os.path.join(os.path.dirname(path), "report.md"), "w") as fh:
+        fh.write(report.markdown(res) + "\n")
+
+
+def replot(path: str) -> str:
+    with open(path) as fh:
+        res = json.load(fh)
+    write(path, res, "install")
+    return report.markdown(res)
