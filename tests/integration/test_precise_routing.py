@@ -66,15 +66,18 @@ def workload() -> list[bytes]:
 
 def settle(epp, pool) -> None:
     """Waits until every pod's KV events reach epp. A pod's publisher connects to epp's port on its own
-    schedule and drops what it publishes before (as vLLM's does); measuring before then would count
-    those misses. So each pod gets a small request of its own, again, until epp has heard from all.
+    schedule and what it publishes before may be lost; measuring before then would count those misses.
+    So each pod gets a small new request of its own, round after round, until epp has heard from all.
     Event-driven: a slow machine waits longer instead of failing."""
     deadline = time.monotonic() + 60
+    attempt = 0
     while time.monotonic() < deadline:
         if (epp.sample("epp_kv_event_publishers") or 0) >= PODS:
             return
+        attempt += 1
         for i, a in enumerate(pool.addresses):
-            body = json.dumps({"model": "m", "prompt": f"warm-up {i} " * 20, "max_tokens": 1}).encode()
+            # a new prompt each round: a cached one stores no block, so it would publish nothing
+            body = json.dumps({"model": "m", "prompt": f"warm-up {i} round {attempt} " * 20, "max_tokens": 1}).encode()
             assert post(int(a.rsplit(":", 1)[1]), "/v1/completions", body)[0] == 200
         time.sleep(0.2)
     kv = [line for line in epp.metrics().splitlines() if line.startswith("epp_kv_event") and not line.endswith(" 0.0")]
