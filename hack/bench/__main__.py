@@ -40,6 +40,9 @@ def main(argv=None) -> int:
                    help="install: matplotlib into out/bench-venvs when missing (default); auto: only if present "
                         "(default with --quick); never")
     r.add_argument("--envoy-concurrency", type=int, default=2)
+    r.add_argument("--client", choices=("bench", "inference-perf"), default="bench",
+                   help="the load generator: ours, or kubernetes-sigs' inference-perf (Python >= 3.12, installed "
+                        "into out/bench-venvs/inference-perf)")
     o = sub.add_parser("overhead", help="added latency and sustained rate: Envoy, Envoy+epp, peers (instant backends)")
     o.add_argument("--quick", action="store_true")
     o.add_argument("--peers", default="sglang-rr,sglang-cache-aware,vllm-router-rr,vllm-router-cache-aware",

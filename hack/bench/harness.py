@@ -58,6 +58,27 @@ async def settle_kv_events(http: aiohttp.ClientSession, running: routers.Running
     raise RuntimeError("KV events did not reach epp from every pod")
 
 
+async def _inference_perf(s: Scenario, name: str, running, pool, groups: dict, http, opts) -> tuple[list, float]:
+    """All stages by inference-perf in one process: CPU and the hit rate are for the whole run."""
+    from . import inferenceperf
+    mon = Monitor(groups)
+    before = await poolmod.scrape(http, pool.addresses)
+    snap0 = mon.snapshot()
+    sampler = asyncio.create_task(mon.run())
+    timeout = (s.load.duration_s + s.load.drain_timeout_s) / s.pool.time_scale * len(stages(s)) + 300
+    try:
+        summaries = await asyncio.to_thread(inferenceperf.run, s, running.url,
+                                            os.path.join(opts.outdir, "inference-perf", name), opts.install, timeout)
+    finally:
+        sampler.cancel()
+    cpu = mon.summary(snap0, mon.snapshot())
+    after = await poolmod.scrape(http, pool.addresses)
+    q = sum(a["queries"] - b["queries"] for a, b in zip(after, before))
+    for st in summaries:
+        st["cpu"] = cpu
+    return summaries, (round(sum(a["hits"] - b["hits"] for a, b in zip(after, before)) / q, 4) if q else float("nan"))
+
+
 async def run_router(s: Scenario, name: str, kids: Children, opts) -> dict:
     ts = s.pool.time_scale
     ld = s.load
@@ -81,7 +102,9 @@ async def run_router(s: Scenario, name: str, kids: Children, opts) -> dict:
                 await loadgen.run_stage(http, url, wl, ld.mode, level, 1e9, ld.warmup_requests, ld.drain_timeout_s / ts,
                                         s.workload.seed + 999, f"{name} warm-up")
             groups = {"sims": pool.sim_pids(), **{k: [v] for k, v in running.pids.items()}}
-            for i, level in enumerate(stages(s)):
+            if opts.client == "inference-perf":
+                out["stages"], out["info"]["run_hit_rate"] = await _inference_perf(s, name, running, pool, groups, http, opts)
+            for i, level in enumerate(stages(s) if opts.client == "bench" else []):
                 mon = Monitor(groups)
                 before = await poolmod.scrape(http, pool.addresses)
                 snap0 = mon.snapshot()
@@ -153,6 +176,7 @@ def machine() -> dict:
 def run(s: Scenario, opts) -> tuple[dict, str]:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = opts.out or os.path.join(ROOT, "out", "bench", f"{s.name}-{stamp}")
+    opts.outdir = outdir
     os.makedirs(outdir, exist_ok=True)
     logdir = os.path.join(outdir, "logs")
     os.makedirs(logdir, exist_ok=True)
@@ -160,7 +184,7 @@ def run(s: Scenario, opts) -> tuple[dict, str]:
     names = opts.routers or s.routers
     for n in names:
         routers.check(n)
-    res = {"scenario": {**dataclasses.asdict(s), "quick": opts.quick}, "started": stamp, "machine": machine(),
+    res = {"scenario": {**dataclasses.asdict(s), "quick": opts.quick}, "client": opts.client, "started": stamp, "machine": machine(),
            "routers": {}}
     wall_stage = s.load.duration_s / s.pool.time_scale
     print(f"{s.name}: {len(names)} routers x {len(stages(s))} stages of ~{wall_stage:.0f} wall s "

@@ -125,6 +125,9 @@ def markdown(res: dict) -> str:
              f"workload: {describe_workload(w)}; load: {ld['mode']} {'rates' if ld['mode'] == 'poisson' else 'concurrency'} "
              f"{', '.join(f(float(x), 'g') for x in (ld['rates'] if ld['mode'] == 'poisson' else ld['concurrency']))}, "
              f"{ld['duration_s']:g} engine s per stage (stages in order, caches kept)",
+             f"load generator: {res.get('client', 'bench')}" + (" (kubernetes-sigs/inference-perf: its own prompts; "
+                                                                  "hit rate per run only, in the routers' info)"
+                                                                  if res.get("client") == "inference-perf" else ""),
              "", "All times and rates are engine time (wall x time scale). hit rate: the sims' prefix-cache hits / "
              "queries (tokens, GPU + CPU tier) during the stage. max/mean pod load: requests on the busiest pod over "
              "the mean. CPU: machine busy share during the stage.", ""]

@@ -151,8 +151,9 @@ def epp_sample(port: int, metric: str) -> float:
 
 # ------------------------------------------------------------------ peers
 
-def peer_python(package: str, install: bool = True) -> tuple[str, str]:
-    """(python of the peer's venv, installed version); installs into out/bench-venvs/<package> with pip."""
+def peer_python(package: str, install: bool = True, base: str = PY) -> tuple[str, str]:
+    """(python of the peer's venv, installed version); installs into out/bench-venvs/<package> with pip,
+    the venv made by `base` (another Python when the package needs one)."""
     venv = os.path.join(VENVS, package)
     py = os.path.join(venv, "bin", "python")
     log = os.path.join(VENVS, f"{package}.install.log")
@@ -173,7 +174,7 @@ def peer_python(package: str, install: bool = True) -> tuple[str, str]:
     print(f"  installing {package} into {os.path.relpath(venv, ROOT)} (pip, PyPI) ...", flush=True)
     with open(log, "w") as out:
         try:
-            subprocess.run([PY, "-m", "venv", "--clear", venv], stdout=out, stderr=subprocess.STDOUT, check=True, timeout=300)
+            subprocess.run([base, "-m", "venv", "--clear", venv], stdout=out, stderr=subprocess.STDOUT, check=True, timeout=300)
             subprocess.run([py, "-m", "pip", "install", "--disable-pip-version-check", package], stdout=out,
                            stderr=subprocess.STDOUT, check=True, timeout=900)
         except (OSError, subprocess.SubprocessError) as e:
