@@ -15,7 +15,6 @@ throughput below the offered rate. For epp's own profile of costs (decisions per
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import tempfile
