@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     for name, s in variants(a.scenario, a.quick, [v for v in a.variants.split(",") if v]):
         print(f"## variant {name}: roles {s.pool.roles}, {s.pool.count} pods, routers {s.routers}", flush=True)
         opts = argparse.Namespace(out=os.path.join(outdir, name.replace(":", "to")), routers=[], install=False,
-                                  plots="never", envoy_concurrency=2, quick=a.quick)
+                                  plots="never", envoy_concurrency=2, quick=a.quick, client="bench")
         res, _ = harness.run(s, opts)
         results[name] = res
     md = "\n".join(["# P/D benchmark", "", f"scenario {os.path.relpath(a.scenario, ROOT)}"
