@@ -54,15 +54,12 @@ def start(kids: Children, spec, name: str, timeout: float, handle_cls, sim_flags
     with open(efile + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(efile + ".tmp", efile)
-    sidecars = []
     for i, front in fronts.items():
         sc = kids.start(f"{name}-sidecar-{i}", [sidecar, "--bind-address", "127.0.0.1", "--port", str(front),
                                                 "--vllm-port", str(base + i), "--kv-connector", "nixlv2",
                                                 "--enable-ssrf-protection", "--secure-proxy=false",
                                                 "--endpoints-file", efile])
         wait_port(front, 30, sc, f"sidecar {i}")
-        sidecars.append(sc)      # stopped with the run's other children
-    h = handle_cls(spec, p, [f"127.0.0.1:{base + i}" for i in range(spec.count)], efile, kv_port)
-    h.sidecars = sidecars
-    return h
+    # the sidecars are children of the run: stopped with the others
+    return handle_cls(spec, p, [f"127.0.0.1:{base + i}" for i in range(spec.count)], efile, kv_port)
 
