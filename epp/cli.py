@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from .datalayer.file_source import EndpointsFileError
     from .scheduling.config import ConfigError
-    from .server.app import serve
+    from .runner import serve
     runner = asyncio.run
     if os.environ.get("EPP_EVENT_LOOP", "uvloop") == "uvloop":
         try:

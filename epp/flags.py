@@ -3,28 +3,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+from .durations import parse_duration
 
 
 def duration(text: str) -> float:
     """Go duration syntax ("50ms", "1m30s"); a bare number is seconds. Returns seconds."""
-    t = text.strip()
     try:
-        return float(t)
-    except ValueError:
-        pass
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(t):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT[m.group(2)]
-        pos = m.end()
-    if pos != len(t) or not t:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 50ms, 2s, 1m)")
-    return total
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def boolean(text: str) -> bool:

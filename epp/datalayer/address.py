@@ -24,6 +24,10 @@ def parse_address(text: str) -> tuple[str, int]:
     return str(ip), int(port_s)
 
 
+def host_port(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 address in brackets (as URLs and Envoy want it)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def canonical(text: str) -> str:
-    ip, port = parse_address(text)
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return host_port(*parse_address(text))

@@ -34,11 +34,12 @@ import msgpack
 import zmq
 import zmq.asyncio
 
+from ..kvcache.block_hash import U64
+from ..kvcache.block_hash import block_hash_key as _block_key
 from .address import canonical
 
 log = logging.getLogger("epp.datalayer.kv_events")
 
-_U64 = (1 << 64) - 1
 END_SEQ = -1
 
 
@@ -82,14 +83,13 @@ class EventBatch:
 
 # ---- decoding -------------------------------------------------------------------------------------------
 def block_hash_key(h: Any) -> int:
-    """vLLM's block hash as a uint64 key: ints wrap to uint64, bytes give their last 8 bytes big-endian."""
-    if type(h) is int:
-        return h & _U64
-    if type(h) is bytes or type(h) is bytearray:
-        if not h:
-            raise KVEventDecodeError("empty bytes block hash")
-        return int.from_bytes(h[-8:], "big")
-    raise KVEventDecodeError(f"block hash must be an int or bytes, got {type(h).__name__}")
+    """vLLM's block hash as a uint64 key (kvcache.block_hash); a malformed one is a decode error."""
+    if type(h) is int:          # the common case, without the call
+        return h & U64
+    try:
+        return _block_key(h)
+    except (TypeError, ValueError) as e:
+        raise KVEventDecodeError(str(e)) from None
 
 
 def _hashes(v: Any, what: str) -> list[int]:

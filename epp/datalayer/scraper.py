@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from .address import host_port
 from .endpoint import Endpoint, now
 from .http_get import GetConnection, HTTPError
 from .metrics_parse import SGLANG, VLLM, MetricNames, MetricsParseError, parse_metrics
@@ -40,8 +41,7 @@ class _Target:
         self.next_at = 0.0
         self.failing = False
         self.count = 0
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.request = f"GET {scraper.path} HTTP/1.1\r\nHost: {host}:{self.port}\r\nAccept: text/plain\r\n\r\n".encode()
+        self.request = f"GET {scraper.path} HTTP/1.1\r\nHost: {host_port(self.host, self.port)}\r\nAccept: text/plain\r\n\r\n".encode()
 
     def tick(self, t: float) -> None:
         if self.sent_at:

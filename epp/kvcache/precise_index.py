@@ -54,6 +54,8 @@ from typing import NamedTuple
 
 import xxhash
 
+from .block_hash import block_hash_key
+
 _xxh64 = xxhash.xxh64_intdigest
 GPU = "GPU"
 
@@ -71,23 +73,12 @@ else:  # pragma: no cover - exotic C ABIs
         return struct.pack(f"<{len(token_ids)}I", *token_ids)
 
 
-def _engine_key(h) -> int:
-    """vLLM block hashes are uint64 ints, or bytes (sha256-based): then the last 8 bytes, big-endian."""
-    if type(h) is int:
-        return h
-    if isinstance(h, (bytes, bytearray, memoryview)):
-        return int.from_bytes(bytes(h)[-8:], "big")
-    if isinstance(h, int):          # bool, IntEnum, numpy-free int subclasses
-        return int(h)
-    raise TypeError(f"block hash of type {type(h).__name__}")
-
-
 def _engine_keys(hashes: Sequence, root: int) -> list[int]:
     """Engine keys as ints, XOR the (model, LoRA) root."""
     try:
         return [h ^ root for h in hashes]
     except TypeError:
-        return [_engine_key(h) ^ root for h in hashes]
+        return [block_hash_key(h) ^ root for h in hashes]
 
 
 class MatchResult(NamedTuple):
@@ -238,7 +229,7 @@ class PreciseIndex:
             if parent_engine_hash is None:
                 parent = root
             else:
-                pe = _engine_key(parent_engine_hash) ^ root
+                pe = block_hash_key(parent_engine_hash) ^ root
                 parent = self._emap.get(pe)
                 if parent is None:
                     parent = self._ghost.get(pe)

@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Awaitable, Sequence
 
 import orjson
@@ -14,43 +13,24 @@ import orjson
 from ..datalayer.address import canonical
 from ..datalayer.endpoint import Endpoint, now
 from ..datalayer.store import EndpointStore
+from ..headers import OBJECTIVE, REQUEST_ID, REWRITE
 from ..metrics import EPPMetrics
-from ..scheduling.plugins.approx_prefix_cache_producer import STATE_HIT_RATIO
-from ..scheduling.plugins.utilization_detector import UtilizationDetector
+from ..scheduling.config import default_saturation_detector
+from ..scheduling.framework import SaturationDetector
 from ..scheduling.scheduler import Scheduler
-from ..scheduling.types import LLMRequest, SchedulingResult
+from ..scheduling.types import HIT_RATIO, LLMRequest, SchedulingResult
 from .errors import EPPError, bad_request
+from .interface import Decision, Subset
 from .parse import api_for_path, parse_body
-from .rewrite import REWRITE_HEADER, ModelNameMapper, Rewrites
-from .usage import Usage
+from .rewrite import Rewrites
+from .usage import UsageReader
 
 log = logging.getLogger(__name__)
 
-OBJECTIVE_HEADER = "x-gateway-inference-objective"
-REQUEST_ID_HEADER = "x-request-id"
+_BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
-@dataclass(slots=True)
-class Decision:
-    request: LLMRequest
-    targets: list[Endpoint]
-    destination: str                         # "ip:port" or an ordered comma list (fallbacks)
-    body: bytes | None = None                # a replacement body; None: forward the original bytes
-    explanation: bytes | None = None         # JSON for the x-epp-decision header, when enabled
-    result: SchedulingResult | None = None
-    headers: list[tuple[str, str]] | None = None   # plugins' request headers (e.g. the P/D prefill host)
-    tokens: int = 0                          # estimated prompt tokens, counted in flight on the target
-    served_model: str | None = None          # the rewritten model name the server will answer with
-    prefill: Endpoint | None = None          # P/D: the prefill pod, counted in flight until the answer starts
-
-    def response_mapper(self) -> ModelNameMapper | None:
-        if self.served_model is None:
-            return None
-        return ModelNameMapper(self.served_model, self.request.model)
-    started: float = field(default_factory=time.perf_counter)
-
-
-def parse_subset(value) -> list[str] | None:
+def parse_subset(value: Subset) -> list[str] | None:
     """The proxy's subset hint: a list of strings or one comma-separated string; None when absent."""
     if value is None:
         return None
@@ -73,9 +53,11 @@ def _subset_filter(endpoints: Sequence[Endpoint], subset: list[str]) -> list[End
 
 
 class Director:
+    """Request control: implements the transports' seam (interface.RequestControl)."""
+
     def __init__(self, store: EndpointStore, scheduler: Scheduler, metrics: EPPMetrics | None = None,
                  staleness: float = 2.0, objectives: dict[str, int] | None = None, explain: bool = False,
-                 saturation=None, rewrites: Rewrites | None = None) -> None:
+                 saturation: SaturationDetector | None = None, rewrites: Rewrites | None = None) -> None:
         self.store = store
         self.scheduler = scheduler
         self.metrics = metrics
@@ -85,30 +67,38 @@ class Director:
         self.rewrites = rewrites or Rewrites()
         self.explain = explain
         # sheds sheddable requests; upstream's utilization detector with our staleness unless configured
-        self.saturation = saturation or UtilizationDetector(metricsStalenessThreshold=staleness)
+        self.saturation = saturation or default_saturation_detector(staleness)
         self._ids = itertools.count(1)
         self._warned_stale = False
         self._by_model: dict[tuple[str, str], _Series] = {}
-        self._prepared_for, self._prepare = None, []
         store.on_change(lambda added, removed: scheduler.endpoints_removed([e.address for e in removed]))
 
     # ---------------------------------------------------------------- request path
 
+    def body_required(self, method: str, path: str) -> bool:
+        return method in _BODY_METHODS and bool(api_for_path(path))
+
     def decide(self, headers: dict[str, str], path: str, raw_body: bytes | None,
-               subset: list[str] | None, wait: bool = False) -> "Decision | Awaitable[Decision]":
-        """Raises EPPError for anything the client should be told (and counts it). With `wait`, a
-        request whose plugins need I/O first (e.g. tokenizing through the model server) gets an
-        awaitable of its Decision instead; every other request is decided at once."""
+               subset: Subset) -> Decision | Awaitable[Decision]:
+        """Raises EPPError for anything the client should be told (and counts it). A request whose
+        plugins need I/O first (e.g. tokenizing through the model server) gets an awaitable of its
+        Decision; every other request is decided at once."""
         try:
             request, new_body = self._request(headers, path, raw_body)
         except EPPError as e:
             self._count_error(e)
             raise
-        if wait and request.body is not None:
-            waits = [w for p in self._preparers() if (w := p.prepare(request)) is not None]
+        hint = parse_subset(subset)
+        if request.body is not None:
+            waits = self.scheduler.prepare(request)
             if waits:
-                return self._decide_later(waits, request, new_body, subset)
-        return self._counted_schedule(request, new_body, subset)
+                return self._decide_later(waits, request, new_body, hint)
+        return self._counted_schedule(request, new_body, hint)
+
+    def validate_body(self, path: str, body: bytes) -> None:
+        api = api_for_path(path)
+        if api:
+            parse_body(api, body)
 
     async def _decide_later(self, waits: list, request: LLMRequest, new_body: bytes | None,
                             subset: list[str] | None) -> Decision:
@@ -126,13 +116,6 @@ class Director:
         if self.metrics:
             self._series(decision.request).request_total.inc()
         return decision
-
-    def _preparers(self) -> list:
-        s = self.scheduler
-        if s is not self._prepared_for:
-            self._prepared_for = s
-            self._prepare = [p for p in s.plugins if getattr(p, "async_prepare", False)]
-        return self._prepare
 
     def _count_error(self, e: EPPError) -> None:
         if self.metrics:
@@ -157,13 +140,13 @@ class Director:
         target = model
         new_body = None
         if body is not None and model:
-            rewritten = headers.get(REWRITE_HEADER) or self.rewrites.target(model)
+            rewritten = headers.get(REWRITE) or self.rewrites.target(model)
             if rewritten and rewritten != model:
                 target = rewritten
                 body["model"] = rewritten
                 new_body = orjson.dumps(body)
         request = LLMRequest(
-            request_id=headers.get(REQUEST_ID_HEADER) or f"epp-{next(self._ids)}",
+            request_id=headers.get(REQUEST_ID) or f"epp-{next(self._ids)}",
             model=model, target_model=target, api=api, prompt=prompt, headers=headers, body=body,
             priority=self._priority(headers), cache_salt=salt, stream=stream)
         return request, new_body
@@ -195,7 +178,7 @@ class Director:
         if prefill is not None:
             prefill.in_flight += 1
             prefill.in_flight_tokens += tokens
-        hit_ratio = state.get(STATE_HIT_RATIO)
+        hit_ratio = state.get(HIT_RATIO)
         if hit_ratio is not None and self.metrics:
             self.metrics.prefix_hit_ratio.observe(hit_ratio)
         decision = Decision(request=request, targets=targets, destination=",".join(ep.address for ep in targets),
@@ -217,7 +200,7 @@ class Director:
         self.objectives = merged
 
     def _priority(self, headers: dict[str, str]) -> int:
-        name = headers.get(OBJECTIVE_HEADER)
+        name = headers.get(OBJECTIVE)
         return self.objectives.get(name, 0) if name else 0
 
     def _candidates(self, subset: list[str] | None) -> list[Endpoint]:
@@ -263,15 +246,22 @@ class Director:
             ep.in_flight -= 1
             ep.in_flight_tokens -= decision.tokens
 
-    def response_headers(self, decision: Decision, status: int | None) -> list[tuple[str, str]] | None:
-        """Headers the plugins add to the response (e.g. a session token)."""
+    def response_started(self, decision: Decision, status: int | None, sse: bool) -> list[tuple[str, str]] | None:
+        """Headers the plugins add to the response (e.g. a session token); usage is read from here on."""
         self.prefill_done(decision)
+        decision.usage = UsageReader(sse)
         if decision.result is None:
             return None
         return self.scheduler.response_headers(decision.request, decision.result, status)
 
-    def done(self, decision: Decision, status: int | None, usage: Usage | None, error: EPPError | None = None) -> None:
+    def served(self, endpoint: str) -> None:
+        if self.metrics:
+            self.metrics.served_total.labels(endpoint).inc()
+
+    def done(self, decision: Decision, status: int | None) -> None:
         """Once per decided request, when its stream ends (answered, failed or cancelled)."""
+        usage = decision.usage.finish() if decision.usage is not None else None
+        decision.usage = None
         for ep in decision.targets[:1]:
             ep.in_flight -= 1
             ep.in_flight_tokens -= decision.tokens

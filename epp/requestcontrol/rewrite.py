@@ -12,7 +12,6 @@ import random
 
 import orjson
 
-REWRITE_HEADER = "x-gateway-model-name-rewrite"
 
 
 class Rewrites:

@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from .framework import REGISTRY, Filter, Picker, Plugin, ProfileHandler, Scorer
+from .framework import (REGISTRY, BindsPlugins, Filter, Picker, Plugin, PrefixMatchConsumer, ProfileHandler,
+                        SaturationDetector, Scorer)
 from .plugins import load_all
 from .profile import Profile, WeightedScorer
 
@@ -59,7 +60,7 @@ class SchedulingConfig:
     plugins: dict[str, Plugin]
     profiles: list[Profile]
     handler: ProfileHandler
-    saturation: Plugin | None = None
+    saturation: SaturationDetector | None = None
     feature_gates: dict[str, bool] = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -180,10 +181,9 @@ def load(text: str, source: str = "config", max_num_of_endpoints: int = 1) -> Sc
     _create_missing_producers(plugins)
     # plugins that name other plugins (producers, deciders) resolve them now
     for name, plugin in list(plugins.items()):
-        bind = getattr(plugin, "bind", None)
-        if bind is not None:
+        if isinstance(plugin, BindsPlugins):
             try:
-                bind(plugins)
+                plugin.bind(plugins)
             except ValueError as e:
                 raise ConfigError(f"{source}: plugin {name!r}: {e}") from None
 
@@ -263,17 +263,18 @@ def _create_missing_producers(plugins: dict[str, Plugin]) -> None:
     """As upstream's runner: a plugin that consumes approximate prefix matches without naming a
     producer gets the default one (unless an older-style prefix scorer already carries its own)."""
     from .plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
-    wants = [p for p in plugins.values() if getattr(p, "wants_approx_producer", False)]
-    if not wants or any(isinstance(p, ApproxPrefixCacheProducer) for p in plugins.values()):
+    consumers = [p for p in plugins.values() if isinstance(p, PrefixMatchConsumer)]
+    if not any(c.wants_default_producer() for c in consumers):
         return
-    if any(isinstance(s, ApproxPrefixCacheProducer) for p in plugins.values()
-           for s in getattr(p, "sub_plugins", lambda: [])() if getattr(p, "own_producer", False)):
+    if any(isinstance(p, ApproxPrefixCacheProducer) for p in plugins.values()):
+        return
+    if any(isinstance(c.carried_producer(), ApproxPrefixCacheProducer) for c in consumers):
         return
     producer = ApproxPrefixCacheProducer()
     plugins[producer.name] = producer
 
 
-def _saturation(doc: dict, plugins: dict[str, Plugin], source: str) -> Plugin | None:
+def _saturation(doc: dict, plugins: dict[str, Plugin], source: str) -> SaturationDetector | None:
     """flowControl.saturationDetector.pluginRef (current) or the older top-level saturationDetector
     with its thresholds inline; the current field wins when both are set."""
     dl = doc.get("dataLayer")
@@ -299,9 +300,17 @@ def _saturation(doc: dict, plugins: dict[str, Plugin], source: str) -> Plugin | 
     plugin = plugins.get(ref)
     if plugin is None:
         raise ConfigError(f"{source}: saturation detector pluginRef {ref!r} references an undefined plugin")
-    if not hasattr(plugin, "saturation"):
+    if not isinstance(plugin, SaturationDetector):
         raise ConfigError(f"{source}: saturation detector {ref!r} ({plugin.type_name}) is not a saturation detector")
     return plugin
+
+
+def default_saturation_detector(staleness: float) -> SaturationDetector:
+    """Upstream's utilization-detector with its default thresholds and this EPP's staleness threshold,
+    for a config that names no detector."""
+    load_all()
+    return instantiate("utilization-detector", "utilization-detector", {"metricsStalenessThreshold": staleness},
+                       "default saturation detector")
 
 
 DEFAULT_CONFIG = f"""\

@@ -1,27 +1,44 @@
-"""Plugin interfaces. Plugins do no I/O: they read endpoint snapshots and the cycle state.
+"""The plugin contract: every hook a plugin may implement, declared here and discovered by the
+framework (the config loader and the scheduler), never by callers probing for attributes.
 
-Scorers return one score per candidate, aligned with the candidate list, each in [0, 1]; the
-profile clamps, weights and sums them. Type names are the upstream (GIE / llm-d) ones; a plugin
-takes its upstream parameters as keyword arguments, so a config file's `parameters` map straight on.
+A plugin is a subclass of `Plugin` and of one or more of the hook classes below; the framework finds
+its hooks with isinstance. Type names are upstream's (GIE / llm-d router); a plugin takes its upstream
+parameters as keyword arguments of __init__, so a config file's `parameters` map straight on.
+
+Scheduling hooks (Filter, Scorer, Picker, ProfileHandler) and the request-path hooks (PreRequest,
+ResponseHeaders, ResponseComplete) run on the event loop for every request and do no I/O: they read
+endpoint snapshots and the cycle state. A plugin that needs I/O before scheduling (tokenizing through
+the model server) says so with PrepareRequest; one that needs a long-running task (consuming KV
+events) with BackgroundTask. Scorers return one score per candidate, aligned with the candidate list,
+each in [0, 1]; the profile clamps, weights and sums them.
+
+Lifecycle of a configured plugin: __init__(parameters) -> bind(all plugins) -> [profile handler]
+validate(profiles) -> the scheduler collects its hooks (sub-plugins included) -> run_background
+started by the composition root -> per request: prepare, filter/score/pick, pre_request, then
+response_headers and response_complete.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, ClassVar, Mapping, Sequence
 
 from ..datalayer.endpoint import Endpoint
-from .types import CycleState, LLMRequest, ProfileResult, SchedulingResult
+from ..durations import parse_duration
+from .types import CycleState, LLMRequest, MatchInfo, ProfileResult, SchedulingResult
 
 if TYPE_CHECKING:
+    from ..datalayer.store import EndpointStore
     from .profile import Profile
 
 
 class Plugin:
     type_name: ClassVar[str] = ""
-    aliases: ClassVar[tuple[str, ...]] = ()
+    aliases: ClassVar[tuple[str, ...]] = ()   # older upstream type names that still load (with a warning)
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name or self.type_name
 
+
+# ---------------------------------------------------------------- scheduling extension points
 
 class Filter(Plugin):
     def filter(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
@@ -58,6 +75,22 @@ class ProfileHandler(Plugin):
         """Raise ValueError when the configured profiles cannot work with this handler."""
 
 
+# ---------------------------------------------------------------- request-path hooks
+
+class PrepareRequest:
+    """I/O a request needs before it can be scheduled (e.g. tokenizing through the model server).
+    Only plugins whose `prepares` is true are asked; prepare() sets what it learns on the request
+    and returns None when nothing is left to wait for, else an awaitable that finishes the job.
+    The awaitable must not raise for an ordinary failure: the plugin falls back (and counts it)."""
+
+    @property
+    def prepares(self) -> bool:
+        return True
+
+    def prepare(self, request: LLMRequest) -> Awaitable[None] | None:
+        raise NotImplementedError
+
+
 class PreRequest:
     """Called once the request's targets are chosen, before it is sent (e.g. to record prefixes).
     Returns headers to set on the request to the model server, or None."""
@@ -84,10 +117,75 @@ class ResponseComplete:
         raise NotImplementedError
 
 
+# ---------------------------------------------------------------- configuration and life-cycle hooks
+
+class BindsPlugins:
+    """Names other configured plugins (a producer, a decider, a tokenizer): resolved once every plugin
+    of the config exists. Raise ValueError (it names the problem) when a reference cannot be met."""
+
+    def bind(self, plugins: Mapping[str, Plugin]) -> None:
+        raise NotImplementedError
+
+
+class HasSubPlugins:
+    """Owns plugins that are not in the config file (a producer of its own, a fallback): the scheduler
+    collects their hooks as if they were configured."""
+
+    def sub_plugins(self) -> list[Plugin]:
+        raise NotImplementedError
+
+
 class EndpointLifecycle:
     """Told when endpoints leave the pool, so per-endpoint state can be dropped."""
 
     def endpoints_removed(self, addresses: list[str]) -> None:
+        raise NotImplementedError
+
+
+class BackgroundTask:
+    """Work that runs for the life of the process beside the servers (e.g. consuming KV events).
+    The composition root starts run_background once and cancels it at shutdown."""
+
+    async def run_background(self, store: "EndpointStore") -> None:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- capabilities other plugins consume
+
+class PrefixMatchProducer:
+    """Says how much of this request's prompt prefix each endpoint holds (approximate or precise);
+    scorers, filters and P/D deciders read it. Computed once per request (kept in the cycle state)."""
+
+    def match_info(self, state: CycleState, request: LLMRequest) -> MatchInfo:
+        raise NotImplementedError
+
+
+class PrefixMatchConsumer:
+    """Reads a prefix-match producer. When no consumer names one and none is configured, the loader
+    adds upstream's default approximate producer (as upstream's runner does)."""
+
+    def wants_default_producer(self) -> bool:
+        """True when this consumer names no producer and carries none of its own."""
+        return False
+
+    def carried_producer(self) -> "PrefixMatchProducer | None":
+        """A producer this consumer carries itself (an older config put the hashing parameters on
+        it); other consumers that name none share it."""
+        return None
+
+
+class IndexSize:
+    """A prefix index whose size is exported (inference_extension_prefix_indexer_size)."""
+
+    def index_size(self) -> int:
+        raise NotImplementedError
+
+
+class SaturationDetector:
+    """How saturated a set of endpoints is: >= 1.0 means saturated (sheddable requests are dropped,
+    flow control queues)."""
+
+    def saturation(self, endpoints: Sequence[Endpoint]) -> float:
         raise NotImplementedError
 
 
@@ -144,8 +242,7 @@ def need_duration(plugin: str, key: str, v: Any) -> float:
     """A duration parameter: seconds as a number, or Go syntax ("200ms", "2s"). Returns seconds."""
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return float(v)
-    from ..flags import duration
     try:
-        return duration(str(v))
+        return parse_duration(str(v))
     except Exception:
         raise params_error(plugin, f"parameter {key} must be a duration like 200ms, got {v!r}") from None

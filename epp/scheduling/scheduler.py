@@ -5,12 +5,13 @@ response hooks."""
 from __future__ import annotations
 
 from time import perf_counter
-from typing import Iterable, Sequence
+from typing import Awaitable, Iterable, Sequence
 
 from ..datalayer.endpoint import Endpoint
+from ..datalayer.store import EndpointStore
 from ..metrics import EPPMetrics
-from .framework import (EndpointLifecycle, Plugin, PreRequest, ProfileHandler, ResponseComplete,
-                        ResponseHeaders)
+from .framework import (BackgroundTask, EndpointLifecycle, HasSubPlugins, IndexSize, Plugin, PrepareRequest,
+                        PreRequest, ProfileHandler, ResponseComplete, ResponseHeaders)
 from .plugins.single_profile_handler import SingleProfileHandler
 from .profile import Profile
 from .types import DEFER, CycleState, LLMRequest, SchedulingResult
@@ -27,20 +28,12 @@ class Scheduler:
         self.handler = handler or SingleProfileHandler()
         self.handler.validate(self.profiles)
         self.metrics = metrics
-        plugins: dict[int, object] = {id(self.handler): self.handler}
-        for prof in profiles:
-            for p in prof.plugins():
-                plugins[id(p)] = p
-        for p in extra_plugins:
-            plugins[id(p)] = p
-        for p in list(plugins.values()):
-            for sub in getattr(p, "sub_plugins", lambda: [])():
-                plugins[id(sub)] = sub
-        self.plugins = list(plugins.values())
+        self.plugins = _all_plugins([self.handler, *(p for prof in profiles for p in prof.plugins()), *extra_plugins])
         self._pre_request = [p for p in self.plugins if isinstance(p, PreRequest)]
         self._response_headers = [p for p in self.plugins if isinstance(p, ResponseHeaders)]
         self._response_complete = [p for p in self.plugins if isinstance(p, ResponseComplete)]
         self._lifecycle = [p for p in self.plugins if isinstance(p, EndpointLifecycle)]
+        self._preparers = [p for p in self.plugins if isinstance(p, PrepareRequest) and p.prepares]
         self._observe = self._observe_plugin if metrics else None
         self._hist_children: dict[tuple, object] = {}
 
@@ -53,6 +46,21 @@ class Scheduler:
 
     def plugins_of(self, cls) -> list:
         return [p for p in self.plugins if isinstance(p, cls)]
+
+    def prepare(self, request: LLMRequest) -> list[Awaitable[None]]:
+        """What the request must wait for before it is scheduled (PrepareRequest hooks); usually nothing."""
+        if not self._preparers:
+            return []
+        return [w for p in self._preparers if (w := p.prepare(request)) is not None]
+
+    def background_jobs(self, store: EndpointStore) -> list[tuple[str, Awaitable[None]]]:
+        """(name, coroutine) of every plugin's background work, for the composition root to run."""
+        return [(f"plugin {p.name}", p.run_background(store)) for p in self.plugins if isinstance(p, BackgroundTask)]
+
+    def index_size(self) -> int | None:
+        """Entries in the prefix indexes the plugins keep; None when none keeps one."""
+        sized = [p for p in self.plugins if isinstance(p, IndexSize)]
+        return sum(p.index_size() for p in sized) if sized else None
 
     def schedule(self, request: LLMRequest, candidates: Sequence[Endpoint], explain: bool = False,
                  defer=None) -> tuple[SchedulingResult, CycleState]:
@@ -110,3 +118,17 @@ def default_scheduler(metrics: EPPMetrics | None = None, max_endpoints: int = 1)
     """Upstream's default: queue 2, KV-cache utilization 2, approximate prefix 3, max-score picker."""
     from .config import DEFAULT_CONFIG, load
     return from_config(load(DEFAULT_CONFIG, "default config", max_endpoints), metrics)
+
+
+def _all_plugins(roots: Iterable[Plugin]) -> list[Plugin]:
+    """Every plugin once, sub-plugins (at any depth) included, in discovery order."""
+    seen: dict[int, Plugin] = {}
+    todo = list(roots)
+    while todo:
+        p = todo.pop(0)
+        if p is None or id(p) in seen:
+            continue
+        seen[id(p)] = p
+        if isinstance(p, HasSubPlugins):
+            todo.extend(p.sub_plugins())
+    return list(seen.values())

@@ -23,6 +23,7 @@ class LLMRequest:
 
 
 DEFER = "defer"  # cycle-state key: a call_soon-like function for work the answer need not wait for
+HIT_RATIO = "prefix/hit-ratio"  # cycle-state key: the prefix hit ratio of the primary pick, for its metric
 
 
 class CycleState(dict):
@@ -63,3 +64,25 @@ class SchedulingResult:
         if pre is not None:
             out.append(pre)
         return out
+
+
+class MatchInfo:
+    """What a prefix-match producer found for one request."""
+
+    __slots__ = ("keys", "matched", "block_tokens", "blocks")
+
+    def __init__(self, keys: list[int], matched: dict[str, float], block_tokens: int,
+                 blocks: dict[str, int] | None = None) -> None:
+        self.keys = keys              # this request's block keys
+        self.matched = matched        # endpoint address -> blocks held from block 0 (tier-weighted if precise)
+        self.block_tokens = block_tokens
+        self.blocks = blocks          # precise only: unweighted blocks held (None: approximate)
+
+    def cached_tokens(self, address: str) -> int:
+        """Tokens of the prompt the endpoint holds: whole blocks, whatever their tier."""
+        held = self.blocks if self.blocks is not None else self.matched
+        return int(held.get(address, 0)) * self.block_tokens
+
+    @property
+    def total(self) -> int:
+        return len(self.keys)

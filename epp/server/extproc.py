@@ -7,26 +7,26 @@ import grpc
 
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
 
-from ..requestcontrol.director import Director
+from ..requestcontrol.interface import RequestControl
 from .stream import RequestStream
 
 log = logging.getLogger(__name__)
 
 
 class ExternalProcessor(pbg.ExternalProcessorServicer):
-    def __init__(self, director: Director, max_body: int) -> None:
-        self.director = director
+    def __init__(self, control: RequestControl, max_body: int) -> None:
+        self.control = control
         self.max_body = max_body
         self.active = 0
 
     async def Process(self, request_iterator, context):
-        stream = RequestStream(self.director, self.max_body)
+        stream = RequestStream(self.control, self.max_body)
         self.active += 1
         try:
             read, write = context.read, context.write
             while (msg := await read()) is not grpc.aio.EOF:
                 out = stream.on_message(msg)
-                if out.__class__ is not list:
+                if not isinstance(out, list):
                     out = await out      # the decision is being prepared; nothing else is read meanwhile
                 for resp in out:
                     await write(resp)

@@ -12,7 +12,7 @@ class PoolCollector:
         self.store = store
         self.pool = pool
         self.staleness = staleness
-        self.prefix_sizes = prefix_sizes  # callable -> total entries of prefix indexes
+        self.prefix_sizes = prefix_sizes  # callable -> total entries of prefix indexes, None when none
 
     def collect(self):
         eps = [ep for ep in self.store.snapshot() if ep.ready]
@@ -32,7 +32,8 @@ class PoolCollector:
         for ep in fresh:
             per_pod.add_metric([self.pool, ep.name], ep.metrics.waiting)
         yield from (ready, kv, queue, per_pod)
-        if self.prefix_sizes is not None:
+        n = self.prefix_sizes() if self.prefix_sizes is not None else None
+        if n is not None:
             size = GaugeMetricFamily("inference_extension_prefix_indexer_size", "Size of the prefix indexer.")
-            size.add_metric([], self.prefix_sizes())
+            size.add_metric([], n)
             yield size

@@ -1,4 +1,4 @@
-"""Envoy ext_proc message builders, and the header names of the Endpoint Picker Protocol."""
+"""Envoy ext_proc message builders."""
 from __future__ import annotations
 
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
@@ -7,15 +7,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 
-DEST = "x-gateway-destination-endpoint"
-DEST_SERVED = "x-gateway-destination-endpoint-served"
-PREFILLER = "x-prefiller-host-port"
-SUBSET_NS = "envoy.lb.subset_hint"
-SUBSET_KEY = "x-gateway-destination-endpoint-subset"
-LB_NS = "envoy.lb"
-DECISION_HEADER = "x-epp-decision"
-# A client must never steer traffic: these are removed from every request (and set only by us).
-ROUTING_HEADERS = (DEST, PREFILLER, SUBSET_KEY, DEST_SERVED)
+from ..headers import DEST, LB_NS
 
 MAX_CHUNK = 62_000  # bytes per re-emitted body chunk, as GIE: well under any gRPC message limit
 

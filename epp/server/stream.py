@@ -12,34 +12,37 @@ Request body modes:
   seen, so the pick is made from the headers alone and the body is still checked at its end.
 - NONE, or no body at all: the pick is made at the headers.
 
-When a plugin must do I/O before scheduling (tokenizing through the model server), on_message
-returns an awaitable of the replies instead of a list; the transport awaits it and hands this stream
-no further message until it is done.
+It talks to request control only through requestcontrol.interface (decide, validate_body,
+response_started, served, done). When a plugin must do I/O before scheduling (tokenizing through the
+model server), on_message returns an awaitable of the replies instead of a list (`Replies`); the
+transport awaits it and hands this stream no further message until it is done.
 """
 from __future__ import annotations
 
 import logging
+from typing import Awaitable, Callable, Union
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from ..requestcontrol.director import Decision, Director, parse_subset
-from ..requestcontrol.errors import EPPError
-from ..requestcontrol.parse import api_for_path, parse_body
-from ..requestcontrol.usage import UsageReader
+from .. import headers as H
+from ..requestcontrol.interface import Decision, EPPError, RequestControl
 from . import protocol as p
 
 log = logging.getLogger(__name__)
 
-_BODY_METHODS = ("POST", "PUT", "PATCH")
+ReplyList = list[pb.ProcessingResponse]
+# what on_message gives back: the replies, or (while the decision is prepared) an awaitable of them;
+# a transport tells them apart with isinstance(replies, list)
+Replies = Union[ReplyList, Awaitable[ReplyList]]
 
 
 class RequestStream:
-    __slots__ = ("director", "max_body", "req_mode", "resp_mode", "early_body", "headers", "path",
+    __slots__ = ("control", "max_body", "req_mode", "resp_mode", "early_body", "headers", "path",
                  "method", "subset", "chunks", "size", "decision", "headers_answered", "pending_acks",
                  "status", "usage", "finished", "closed", "decided_early", "mapper", "waiting", "abandoned")
 
-    def __init__(self, director: Director, max_body: int) -> None:
-        self.director = director
+    def __init__(self, control: RequestControl, max_body: int) -> None:
+        self.control = control
         self.max_body = max_body
         self.req_mode: int | None = None
         self.resp_mode: int | None = None
@@ -47,14 +50,14 @@ class RequestStream:
         self.headers: dict[str, str] = {}
         self.path = ""
         self.method = ""
-        self.subset: list[str] | None = None
+        self.subset: list[str] | str | None = None
         self.chunks: list[bytes] = []
         self.size = 0
         self.decision: Decision | None = None
         self.headers_answered = False
         self.pending_acks = 0          # STREAMED body messages not answered yet
         self.status: int | None = None
-        self.usage: UsageReader | None = None
+        self.usage = None              # the decision's usage reader, once the response has started
         self.finished = False          # accounting done
         self.closed = False            # an immediate response was sent: nothing more to do
         self.decided_early = False     # STREAMED without early body: picked at the headers
@@ -64,7 +67,7 @@ class RequestStream:
 
     # ---------------------------------------------------------------- dispatch
 
-    def on_message(self, msg: pb.ProcessingRequest):
+    def on_message(self, msg: pb.ProcessingRequest) -> Replies:
         """The replies to `msg`: a list, or an awaitable of one while the decision is prepared."""
         if self.closed:
             return []
@@ -90,23 +93,23 @@ class RequestStream:
             log.exception("internal error while processing a request")
             return self._reject(EPPError(500, "internal error in the endpoint picker"))
 
-    def _reject(self, e: EPPError) -> list[pb.ProcessingResponse]:
+    def _reject(self, e: EPPError) -> ReplyList:
         self.closed = True
         self.status = e.status
         self._finish()
         self.chunks = []
         return [p.immediate(e.status, e.body(), f"epp_{e.code}")]
 
-    def _decide_then(self, raw: bytes, then):
-        """then(decision) gives the replies; when the director must wait (I/O before scheduling), an
-        awaitable of them."""
-        d = self.director.decide(self.headers, self.path, raw, self.subset, wait=True)
-        if d.__class__ is Decision:
+    def _decide_then(self, raw: bytes | None, then: Callable[[Decision], ReplyList]) -> Replies:
+        """then(decision) gives the replies; when request control must wait (I/O before scheduling),
+        an awaitable of them."""
+        d = self.control.decide(self.headers, self.path, raw, self.subset)
+        if isinstance(d, Decision):
             self.decision = d
             return then(d)
         return self._later(d, then)
 
-    async def _later(self, pending, then) -> list[pb.ProcessingResponse]:
+    async def _later(self, pending: Awaitable[Decision], then: Callable[[Decision], ReplyList]) -> ReplyList:
         self.waiting = True
         try:
             d = await pending
@@ -128,9 +131,9 @@ class RequestStream:
             return self._reject(EPPError(500, "internal error in the endpoint picker"))
 
     @staticmethod
-    def _and_then(out, more):
+    def _and_then(out: Replies, more: Callable[[ReplyList], ReplyList]) -> Replies:
         """Applies `more` to replies that may still be on their way."""
-        if out.__class__ is list:
+        if isinstance(out, list):
             return more(out)
 
         async def chained():
@@ -139,7 +142,7 @@ class RequestStream:
 
     # ---------------------------------------------------------------- request side
 
-    def _request_headers(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+    def _request_headers(self, msg: pb.ProcessingRequest) -> Replies:
         if msg.HasField("protocol_config"):
             pc = msg.protocol_config
             self.req_mode, self.resp_mode = pc.request_body_mode, pc.response_body_mode
@@ -150,26 +153,29 @@ class RequestStream:
             h[hv.key.lower()] = p.header_value(hv)
         self.path = h.get(":path", "/")
         self.method = h.get(":method", "GET").upper()
-        md = msg.metadata_context.filter_metadata.get(p.SUBSET_NS)
-        if md is not None and p.SUBSET_KEY in md.fields:
-            v = md.fields[p.SUBSET_KEY]
+        md = msg.metadata_context.filter_metadata.get(H.SUBSET_NS)
+        if md is not None and H.SUBSET_KEY in md.fields:
+            v = md.fields[H.SUBSET_KEY]
             kind = v.WhichOneof("kind")
-            self.subset = parse_subset(list(x.string_value for x in v.list_value.values) if kind == "list_value"
-                                       else v.string_value if kind == "string_value" else [])
+            self.subset = ([x.string_value for x in v.list_value.values] if kind == "list_value"
+                           else v.string_value if kind == "string_value" else [])
         if rh.end_of_stream:
             # no body: an API path still needs one (400), anything else is routed on load alone
-            raw = b"" if self.method in _BODY_METHODS and api_for_path(self.path) else None
-            return [self._decided_headers_response(self._decide(raw))]
+            raw = b"" if self.control.body_required(self.method, self.path) else None
+            return self._decide_then(raw, self._headers_replies)
         mode = self.req_mode
         if mode in (p.BUFFERED, p.BUFFERED_PARTIAL):
             self.headers_answered = True
-            return [p.request_headers_response(p.common(p.header_mutation([], p.ROUTING_HEADERS)))]
+            return [p.request_headers_response(p.common(p.header_mutation([], H.ROUTING)))]
         if mode == p.NONE or (mode == p.STREAMED and not self.early_body):
             self.decided_early = True
-            return [self._decided_headers_response(self._decide(None))]
+            return self._decide_then(None, self._headers_replies)
         return []  # FULL_DUPLEX (or STREAMED with early body, or unknown): wait for the body
 
-    def _request_body(self, b: pb.HttpBody) -> list[pb.ProcessingResponse]:
+    def _headers_replies(self, d: Decision) -> ReplyList:
+        return [self._decided_headers_response(d)]
+
+    def _request_body(self, b: pb.HttpBody) -> Replies:
         data = b.body
         if data:
             self.size += len(data)
@@ -181,7 +187,7 @@ class RequestStream:
         if mode == p.STREAMED:
             if self.decided_early:
                 if eos:
-                    self._check_body()
+                    self.control.validate_body(self.path, self._body())
                 return [p.request_body_response()]
             self.pending_acks += 1
             return self._complete_streamed() if eos else []
@@ -191,7 +197,7 @@ class RequestStream:
             return self._complete_buffered()
         return self._complete_full_duplex(True) if eos else []
 
-    def _request_trailers(self) -> list[pb.ProcessingResponse]:
+    def _request_trailers(self) -> Replies:
         """Trailers end the body when they follow it."""
         if self.decision is None and not self.closed:
             if self.req_mode == p.STREAMED:
@@ -203,7 +209,7 @@ class RequestStream:
             return self._and_then(out, self._trailers_ok)
         return [p.REQUEST_TRAILERS_OK]
 
-    def _trailers_ok(self, out: list[pb.ProcessingResponse]) -> list[pb.ProcessingResponse]:
+    def _trailers_ok(self, out: ReplyList) -> ReplyList:
         if not self.closed:
             out.append(p.REQUEST_TRAILERS_OK)
         return out
@@ -214,19 +220,9 @@ class RequestStream:
         self.chunks = []
         return body
 
-    def _decide(self, raw: bytes | None) -> Decision:
-        self.decision = self.director.decide(self.headers, self.path, raw, self.subset)
-        return self.decision
-
-    def _check_body(self) -> None:
-        api = api_for_path(self.path)
-        body = self._body()
-        if api:
-            parse_body(api, body)
-
     def _route_mutation(self, d: Decision, body_changed: bool) -> pb.HeaderMutation:
-        sets = [(p.DEST, d.destination)]
-        remove = p.ROUTING_HEADERS[1:]
+        sets = [(H.DEST, d.destination)]
+        remove = H.ROUTING[1:]
         if d.headers:
             sets.extend(d.headers)
             ours = {k for k, _ in d.headers}
@@ -240,28 +236,28 @@ class RequestStream:
         return p.request_headers_response(p.common(self._route_mutation(d, False), clear_route_cache=True),
                                           p.lb_metadata(d.destination))
 
-    def _complete_full_duplex(self, eos: bool):
+    def _complete_full_duplex(self, eos: bool) -> Replies:
         body = self._body()
 
-        def replies(d: Decision) -> list[pb.ProcessingResponse]:
+        def replies(d: Decision) -> ReplyList:
             out_body = d.body if d.body is not None else body
             return [p.request_headers_response(p.common(self._route_mutation(d, d.body is not None), clear_route_cache=True),
                                                p.lb_metadata(d.destination)),
                     *p.streamed_chunks(out_body, eos)]
         return self._decide_then(body, replies)
 
-    def _complete_buffered(self):
+    def _complete_buffered(self) -> Replies:
         return self._decide_then(self._body(), self._buffered_replies)
 
-    def _buffered_replies(self, d: Decision) -> list[pb.ProcessingResponse]:
+    def _buffered_replies(self, d: Decision) -> ReplyList:
         changed = d.body is not None
         c = p.common(self._route_mutation(d, changed), clear_route_cache=True, body=d.body if changed else None)
         return [p.request_body_response(c, p.lb_metadata(d.destination))]
 
-    def _complete_streamed(self):
+    def _complete_streamed(self) -> Replies:
         return self._decide_then(self._body(), self._streamed_replies)
 
-    def _streamed_replies(self, d: Decision) -> list[pb.ProcessingResponse]:
+    def _streamed_replies(self, d: Decision) -> ReplyList:
         out = [self._decided_headers_response(d)]
         if d.body is not None:  # the new body rides on the first reply; the other chunks are dropped
             out.append(p.request_body_response(p.common(body=d.body)))
@@ -273,7 +269,7 @@ class RequestStream:
 
     # ---------------------------------------------------------------- response side
 
-    def _response_headers(self, rh: pb.HttpHeaders, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+    def _response_headers(self, rh: pb.HttpHeaders, msg: pb.ProcessingRequest) -> ReplyList:
         ctype = ""
         for hv in rh.headers.headers:
             k = hv.key
@@ -285,13 +281,13 @@ class RequestStream:
             elif k == "content-type":
                 ctype = p.header_value(hv)
         self._served(msg)
-        self.usage = UsageReader(sse="event-stream" in ctype)
         d = self.decision
         c = None
         if d is not None:
-            sets = self.director.response_headers(d, self.status)
+            sets = self.control.response_started(d, self.status, "event-stream" in ctype)
+            self.usage = d.usage
             if d.explanation is not None:
-                sets = (sets or []) + [(p.DECISION_HEADER, d.explanation.decode())]
+                sets = (sets or []) + [(H.DECISION, d.explanation.decode())]
             remove = ()
             if d.served_model is not None and self.resp_mode not in (p.NONE, None) and not rh.end_of_stream:
                 self.mapper = d.response_mapper()
@@ -302,7 +298,7 @@ class RequestStream:
             self._finish()
         return [p.response_headers_response(c)]
 
-    def _response_body(self, b: pb.HttpBody, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+    def _response_body(self, b: pb.HttpBody, msg: pb.ProcessingRequest) -> ReplyList:
         data = b.body
         if self.usage is not None:
             self.usage.feed(data)
@@ -320,9 +316,9 @@ class RequestStream:
         return [p.response_body_response()]
 
     def _served(self, msg: pb.ProcessingRequest) -> None:
-        md = msg.metadata_context.filter_metadata.get(p.LB_NS)
-        if md is not None and p.DEST_SERVED in md.fields and self.director.metrics:
-            self.director.metrics.served_total.labels(md.fields[p.DEST_SERVED].string_value).inc()
+        md = msg.metadata_context.filter_metadata.get(H.LB_NS)
+        if md is not None and H.DEST_SERVED in md.fields:
+            self.control.served(md.fields[H.DEST_SERVED].string_value)
 
     # ---------------------------------------------------------------- end
 
@@ -331,8 +327,7 @@ class RequestStream:
             return
         self.finished = True
         if self.decision is not None:
-            usage = self.usage.finish() if self.usage is not None else None
-            self.director.done(self.decision, self.status, usage)
+            self.control.done(self.decision, self.status)
 
     def close(self) -> None:
         """The stream is over (normally, or the client went away): release everything."""

@@ -19,14 +19,14 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from ..headers import PREFILLER as PREFILL_HEADER
+from ..headers import REQUEST_ID
 from .allowlist import Allowlist
 from .options import Config
 from .usage import SSERewriter, cached_tokens_of, dumps, loads, rewrite_json
 
 log = logging.getLogger("epp.sidecar")
 
-PREFILL_HEADER = "x-prefiller-host-port"
-REQUEST_ID = "x-request-id"
 # token limits the prefill leg caps at one token, per API (upstream's lists; min_tokens only if set)
 CHAT, RESPONSES, GENERATE = "chat_completions", "responses", "generate"
 PD_PATHS = {"/v1/chat/completions": CHAT, "/v1/completions": CHAT, "/v1/messages": CHAT,

@@ -165,7 +165,7 @@ async def test_render_backend_tokens_equal_the_local_tokenizer_and_the_sims():
                 for tp in (render, local):
                     req = LLMRequest(request_id=api, model="m", target_model="m", api=api, prompt=b"", headers={},
                                      body=body)
-                    w = tp.prepare(req) if tp.async_prepare else None
+                    w = tp.prepare(req) if tp.prepares else None
                     if w is not None:
                         await w
                     seen.append(list(tp.tokens(CycleState(), req)))

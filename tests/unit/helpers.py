@@ -17,6 +17,7 @@ from epp.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
 from epp.scheduling.plugins.queue_scorer import QueueScorer
 from epp.scheduling.profile import Profile, WeightedScorer
 from epp.scheduling.scheduler import Scheduler
+from epp import headers as H
 from epp.server import protocol as p
 from prometheus_client import CollectorRegistry
 
@@ -28,14 +29,15 @@ def endpoint(i: int, waiting: float = 0, kv: float = 0.0, fresh: bool = True, **
 
 
 def director(endpoints: list[Endpoint], max_endpoints: int = 1, explain: bool = False,
-             objectives: dict | None = None, seed: int = 1) -> Director:
+             objectives: dict | None = None, seed: int = 1, extra_plugins=()) -> Director:
     store = EndpointStore()
     store.replace(endpoints)
     profile = Profile(name="default", picker=MaxScorePicker(maxNumOfEndpoints=max_endpoints, rng=random.Random(seed)),
                       scorers=[WeightedScorer(QueueScorer(), 2), WeightedScorer(KVCacheUtilizationScorer(), 2),
                                WeightedScorer(PrefixCacheScorer(), 3)])
     metrics = EPPMetrics(CollectorRegistry())
-    return Director(store, Scheduler([profile], metrics), metrics, objectives=objectives, explain=explain)
+    return Director(store, Scheduler([profile], metrics, extra_plugins=extra_plugins), metrics, objectives=objectives,
+                    explain=explain)
 
 
 def req_headers(path: str = "/v1/completions", method: str = "POST", eos: bool = False, mode: int | None = p.FULL_DUPLEX,
@@ -51,8 +53,8 @@ def req_headers(path: str = "/v1/completions", method: str = "POST", eos: bool =
         msg.protocol_config.send_body_without_waiting_for_header_response = early
     if subset is not None:
         s = Struct()
-        s.update({p.SUBSET_KEY: subset})
-        msg.metadata_context.filter_metadata[p.SUBSET_NS].CopyFrom(s)
+        s.update({H.SUBSET_KEY: subset})
+        msg.metadata_context.filter_metadata[H.SUBSET_NS].CopyFrom(s)
     return msg
 
 

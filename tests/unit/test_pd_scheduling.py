@@ -16,7 +16,7 @@ from epp.scheduling.plugins._disagg import PD_DECISIONS
 from epp.scheduling.plugins._roles import ROLE_LABEL
 from epp.scheduling.scheduler import from_config
 from epp.scheduling.types import LLMRequest
-from epp.server import protocol as p
+from epp import headers as H
 from epp.server.stream import RequestStream
 
 from .helpers import endpoint, req_body, req_headers, resp_headers, set_headers
@@ -96,7 +96,7 @@ def test_long_uncached_prompt_gets_a_prefill_pod_and_the_header():
     result = run(s, LONG, eps)
     assert result.primary == "decode" and result.targets[0].labels[ROLE_LABEL] == "decode"
     assert prefill_pick(result) and prefill_pick(result)[0] in ("10.0.0.1:8000", "10.0.0.2:8000")
-    assert result.headers == [(p.PREFILLER, prefill_pick(result)[0])]
+    assert result.headers == [(H.PREFILLER, prefill_pick(result)[0])]
     assert result.reasons["pd_decision"] == "prefill-decode" and result.reasons["pd_reason"] == "uncached"
     assert ">= nonCachedTokens 256" in result.reasons["pd_detail"]
     assert count("prefill-decode", "uncached") == before + 1
@@ -181,7 +181,7 @@ def test_always_decider():
     s = scheduler(text)
     before = count("prefill-decode", "always")
     result = run(s, SHORT, pool())
-    assert prefill_pick(result) and result.headers[0][0] == p.PREFILLER
+    assert prefill_pick(result) and result.headers[0][0] == H.PREFILLER
     assert result.reasons["pd_reason"] == "always"
     assert count("prefill-decode", "always") == before + 1
 
@@ -206,7 +206,7 @@ def test_prefill_first_stage_order():
     s = scheduler(config("- {type: disagg-profile-handler, parameters: {stageOrder: prefill-first}}"))
     r = run(s, SHORT, pool())
     assert r.primary == "decode" and r.reasons["pd_reason"] == "prefill_first" and prefill_pick(r)
-    assert r.headers == [(p.PREFILLER, prefill_pick(r)[0])]
+    assert r.headers == [(H.PREFILLER, prefill_pick(r)[0])]
     r = run(s, SHORT, [pod(3, "decode")])
     assert r.reasons["pd_reason"] == "no_prefill_pod" and not r.headers
 
@@ -341,18 +341,18 @@ def test_stream_sets_our_header_and_drops_the_clients():
     d = director(scheduler(), pool())
     for text, ours in ((LONG, True), (SHORT, False)):
         st = RequestStream(d, 1 << 20)
-        st.on_message(req_headers(extra={p.PREFILLER: "6.6.6.6:1"}))
+        st.on_message(req_headers(extra={H.PREFILLER: "6.6.6.6:1"}))
         out = st.on_message(req_body(json.dumps({"model": "m", "prompt": text}).encode()))
         c = out[0].request_headers.response
         hs = set_headers(c)
         if ours:
-            assert hs[p.PREFILLER] in ("10.0.0.1:8000", "10.0.0.2:8000")
-            assert p.PREFILLER not in c.header_mutation.remove_headers
+            assert hs[H.PREFILLER] in ("10.0.0.1:8000", "10.0.0.2:8000")
+            assert H.PREFILLER not in c.header_mutation.remove_headers
         else:
-            assert p.PREFILLER not in hs and p.PREFILLER in c.header_mutation.remove_headers
-        explained = orjson.loads(set_headers(st.on_message(resp_headers())[0].response_headers.response)[p.DECISION_HEADER])
+            assert H.PREFILLER not in hs and H.PREFILLER in c.header_mutation.remove_headers
+        explained = orjson.loads(set_headers(st.on_message(resp_headers())[0].response_headers.response)[H.DECISION])
         assert explained["reasons"]["pd_decision"] == ("prefill-decode" if ours else "decode-only")
-        assert explained["pick"] == [hs[p.DEST]]
+        assert explained["pick"] == [hs[H.DEST]]
         assert ("prefill" in explained["profiles"]) == ours
         st.close()
 
@@ -367,7 +367,7 @@ def test_the_prefill_pod_counts_in_flight_until_the_answer_starts():
     out = st.on_message(req_body(json.dumps({"model": "m", "prompt": LONG}).encode()))
     hs = set_headers(out[0].request_headers.response)
     by = {ep.address: ep for ep in eps}
-    prefill, decode = by[hs[p.PREFILLER]], by[hs[p.DEST]]
+    prefill, decode = by[hs[H.PREFILLER]], by[hs[H.DEST]]
     assert (prefill.in_flight, decode.in_flight) == (1, 1) and prefill.in_flight_tokens > 0
     st.on_message(resp_headers())
     assert (prefill.in_flight, prefill.in_flight_tokens, decode.in_flight) == (0, 0, 1)
@@ -419,14 +419,14 @@ def test_flat_parameters_and_the_deprecated_types():
                   PROFILES.replace("name: prefill", "name: p").replace("name: decode", "name: d"))
     s = scheduler(flat)
     r = run(s, LONG, pool())
-    assert r.primary == "d" and r.headers == [(p.PREFILLER, r.profiles["p"].targets[0].address)]
+    assert r.primary == "d" and r.headers == [(H.PREFILLER, r.profiles["p"].targets[0].address)]
     # pd-profile-handler: the decider is the plugin named prefix-based-pd-decider unless told otherwise;
     # with the deprecated prefill-header-handler beside it the header is still set once
     old = config("- {type: pd-profile-handler, parameters: {primaryPort: 8000, prefixPluginType: prefix-cache-scorer}}",
                  DECIDER, extra="- type: prefill-header-handler")
     s = scheduler(old)
     r = run(s, LONG, pool())
-    assert r.reasons["pd_reason"] == "uncached" and r.headers == [(p.PREFILLER, prefill_pick(r)[0])]
+    assert r.reasons["pd_reason"] == "uncached" and r.headers == [(H.PREFILLER, prefill_pick(r)[0])]
     before = PD_DECISIONS.labels("m", "decode-only", "below_threshold")._value.get()
     run(s, SHORT, pool())
     assert PD_DECISIONS.labels("m", "decode-only", "below_threshold")._value.get() == before + 1
@@ -439,7 +439,7 @@ def test_headers_handler_beside_another_profile_handler():
     h.bind({})
     eps = pool()
     res = SchedulingResult({"main": ProfileResult([eps[2]]), "pf": ProfileResult([eps[0]])}, "main")
-    assert h.pre_request({}, None, res) == [(p.PREFILLER, eps[0].address)]
+    assert h.pre_request({}, None, res) == [(H.PREFILLER, eps[0].address)]
     assert h.pre_request({}, None, SchedulingResult({"main": ProfileResult([eps[2]])}, "main")) is None
 
 

@@ -4,6 +4,7 @@ import json
 import orjson
 import pytest
 
+from epp import headers as H
 from epp.server import protocol as p
 from epp.server.stream import RequestStream
 
@@ -19,10 +20,10 @@ def stream(eps=None, **kw):
 def routed(r, want="10.0.0.1:8000"):
     c = getattr(r, kind(r)).response
     hs = set_headers(c)
-    assert hs[p.DEST] == want
+    assert hs[H.DEST] == want
     assert c.clear_route_cache
-    assert set(c.header_mutation.remove_headers) == {p.PREFILLER, p.SUBSET_KEY, p.DEST_SERVED}
-    assert r.dynamic_metadata.fields[p.LB_NS].struct_value.fields[p.DEST].string_value == want
+    assert set(c.header_mutation.remove_headers) == {H.PREFILLER, H.SUBSET_KEY, H.DEST_SERVED}
+    assert r.dynamic_metadata.fields[H.LB_NS].struct_value.fields[H.DEST].string_value == want
     return hs
 
 
@@ -88,7 +89,7 @@ def test_buffered_mode():
     out = s.on_message(req_headers(mode=p.BUFFERED, resp_mode=p.NONE))
     assert [kind(r) for r in out] == ["request_headers"]
     c = out[0].request_headers.response
-    assert set(c.header_mutation.remove_headers) == set(p.ROUTING_HEADERS)
+    assert set(c.header_mutation.remove_headers) == set(H.ROUTING)
     assert not c.header_mutation.set_headers
     out = s.on_message(req_body(BODY, eos=True))
     assert [kind(r) for r in out] == ["request_body"]
@@ -123,7 +124,7 @@ def test_streamed_mode_without_early_body_picks_at_headers_and_still_checks_the_
     assert kind(out[0]) == "immediate_response"
     assert out[0].immediate_response.status.code == 400
     s.close()
-    assert s.director.store.get("10.0.0.1:8000").in_flight == 0
+    assert s.control.store.get("10.0.0.1:8000").in_flight == 0
 
 
 def test_header_only_request_is_routed_at_once():
@@ -186,10 +187,10 @@ def test_subset_hint_list_string_and_bare_ip():
 
 def test_client_routing_headers_are_overwritten_or_removed():
     s = stream()
-    s.on_message(req_headers(extra={p.DEST: "1.2.3.4:1", p.PREFILLER: "1.2.3.4:2"}))
+    s.on_message(req_headers(extra={H.DEST: "1.2.3.4:1", H.PREFILLER: "1.2.3.4:2"}))
     out = s.on_message(req_body(BODY))
     hs = routed(out[0])
-    assert p.PREFILLER not in hs
+    assert H.PREFILLER not in hs
 
 
 def test_fallbacks_are_an_ordered_comma_list():
@@ -264,7 +265,7 @@ def test_decision_header_explains_scores():
     s.on_message(req_headers())
     s.on_message(req_body(BODY))
     out = s.on_message(resp_headers())
-    explained = orjson.loads(set_headers(out[0].response_headers.response)[p.DECISION_HEADER])
+    explained = orjson.loads(set_headers(out[0].response_headers.response)[H.DECISION])
     assert explained["pick"] == ["10.0.0.1:8000"]
     scores = explained["profiles"]["default"]["scores"]
     assert scores["10.0.0.1:8000"]["queue-scorer"] == 1.0 and scores["10.0.0.2:8000"]["queue-scorer"] == 0.0

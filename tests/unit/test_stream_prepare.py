@@ -4,6 +4,8 @@ accounted for."""
 import asyncio
 import json
 
+from epp import headers as H
+from epp.scheduling.framework import Plugin, PrepareRequest
 from epp.server import protocol as p
 from epp.server.stream import RequestStream
 
@@ -12,12 +14,12 @@ from .helpers import director, endpoint, kind, req_body, req_headers, set_header
 BODY = json.dumps({"model": "m", "prompt": "hello " * 50}).encode()
 
 
-class Preparer:
+class Preparer(Plugin, PrepareRequest):
     """Holds each request until released; what it saw is kept."""
-    name = "preparer"
-    async_prepare = True
+    type_name = "test-preparer"
 
     def __init__(self, fail: bool = False, immediate: bool = False) -> None:
+        super().__init__()
         self.gate = asyncio.Event()
         self.fail, self.immediate = fail, immediate
         self.seen = []
@@ -35,8 +37,7 @@ class Preparer:
 
 
 def setup(prep, mode=p.FULL_DUPLEX):
-    d = director([endpoint(1), endpoint(2, waiting=10, kv=0.9)])
-    d.scheduler.plugins.append(prep)
+    d = director([endpoint(1), endpoint(2, waiting=10, kv=0.9)], extra_plugins=[prep])
     return d, RequestStream(d, 1 << 20)
 
 
@@ -52,7 +53,7 @@ async def test_full_duplex_answer_waits_for_the_prepare_step():
     prep.gate.set()
     out = await task
     assert [kind(r) for r in out] == ["request_headers", "request_body"]
-    assert set_headers(out[0].request_headers.response)[p.DEST] == "10.0.0.1:8000"
+    assert set_headers(out[0].request_headers.response)[H.DEST] == "10.0.0.1:8000"
     assert out[1].request_body.response.body_mutation.streamed_response.body == BODY
     assert d.store.snapshot()[0].in_flight == 1 and not s.waiting
 
@@ -71,7 +72,7 @@ async def test_a_failing_preparer_still_routes():
     _, s = setup(prep)
     s.on_message(req_headers())
     out = await s.on_message(req_body(BODY))
-    assert set_headers(out[0].request_headers.response)[p.DEST] == "10.0.0.1:8000"
+    assert set_headers(out[0].request_headers.response)[H.DEST] == "10.0.0.1:8000"
 
 
 async def test_buffered_with_trailers_answers_body_then_trailers():

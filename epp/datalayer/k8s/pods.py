@@ -7,6 +7,7 @@ from typing import Callable
 
 from kubernetes_asyncio import client
 
+from ..address import host_port
 from ..endpoint import Endpoint
 from .reflector import Reflector
 
@@ -25,11 +26,10 @@ def pod_endpoints(pod: dict, ports: list[int]) -> list[Endpoint]:
         return []
     meta = pod["metadata"]
     ip = pod["status"]["podIP"]
-    host = f"[{ip}]" if ":" in ip else ip
     labels = {k: str(v) for k, v in (meta.get("labels") or {}).items()}
     name, ns = meta.get("name", ip), meta.get("namespace", "default")
     # several ports on one pod (data-parallel ranks) are endpoints of their own
-    return [Endpoint(name=name if len(ports) == 1 else f"{name}-rank-{i}", address=f"{host}:{port}",
+    return [Endpoint(name=name if len(ports) == 1 else f"{name}-rank-{i}", address=host_port(ip, port),
                      labels=labels, namespace=ns) for i, port in enumerate(ports)]
 
 

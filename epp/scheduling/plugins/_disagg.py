@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
-from ..framework import Plugin
-
-PREFILL_HEADER = "x-prefiller-host-port"
+from ...headers import PREFILLER as PREFILL_HEADER
+from ..framework import HasSubPlugins, Plugin
 
 # decision_type values, as upstream's
 DECODE_ONLY = "decode-only"
@@ -50,7 +49,7 @@ def record(handler: Plugin, model: str, decision: str, reason: str) -> None:
     DISAGG_DECISIONS.labels(handler.name, handler.type_name, model, decision).inc()
 
 
-class PDDecider(Plugin):
+class PDDecider(Plugin, HasSubPlugins):
     """Decides whether the prefill stage runs for a request, given the picked decode endpoint."""
 
     def decide(self, state, request, endpoint) -> tuple[bool, str, str]:

@@ -11,36 +11,16 @@ num_gpu_blocks when autoTune is on and the endpoint reports vllm:cache_config_in
 from __future__ import annotations
 
 from ...kvcache.prefix_index import PrefixIndex, block_keys
-from ..framework import EndpointLifecycle, Plugin, PreRequest, need_bool, need_int, register
-from ..types import DEFER
+from ..framework import (BindsPlugins, EndpointLifecycle, IndexSize, Plugin, PrefixMatchConsumer, PrefixMatchProducer,
+                         PreRequest, need_bool, need_int, register)
+from ..types import DEFER, HIT_RATIO, MatchInfo
 from .token_producer import TokenProducer, ids_bytes
 
 CHARS_PER_TOKEN = 4
-STATE_HIT_RATIO = "prefix/hit-ratio"  # of the primary pick, for the hit-ratio metric
-
-
-class MatchInfo:
-    __slots__ = ("keys", "matched", "block_tokens", "blocks")
-
-    def __init__(self, keys: list[int], matched: dict[str, float], block_tokens: int,
-                 blocks: dict[str, int] | None = None) -> None:
-        self.keys = keys              # this request's block keys
-        self.matched = matched        # endpoint address -> blocks held from block 0 (tier-weighted if precise)
-        self.block_tokens = block_tokens
-        self.blocks = blocks          # precise only: unweighted blocks held (None: approximate)
-
-    def cached_tokens(self, address: str) -> int:
-        """Tokens of the prompt the endpoint holds: whole blocks, whatever their tier."""
-        held = self.blocks if self.blocks is not None else self.matched
-        return int(held.get(address, 0)) * self.block_tokens
-
-    @property
-    def total(self) -> int:
-        return len(self.keys)
 
 
 @register
-class ApproxPrefixCacheProducer(Plugin, PreRequest, EndpointLifecycle):
+class ApproxPrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, EndpointLifecycle, BindsPlugins, IndexSize):
     type_name = "approx-prefix-cache-producer"
 
     def __init__(self, name: str | None = None, autoTune: bool = True, blockSizeTokens: int = 16,
@@ -88,7 +68,7 @@ class ApproxPrefixCacheProducer(Plugin, PreRequest, EndpointLifecycle):
             self.lookups += 1
             self.hit_blocks += matched
             self.total_blocks += len(keys)
-            state[STATE_HIT_RATIO] = matched / len(keys)
+            state[HIT_RATIO] = matched / len(keys)
         chosen = result.chosen()
         defer = state.get(DEFER)
         if defer is not None:  # the index update does not hold up the answer
@@ -109,6 +89,9 @@ class ApproxPrefixCacheProducer(Plugin, PreRequest, EndpointLifecycle):
         for a in addresses:
             self.index.remove_endpoint(a)
 
+    def index_size(self) -> int:
+        return len(self.index)
+
 
 def find_prefix_producer(plugins: dict, name: str):
     """The prefix-match producer a consumer reads: the one it names (any producer with match_info, the
@@ -116,11 +99,11 @@ def find_prefix_producer(plugins: dict, name: str):
     scorer carries; None when there is none (the consumer then makes its own)."""
     if name:
         p = plugins.get(name)
-        if p is None or not hasattr(p, "match_info"):
+        if not isinstance(p, PrefixMatchProducer):
             raise ValueError(f"prefixMatchInfoProducerName {name!r} names no prefix match producer")
         return p
     found = [p for p in plugins.values() if isinstance(p, ApproxPrefixCacheProducer)]
     if not found:
-        found = [s for p in plugins.values() for s in getattr(p, "sub_plugins", lambda: [])()
-                 if isinstance(s, ApproxPrefixCacheProducer)]
+        found = [c for p in plugins.values() if isinstance(p, PrefixMatchConsumer)
+                 and isinstance(c := p.carried_producer(), ApproxPrefixCacheProducer)]
     return found[0] if found else None

@@ -6,7 +6,7 @@ or whose label is unreadable; unlabeled ones stay. The length is the prompt's to
 token-producer's when configured, else bytes / 4)."""
 from __future__ import annotations
 
-from ..framework import Filter, Scorer, need_bool, need_str, register
+from ..framework import BindsPlugins, Filter, Scorer, need_bool, need_str, register
 from .token_producer import TokenProducer
 
 
@@ -22,7 +22,7 @@ def parse_range(value: str) -> tuple[int, int] | None:
 
 
 @register
-class ContextLengthAware(Filter, Scorer):
+class ContextLengthAware(Filter, Scorer, BindsPlugins):
     type_name = "context-length-aware"
     bounded = True
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from ..framework import Plugin, PreRequest, need_str, register
+from ..framework import BindsPlugins, Plugin, PreRequest, need_str, register
 from ._disagg import PREFILL_HEADER, prefill_header
 from .disagg_profile_handler import DisaggProfileHandler
 
@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 @register
-class DisaggHeadersHandler(Plugin, PreRequest):
+class DisaggHeadersHandler(Plugin, PreRequest, BindsPlugins):
     type_name = "disagg-headers-handler"
     aliases = ("prefill-header-handler",)
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 
-from ..framework import PreRequest, ProfileHandler, need_str, params_error, register
+from ..framework import (BindsPlugins, HasSubPlugins, PrefixMatchProducer, PreRequest, ProfileHandler, need_str,
+                         params_error, register)
 from ..types import ProfileResult, SchedulingResult
 from ._disagg import (DECODE_ONLY, NO_DECIDER, NO_PREFILL_POD, PREFILL_DECODE, PREFILL_FIRST,
                       SAME_POD, PDDecider, prefill_header, record)
@@ -52,7 +53,7 @@ def _names(plugin: str, key: str, v, allowed: tuple[str, ...]) -> dict[str, str]
 
 
 @register
-class DisaggProfileHandler(ProfileHandler, PreRequest):
+class DisaggProfileHandler(ProfileHandler, PreRequest, BindsPlugins, HasSubPlugins):
     type_name = "disagg-profile-handler"
 
     def __init__(self, name: str | None = None, stageOrder: str = "", profiles: dict | None = None,
@@ -101,7 +102,7 @@ class DisaggProfileHandler(ProfileHandler, PreRequest):
             self.decider = p
         if self.producer_name:
             p = plugins.get(self.producer_name)
-            if p is None or not hasattr(p, "match_info"):
+            if not isinstance(p, PrefixMatchProducer):
                 raise ValueError(f"prefixMatchInfoProducerName {self.producer_name!r} names no prefix match producer")
             self._producer = p
 
@@ -119,7 +120,7 @@ class DisaggProfileHandler(ProfileHandler, PreRequest):
             self.decider.attach(profiles[self.decode], self._producer)
 
     def sub_plugins(self) -> list:
-        return [self.decider, *self.decider.sub_plugins()] if self.decider is not None else []
+        return [self.decider] if self.decider is not None else []
 
     # ------------------------------------------------------------------ scheduling
 

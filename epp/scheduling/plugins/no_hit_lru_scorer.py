@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ..framework import EndpointLifecycle, PreRequest, Scorer, need_int, register
+from ..framework import (BindsPlugins, EndpointLifecycle, PrefixMatchConsumer, PreRequest, Scorer, need_int,
+                         register)
 from .approx_prefix_cache_producer import ApproxPrefixCacheProducer, find_prefix_producer
 
 STATE_COLD = "no-hit-lru/cold"
 
 
 @register
-class NoHitLRUScorer(Scorer, PreRequest, EndpointLifecycle):
+class NoHitLRUScorer(Scorer, PreRequest, EndpointLifecycle, BindsPlugins, PrefixMatchConsumer):
     type_name = "no-hit-lru-scorer"
     bounded = True
 
@@ -27,8 +28,7 @@ class NoHitLRUScorer(Scorer, PreRequest, EndpointLifecycle):
     def bind(self, plugins: dict) -> None:
         self.producer = find_prefix_producer(plugins, self.producer_name)
 
-    @property
-    def wants_approx_producer(self) -> bool:
+    def wants_default_producer(self) -> bool:
         return not self.producer_name
 
     def score(self, state, request, endpoints):

@@ -23,10 +23,11 @@ import weakref
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ..framework import (EndpointLifecycle, Plugin, PreRequest, ResponseComplete, need_bool, need_duration,
-                         need_int, params_error, register)
-from ..types import DEFER
-from .approx_prefix_cache_producer import ApproxPrefixCacheProducer, MatchInfo
+from ...datalayer.address import host_port
+from ..framework import (BackgroundTask, BindsPlugins, EndpointLifecycle, HasSubPlugins, Plugin, PrefixMatchProducer,
+                         PreRequest, ResponseComplete, need_bool, need_duration, need_int, params_error, register)
+from ..types import DEFER, MatchInfo
+from .approx_prefix_cache_producer import ApproxPrefixCacheProducer
 from .token_producer import TokenProducer
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ def _section(plugin: str, name: str, v, keys: set[str]) -> dict:
 
 
 @register
-class PrecisePrefixCacheProducer(Plugin, PreRequest, EndpointLifecycle, ResponseComplete):
+class PrecisePrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, EndpointLifecycle, ResponseComplete,
+                                 BindsPlugins, HasSubPlugins, BackgroundTask):
     type_name = "precise-prefix-cache-producer"
 
     def __init__(self, name: str | None = None, tokenProcessorConfig: dict | None = None,
@@ -190,9 +192,8 @@ class PrecisePrefixCacheProducer(Plugin, PreRequest, EndpointLifecycle, Response
         if self.discover_pods:
             def follow(added, removed):
                 for ep in added:
-                    host = f"[{ep.ip}]" if ":" in ep.ip else ep.ip
-                    sub.add_endpoint(ep.address, f"tcp://{host}:{self.pod_port}",
-                                     f"tcp://{host}:{self.replay_port}" if self.replay_port else None)
+                    sub.add_endpoint(ep.address, f"tcp://{host_port(ep.ip, self.pod_port)}",
+                                     f"tcp://{host_port(ep.ip, self.replay_port)}" if self.replay_port else None)
                 for ep in removed:
                     sub.remove_endpoint(ep.address)
             store.on_change(follow)

@@ -14,7 +14,7 @@ per token.
 """
 from __future__ import annotations
 
-from ..framework import need_int, register
+from ..framework import BindsPlugins, HasSubPlugins, PrefixMatchProducer, need_int, register
 from ._disagg import ALREADY_CACHED, BELOW_THRESHOLD, DISABLED, UNCACHED, PDDecider
 from .approx_prefix_cache_producer import ApproxPrefixCacheProducer, find_prefix_producer
 from .precise_prefix_cache_producer import PrecisePrefixCacheProducer
@@ -22,7 +22,7 @@ from .token_producer import TokenProducer
 
 
 @register
-class PrefixBasedPDDecider(PDDecider):
+class PrefixBasedPDDecider(PDDecider, BindsPlugins):
     type_name = "prefix-based-pd-decider"
 
     def __init__(self, name: str | None = None, nonCachedTokens: int = 0, promptTokens: int = 0) -> None:
@@ -42,7 +42,7 @@ class PrefixBasedPDDecider(PDDecider):
     def attach(self, decode_profile, producer=None) -> None:
         if producer is None and decode_profile is not None:
             producer = next((ws.scorer.producer for ws in decode_profile.scorers
-                             if hasattr(getattr(ws.scorer, "producer", None), "match_info")), None)
+                             if isinstance(getattr(ws.scorer, "producer", None), PrefixMatchProducer)), None)
         if producer is None:
             producer = self._configured_producer()
         if producer is None:
@@ -54,7 +54,7 @@ class PrefixBasedPDDecider(PDDecider):
 
     def _configured_producer(self):
         plugins = self._plugins
-        subs = [s for p in plugins.values() for s in getattr(p, "sub_plugins", lambda: [])()]
+        subs = [s for p in plugins.values() if isinstance(p, HasSubPlugins) for s in p.sub_plugins()]
         precise = [p for p in (*plugins.values(), *subs) if isinstance(p, PrecisePrefixCacheProducer)]
         return precise[0] if precise else find_prefix_producer(plugins, "")
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import random
 
-from ..framework import Filter, need_number, need_str, register
+from ..framework import BindsPlugins, Filter, PrefixMatchConsumer, need_number, need_str, register
 from .approx_prefix_cache_producer import ApproxPrefixCacheProducer, find_prefix_producer
 
 
 @register
-class PrefixCacheAffinityFilter(Filter):
+class PrefixCacheAffinityFilter(Filter, BindsPlugins, PrefixMatchConsumer):
     type_name = "prefix-cache-affinity-filter"
 
     def __init__(self, name: str | None = None, affinityThreshold: float = 0.80, explorationProbability: float = 0.0,
@@ -31,8 +31,7 @@ class PrefixCacheAffinityFilter(Filter):
         self.producer = None
         self.rng = rng or random.Random()
 
-    @property
-    def wants_approx_producer(self) -> bool:
+    def wants_default_producer(self) -> bool:
         return not self.producer_name
 
     def bind(self, plugins: dict) -> None:

@@ -11,7 +11,8 @@ lruCapacityPerServer, autoTune) on this scorer: they still work and give it a pr
 """
 from __future__ import annotations
 
-from ..framework import Scorer, need_number, register
+from ..framework import (BindsPlugins, HasSubPlugins, PrefixMatchConsumer, PrefixMatchProducer, Scorer,
+                         need_number, register)
 from .approx_prefix_cache_producer import ApproxPrefixCacheProducer
 
 _LEGACY = ("autoTune", "blockSize", "blockSizeTokens", "maxPrefixBlocksToMatch", "maxPrefixTokensToMatch",
@@ -19,7 +20,7 @@ _LEGACY = ("autoTune", "blockSize", "blockSizeTokens", "maxPrefixBlocksToMatch",
 
 
 @register
-class PrefixCacheScorer(Scorer):
+class PrefixCacheScorer(Scorer, BindsPlugins, HasSubPlugins, PrefixMatchConsumer):
     type_name = "prefix-cache-scorer"
     bounded = True
 
@@ -50,7 +51,7 @@ class PrefixCacheScorer(Scorer):
             p = plugins.get(self.producer_name)
             if p is None:
                 raise ValueError(f"prefixMatchInfoProducerName {self.producer_name!r} names no configured plugin")
-            if not hasattr(p, "match_info"):
+            if not isinstance(p, PrefixMatchProducer):
                 raise ValueError(f"prefixMatchInfoProducerName {self.producer_name!r} ({p.type_name}) "
                                  f"produces no prefix match information")
             self.producer = p
@@ -61,9 +62,11 @@ class PrefixCacheScorer(Scorer):
         if found:  # the loader creates one with upstream's defaults when the config names none
             self.producer = found[0]
 
-    @property
-    def wants_approx_producer(self) -> bool:
+    def wants_default_producer(self) -> bool:
         return not self.own_producer and not self.producer_name
+
+    def carried_producer(self):
+        return self.producer if self.own_producer else None
 
     def sub_plugins(self) -> list:
         return [self.producer]

@@ -26,7 +26,7 @@ import xxhash
 from prometheus_client import Counter
 
 from ...datalayer.render_client import RenderClient, RenderError
-from ..framework import Plugin, need_duration, need_int, params_error, register
+from ..framework import BackgroundTask, Plugin, PrepareRequest, need_duration, need_int, params_error, register
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def _multimodal(body: dict) -> bool:
 
 
 @register
-class TokenProducer(Plugin):
+class TokenProducer(Plugin, PrepareRequest, BackgroundTask):
     type_name = "token-producer"
     aliases = ("tokenizer",)
 
@@ -166,8 +166,8 @@ class TokenProducer(Plugin):
         return self.tokenizer is not None or self.render is not None
 
     @property
-    def async_prepare(self) -> bool:
-        """Tokenizing needs I/O before scheduling (the director awaits prepare())."""
+    def prepares(self) -> bool:
+        """Only the vllm backend tokenizes through I/O before scheduling."""
         return self.render is not None
 
     def prepare(self, request: Any):

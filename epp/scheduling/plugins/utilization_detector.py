@@ -7,11 +7,11 @@ endpoints above the thresholds x (1 + headroom) or stale, unless that would drop
 from __future__ import annotations
 
 from ...datalayer.endpoint import now
-from ..framework import Filter, need_duration, need_number, params_error, register
+from ..framework import Filter, SaturationDetector, need_duration, need_number, params_error, register
 
 
 @register
-class UtilizationDetector(Filter):
+class UtilizationDetector(Filter, SaturationDetector):
     type_name = "utilization-detector"
 
     def __init__(self, name: str | None = None, queueDepthThreshold: float = 5, kvCacheUtilThreshold: float = 0.8,

@@ -1,4 +1,4 @@
-"""Wires the EPP together and runs it until SIGTERM/SIGINT."""
+"""Builds the EPP from the flags and runs it until SIGTERM/SIGINT, then drains."""
 from __future__ import annotations
 
 import asyncio
@@ -11,31 +11,26 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest
 from prometheus_client import REGISTRY, start_http_server
 
+from ..datalayer.address import host_port
 from ..datalayer.file_source import EndpointsFile
 from ..datalayer.metrics_parse import MetricNames
 from ..datalayer.scraper import Scraper
 from ..datalayer.store import EndpointStore
 from ..metrics import EPPMetrics
 from ..requestcontrol.director import Director
-from ..scheduling.config import DEFAULT_CONFIG, SchedulingConfig
+from ..scheduling.config import DEFAULT_CONFIG, SchedulingConfig, default_saturation_detector
 from ..scheduling.config import load as load_config
-from ..scheduling.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
-from ..scheduling.plugins.utilization_detector import UtilizationDetector
 from ..scheduling.scheduler import from_config
-from .extproc import ExternalProcessor
-from .health import Health
-from .pool_metrics import PoolCollector
-from .h2grpc import GrpcMethodServer
-from .stream import RequestStream
-from .tls import server_credentials, ssl_context
+from ..server.extproc import ExternalProcessor
+from ..server.h2grpc import GrpcMethodServer
+from ..server.health import Health
+from ..server.pool_metrics import PoolCollector
+from ..server.stream import RequestStream
+from ..server.tls import server_credentials, ssl_context
 
 EXT_PROC_METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 
 log = logging.getLogger("epp")
-
-
-def _hostport(addr: str, port: int) -> str:
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 def _report_failure(task: asyncio.Task) -> None:
@@ -67,11 +62,10 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
 
     metrics = EPPMetrics()
     scheduler = from_config(cfg, metrics)
-    saturation = cfg.saturation or UtilizationDetector(metricsStalenessThreshold=args.metrics_staleness_threshold)
+    saturation = cfg.saturation or default_saturation_detector(args.metrics_staleness_threshold)
     director = Director(store, scheduler, metrics, staleness=args.metrics_staleness_threshold,
                         objectives=dict(args.objective or []), explain=args.decision_header, saturation=saturation)
     log.info("scheduling: %s", cfg.describe())
-    prefix = scheduler.plugins_of(ApproxPrefixCacheProducer)
     kube = None
     if source is None:
         from .kube import KubernetesSources
@@ -79,15 +73,14 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
         await kube.start()  # no credentials or kubeconfig is fatal at start
     REGISTRY.register(PoolCollector(store, args.pool_name or os.path.basename(args.endpoints_file or "")
                                     or args.endpoint_selector,
-                                    args.metrics_staleness_threshold,
-                                    (lambda: sum(len(p.index) for p in prefix)) if prefix else None))
+                                    args.metrics_staleness_threshold, scheduler.index_size))
     names = MetricNames(waiting=args.total_queued_requests_metric, running=args.total_running_requests_metric,
                         kv_usage=(args.kv_cache_usage_percentage_metric, "vllm:gpu_cache_usage_perc"),
                         lora_info=args.lora_info_metric, cache_info=args.cache_info_metric)
     scraper = Scraper(store, args.refresh_metrics_interval, args.metrics_scrape_timeout, vllm_names=names)
 
     max_msg = max(args.max_request_body_bytes + (1 << 20), 4 << 20)
-    target = _hostport(args.bind_address, args.grpc_port)
+    target = host_port(args.bind_address, args.grpc_port)
     if args.ext_proc_server == "grpcio":
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", max_msg), ("grpc.max_send_message_length", max_msg),
@@ -108,7 +101,7 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
     health = Health()
     health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     health.add_to(health_server)
-    health_server.add_insecure_port(_hostport(args.bind_address, args.grpc_health_port))
+    health_server.add_insecure_port(host_port(args.bind_address, args.grpc_health_port))
     await health.set(live=True, ready=False)
 
     http_server, http_thread = start_http_server(args.metrics_port, addr=args.bind_address)
@@ -125,8 +118,7 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
     await health_server.start()
     scraper.start()
     # plugins with background work (e.g. consuming KV events) run beside the servers
-    background = [asyncio.create_task(p.run_background(store), name=f"plugin {p.name}")
-                  for p in scheduler.plugins if hasattr(p, "run_background")]
+    background = [asyncio.create_task(job, name=name) for name, job in scheduler.background_jobs(store)]
     for task in background:
         task.add_done_callback(_report_failure)
     watcher = asyncio.create_task(source.watch() if source else asyncio.Event().wait(), name="endpoints file")
