@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from .framework import (REGISTRY, BindsPlugins, Filter, Picker, Plugin, PrefixMatchConsumer, ProfileHandler,
-                        SaturationDetector, Scorer)
+from .framework import (DEFAULT_HANDLER, DEFAULT_PICKER, DEFAULT_PRODUCER, REGISTRY, BindsPlugins, Filter, Picker,
+                        Plugin, PrefixMatchConsumer, ProfileHandler, SaturationDetector, Scorer)
 from .plugins import load_all
 from .profile import Profile, WeightedScorer
 
@@ -233,8 +233,7 @@ def load(text: str, source: str = "config", max_num_of_endpoints: int = 1) -> Sc
                 raise ConfigError(f"{rwhere}: {rname!r} ({plugin.type_name}) is not a filter, scorer or picker")
         if picker is None:
             if default_picker is None:
-                from .plugins.max_score_picker import MaxScorePicker
-                default_picker = MaxScorePicker(maxNumOfEndpoints=max_num_of_endpoints)
+                default_picker = REGISTRY[DEFAULT_PICKER](maxNumOfEndpoints=max_num_of_endpoints)
                 plugins.setdefault(default_picker.name, default_picker)
             picker = default_picker
         profiles.append(Profile(name=pname, picker=picker, filters=filters, scorers=scorers))
@@ -246,8 +245,7 @@ def load(text: str, source: str = "config", max_num_of_endpoints: int = 1) -> Sc
     if not handlers:
         if len(profiles) != 1:
             raise ConfigError(f"{source}: {len(profiles)} scheduling profiles but no profile handler configured")
-        from .plugins.single_profile_handler import SingleProfileHandler
-        handlers = [SingleProfileHandler()]
+        handlers = [REGISTRY[DEFAULT_HANDLER]()]
         plugins.setdefault(handlers[0].name, handlers[0])
     try:
         handlers[0].validate({p.name: p for p in profiles})
@@ -262,15 +260,14 @@ def load(text: str, source: str = "config", max_num_of_endpoints: int = 1) -> Sc
 def _create_missing_producers(plugins: dict[str, Plugin]) -> None:
     """As upstream's runner: a plugin that consumes approximate prefix matches without naming a
     producer gets the default one (unless an older-style prefix scorer already carries its own)."""
-    from .plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
     consumers = [p for p in plugins.values() if isinstance(p, PrefixMatchConsumer)]
     if not any(c.wants_default_producer() for c in consumers):
         return
-    if any(isinstance(p, ApproxPrefixCacheProducer) for p in plugins.values()):
+    if any(p.type_name == DEFAULT_PRODUCER for p in plugins.values()):
         return
-    if any(isinstance(c.carried_producer(), ApproxPrefixCacheProducer) for c in consumers):
+    if any((p := c.carried_producer()) is not None and p.type_name == DEFAULT_PRODUCER for c in consumers):
         return
-    producer = ApproxPrefixCacheProducer()
+    producer = REGISTRY[DEFAULT_PRODUCER]()
     plugins[producer.name] = producer
 
 

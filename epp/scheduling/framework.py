@@ -168,6 +168,10 @@ class PrefixMatchConsumer:
         """True when this consumer names no producer and carries none of its own."""
         return False
 
+    def match_producer(self) -> "PrefixMatchProducer | None":
+        """The producer this consumer reads (once bound), for others that want the same numbers."""
+        return None
+
     def carried_producer(self) -> "PrefixMatchProducer | None":
         """A producer this consumer carries itself (an older config put the hashing parameters on
         it); other consumers that name none share it."""
@@ -189,7 +193,13 @@ class SaturationDetector:
         raise NotImplementedError
 
 
-REGISTRY: dict[str, type[Plugin]] = {}
+REGISTRY: dict[str, type[Plugin]] = {}   # type name (and aliases) -> class, filled by @register
+
+# what the framework adds where a config leaves it out (upstream's defaults), by type name: the
+# framework creates plugins through the registry and imports none
+DEFAULT_PICKER = "max-score-picker"
+DEFAULT_HANDLER = "single-profile-handler"
+DEFAULT_PRODUCER = "approx-prefix-cache-producer"
 
 
 def register(cls: type[Plugin]) -> type[Plugin]:

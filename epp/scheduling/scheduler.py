@@ -10,9 +10,9 @@ from typing import Awaitable, Iterable, Sequence
 from ..datalayer.endpoint import Endpoint
 from ..datalayer.store import EndpointStore
 from ..metrics import EPPMetrics
-from .framework import (BackgroundTask, EndpointLifecycle, HasSubPlugins, IndexSize, Plugin, PrepareRequest,
+from .framework import (DEFAULT_HANDLER, REGISTRY, BackgroundTask, EndpointLifecycle, HasSubPlugins, IndexSize, Plugin, PrepareRequest,
                         PreRequest, ProfileHandler, ResponseComplete, ResponseHeaders)
-from .plugins.single_profile_handler import SingleProfileHandler
+from .plugins import load_all
 from .profile import Profile
 from .types import DEFER, CycleState, LLMRequest, SchedulingResult
 
@@ -25,7 +25,10 @@ class Scheduler:
         self.profiles = {p.name: p for p in profiles}
         if len(self.profiles) != len(profiles):
             raise ValueError("scheduling profile names must be unique")
-        self.handler = handler or SingleProfileHandler()
+        if handler is None:
+            load_all()
+            handler = REGISTRY[DEFAULT_HANDLER]()
+        self.handler = handler
         self.handler.validate(self.profiles)
         self.metrics = metrics
         self.plugins = _all_plugins([self.handler, *(p for prof in profiles for p in prof.plugins()), *extra_plugins])

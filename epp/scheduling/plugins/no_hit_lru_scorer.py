@@ -28,6 +28,9 @@ class NoHitLRUScorer(Scorer, PreRequest, EndpointLifecycle, BindsPlugins, Prefix
     def bind(self, plugins: dict) -> None:
         self.producer = find_prefix_producer(plugins, self.producer_name)
 
+    def match_producer(self):
+        return self.producer
+
     def wants_default_producer(self) -> bool:
         return not self.producer_name
 

@@ -3,13 +3,13 @@ and a prefix-cache-scorer reading it, configured by one plugin entry with the pr
 Newer configs name the two plugins separately; both work."""
 from __future__ import annotations
 
-from ..framework import Scorer, register
+from ..framework import BindsPlugins, HasSubPlugins, PrefixMatchConsumer, Scorer, register
 from .precise_prefix_cache_producer import PrecisePrefixCacheProducer
 from .prefix_cache_scorer import PrefixCacheScorer
 
 
 @register
-class PrecisePrefixCacheScorer(Scorer):
+class PrecisePrefixCacheScorer(Scorer, BindsPlugins, HasSubPlugins, PrefixMatchConsumer):
     type_name = "precise-prefix-cache-scorer"
     bounded = True
 
@@ -30,7 +30,10 @@ class PrecisePrefixCacheScorer(Scorer):
         self.producer.bind(plugins)
 
     def sub_plugins(self) -> list:
-        return [self.producer, *self.producer.sub_plugins()]
+        return [self.producer]
+
+    def match_producer(self):
+        return self.producer
 
     def score(self, state, request, endpoints):
         return self._ratio.score(state, request, endpoints)

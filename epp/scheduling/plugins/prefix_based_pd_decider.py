@@ -14,7 +14,7 @@ per token.
 """
 from __future__ import annotations
 
-from ..framework import BindsPlugins, HasSubPlugins, PrefixMatchProducer, need_int, register
+from ..framework import BindsPlugins, HasSubPlugins, PrefixMatchConsumer, PrefixMatchProducer, need_int, register
 from ._disagg import ALREADY_CACHED, BELOW_THRESHOLD, DISABLED, UNCACHED, PDDecider
 from .approx_prefix_cache_producer import ApproxPrefixCacheProducer, find_prefix_producer
 from .precise_prefix_cache_producer import PrecisePrefixCacheProducer
@@ -41,8 +41,8 @@ class PrefixBasedPDDecider(PDDecider, BindsPlugins):
 
     def attach(self, decode_profile, producer=None) -> None:
         if producer is None and decode_profile is not None:
-            producer = next((ws.scorer.producer for ws in decode_profile.scorers
-                             if isinstance(getattr(ws.scorer, "producer", None), PrefixMatchProducer)), None)
+            producer = next((p for ws in decode_profile.scorers if isinstance(ws.scorer, PrefixMatchConsumer)
+                             and isinstance(p := ws.scorer.match_producer(), PrefixMatchProducer)), None)
         if producer is None:
             producer = self._configured_producer()
         if producer is None:

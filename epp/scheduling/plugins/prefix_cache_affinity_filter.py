@@ -31,6 +31,9 @@ class PrefixCacheAffinityFilter(Filter, BindsPlugins, PrefixMatchConsumer):
         self.producer = None
         self.rng = rng or random.Random()
 
+    def match_producer(self):
+        return self.producer
+
     def wants_default_producer(self) -> bool:
         return not self.producer_name
 

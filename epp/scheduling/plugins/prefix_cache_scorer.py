@@ -62,6 +62,9 @@ class PrefixCacheScorer(Scorer, BindsPlugins, HasSubPlugins, PrefixMatchConsumer
         if found:  # the loader creates one with upstream's defaults when the config names none
             self.producer = found[0]
 
+    def match_producer(self):
+        return self.producer
+
     def wants_default_producer(self) -> bool:
         return not self.own_producer and not self.producer_name
 
