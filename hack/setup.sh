@@ -9,8 +9,9 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; th
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=.venv/.epp-installed
-want=$(cat pyproject.toml hack/setup.sh | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+# the C sources count too: the install compiles them in place (epp/kvcache/_prefix.c)
+want=$(cat pyproject.toml hack/setup.sh epp/kvcache/*.c | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! ls epp/kvcache/_prefix.*.so >/dev/null 2>&1; then
   echo "setup: installing epp and its test tools into .venv" >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
   log=$(mktemp)

@@ -16,10 +16,15 @@ from itertools import islice
 
 import xxhash
 
+try:
+    from . import _prefix      # the C versions (built at install): see _prefix.c for why and how fast
+except ImportError:            # pragma: no cover - a failed build; tests/unit/test_prefix_native.py fails then
+    _prefix = None
+
 _xxh64 = xxhash.xxh64_intdigest
 
 
-def block_keys(seed_text: str, data: bytes, block_bytes: int, max_blocks: int) -> list[int]:
+def py_block_keys(seed_text: str, data: bytes, block_bytes: int, max_blocks: int) -> list[int]:
     """Keys of the full blocks of `data` (a trailing partial block has no key), at most max_blocks."""
     n = min(len(data) // block_bytes, max_blocks)
     h = _xxh64(seed_text.encode())
@@ -31,38 +36,94 @@ def block_keys(seed_text: str, data: bytes, block_bytes: int, max_blocks: int) -
     return out
 
 
+def _c_block_keys(seed_text: str, data: bytes, block_bytes: int, max_blocks: int) -> list[int]:
+    return _prefix.block_keys(_xxh64(seed_text.encode()), data, block_bytes, max_blocks)
+
+
+block_keys = _c_block_keys if _prefix is not None else py_block_keys
+
+
+class DictLRU:
+    """The reference LRU (and the fallback): a plain dict is the LRU, insertion order is recency, a
+    touch is delete + reinsert, and the oldest entries are the first ones; every loop runs in C."""
+
+    __slots__ = ("capacity", "_d")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._d: dict[int, None] = {}
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __contains__(self, key) -> bool:
+        return key in self._d
+
+    def keys(self) -> list[int]:
+        return list(self._d)
+
+    def set_capacity(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._evict()
+
+    def add_run(self, keys: list[int]) -> None:
+        lru = self._d
+        rev = keys[::-1]
+        held = list(filter(lru.__contains__, rev))
+        if held:
+            deque(map(lru.__delitem__, held), 0)
+        lru.update(dict.fromkeys(rev))        # deepest first: block 0 ends most recent
+        self._evict()
+
+    def _evict(self) -> None:
+        lru = self._d
+        excess = len(lru) - self.capacity
+        if excess > 0:
+            deque(map(lru.__delitem__, list(islice(lru, excess))), 0)
+
+    def match_run(self, keys: list[int]) -> int:
+        lru = self._d
+        lo, hi = 0, len(keys)  # holds keys[:lo]; find the first index it does not hold
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if keys[mid] in lru:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+
+LRU = _prefix.LRU if _prefix is not None else DictLRU
+
+
 class PrefixIndex:
     """Per endpoint, an LRU set of block keys. Matching asks each endpoint's set directly (a few
     dozen endpoints, a binary search each), so there is no global key -> endpoints map to keep in
-    step: adding and evicting a block is one C-level dict operation."""
+    step."""
 
-    def __init__(self, capacity_per_endpoint: int = 31_250) -> None:
+    def __init__(self, capacity_per_endpoint: int = 31_250, lru_type=None) -> None:
         self.default_capacity = capacity_per_endpoint
-        self._lru: dict[str, dict[int, None]] = {}
+        self._new = lru_type or LRU
+        self._lru: dict = {}
         self._capacity: dict[str, int] = {}
 
     def __len__(self) -> int:
         return sum(len(lru) for lru in self._lru.values())
 
     def set_capacity(self, endpoint: str, blocks: int) -> None:
-        """Auto-tuning: the endpoint's real cache size (vllm:cache_config_info num_gpu_blocks)."""
+        """Auto-tuning: the endpoint's real cache size (vllm:cache_config_info num_gpu_blocks); it
+        applies from the endpoint's next add."""
         if blocks > 0:
             self._capacity[endpoint] = blocks
 
     def add(self, endpoint: str, keys: list[int]) -> None:
+        cap = self._capacity.get(endpoint, self.default_capacity)
         lru = self._lru.get(endpoint)
         if lru is None:
-            lru = self._lru[endpoint] = {}
-        # A plain dict is the LRU: insertion order is recency, a touch is delete + reinsert, and the
-        # oldest entries are the first ones. Twice as fast as OrderedDict here; every loop runs in C.
-        rev = keys[::-1]
-        held = list(filter(lru.__contains__, rev))
-        if held:
-            deque(map(lru.__delitem__, held), 0)
-        lru.update(dict.fromkeys(rev))        # deepest first: block 0 ends most recent
-        excess = len(lru) - self._capacity.get(endpoint, self.default_capacity)
-        if excess > 0:
-            deque(map(lru.__delitem__, list(islice(lru, excess))), 0)
+            lru = self._lru[endpoint] = self._new(cap)
+        elif lru.capacity != cap:
+            lru.set_capacity(cap)
+        lru.add_run(keys)
 
     def match(self, keys: list[int]) -> dict[str, int]:
         """Per endpoint, how many blocks from block 0 on it holds."""
@@ -71,16 +132,8 @@ class PrefixIndex:
             return out
         first = keys[0]
         for ep, lru in self._lru.items():
-            if first not in lru:
-                continue
-            lo, hi = 1, len(keys)  # ep holds keys[:lo]; find the first index it does not hold
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if keys[mid] in lru:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            out[ep] = lo
+            if first in lru:
+                out[ep] = lru.match_run(keys)
         return out
 
     def holds(self, endpoint: str, key: int) -> bool:
