@@ -23,12 +23,15 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-from bench_overhead import (Children, Overtime, cpu_seconds, install_signal_handlers, pod_stats, start_epp,  # noqa: E402
-                            start_pods, summarize_raw, watchdog, write_endpoints)
-from netutil import free_port  # noqa: E402
+from testbed.children import Children, Overtime, stop_on_signals, watchdog
+from testbed.endpoints import write_endpoints
+from testbed.epp import start_epp
+from testbed.instant_pods import pod_stats, start_pods
+from testbed.ports import free_port
+from testbed.procstat import cpu_seconds
+from testbed.pyspy import find_py_spy, summarize_raw
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_interval(s: str) -> float:
@@ -41,7 +44,7 @@ def parse_interval(s: str) -> float:
 
 def measure(kids: Children, ports: list[int], n: int, a, pods_pid: int) -> dict:
     efile = os.path.join(kids.logdir, f"endpoints-{n}.yaml")
-    write_endpoints(efile, ports[:n])
+    write_endpoints(efile, ports[:n], {"app": "sim"})
     epp = start_epp(kids, efile, free_port(), a.interval, name=f"epp-{n}")
     try:
         time.sleep(a.settle)  # start-up, first connections, imports done
@@ -50,7 +53,7 @@ def measure(kids: Children, ports: list[int], n: int, a, pods_pid: int) -> dict:
         spy = None
         raw = os.path.join(kids.logdir, f"py-spy-scrape-{n}.txt")
         if a.py_spy:
-            exe = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or shutil.which("py-spy")
+            exe = find_py_spy()
             if exe:  # samples the same window (its own overhead lands in py-spy, not in epp)
                 spy = kids.start(f"py-spy-{n}", [exe, "record", "-p", str(epp.pid), "-d", str(int(a.window)), "-r", "200",
                                                  "--format", "raw", "-o", raw, "--nonblocking"])
@@ -97,7 +100,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench_scrape.json"))
     a = ap.parse_args()
     sizes = [int(s) for s in a.endpoints.split(",")]
-    install_signal_handlers()
+    stop_on_signals()
     watchdog(60 + len(sizes) * a.repeats * (a.settle + a.window + 15))
     logdir = tempfile.mkdtemp(prefix="epp-scrape-")
     kids = Children(logdir)
