@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 
-from testbed.children import Children, Overtime, stop_on_signals, watchdog
+from testbed.children import STOPPED, Children, bounded_run
 from testbed.endpoints import write_endpoints
 from testbed.epp import start_epp
 from testbed.instant_pods import pod_stats, start_pods
@@ -100,27 +98,22 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench_scrape.json"))
     a = ap.parse_args()
     sizes = [int(s) for s in a.endpoints.split(",")]
-    stop_on_signals()
-    watchdog(60 + len(sizes) * a.repeats * (a.settle + a.window + 15))
-    logdir = tempfile.mkdtemp(prefix="epp-scrape-")
-    kids = Children(logdir)
     results = []
-    try:
-        pods, ports = start_pods(kids, max(sizes), a.metrics_kb)
-        time.sleep(1.0)
-        for n in sizes:
-            for rep in range(a.repeats):
-                r = measure(kids, ports, n, a, pods.pid)
-                r["repeat"] = rep
-                results.append(r)
-                print(f"{n} endpoints: epp {r['epp_cpu_frac'] * 100:.1f}% of a core, {r['scrapes_per_s']:.0f} scrapes/s "
-                      f"(expected {r['expected_scrapes_per_s']:.0f}), page {r['page_bytes']} B", flush=True)
-    except (KeyboardInterrupt, Overtime, TimeoutError, RuntimeError) as e:
-        print(f"stopped: {e!r} (logs in {logdir})", file=sys.stderr)
-        return 1
-    finally:
-        signal.alarm(0)
-        kids.stop_all()
+    with bounded_run(60 + len(sizes) * a.repeats * (a.settle + a.window + 15), "epp-scrape-") as kids:
+        try:
+            pods, ports = start_pods(kids, max(sizes), a.metrics_kb)
+            time.sleep(1.0)
+            for n in sizes:
+                for rep in range(a.repeats):
+                    r = measure(kids, ports, n, a, pods.pid)
+                    r["repeat"] = rep
+                    results.append(r)
+                    print(f"{n} endpoints: epp {r['epp_cpu_frac'] * 100:.1f}% of a core, {r['scrapes_per_s']:.0f} "
+                          f"scrapes/s (expected {r['expected_scrapes_per_s']:.0f}), page {r['page_bytes']} B", flush=True)
+        except STOPPED as e:
+            print(f"stopped: {e!r} (logs in {kids.logdir})", file=sys.stderr)
+            return 1
+    logdir = kids.logdir
     lines = [f"## epp scrape cost, idle (no requests), --refresh-metrics-interval {a.interval}, "
              f"/metrics page {results[0]['page_bytes'] / 1024:.1f} KB", "",
              "| endpoints | epp CPU (% of one core) | median 1 s window | max 1 s window | scrapes/s (expected) | CPU per scrape | goal |",

@@ -2,10 +2,12 @@
 own process group, stopped with its group on exit, on a signal, and (PR_SET_PDEATHSIG) if we die."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import subprocess
+import tempfile
 import time
 
 
@@ -84,3 +86,22 @@ def watchdog(seconds: float) -> None:
         raise Overtime(f"benchmark exceeded its {seconds:.0f}s bound")
     signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(int(seconds))
+
+
+# what ends a bounded run early: a signal, its time bound, a child that did not start or answer
+STOPPED = (KeyboardInterrupt, Overtime, TimeoutError, RuntimeError)
+
+
+@contextlib.contextmanager
+def bounded_run(seconds: float, prefix: str):
+    """A benchmark's run: signals and the hard time bound raise (STOPPED), and on the way out, however
+    it ends, the bound is lifted and every child stopped. Yields the run's Children (logs in a new
+    temporary directory named prefix...)."""
+    stop_on_signals()
+    watchdog(seconds)
+    kids = Children(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield kids
+    finally:
+        signal.alarm(0)
+        kids.stop_all()

@@ -30,13 +30,11 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
-import tempfile
 import time
 
 from testbed.aio import run
-from testbed.children import Children, Overtime, stop_on_signals, watchdog
+from testbed.children import STOPPED, Children, bounded_run
 from testbed.endpoints import write_endpoints
 from testbed.envoy import bootstrap, find_envoy, start_envoy
 from testbed.epp import start_epp
@@ -237,19 +235,14 @@ def main(argv=None) -> int:
     a.micro_seconds = a.micro_seconds or (0.5 if q else 2.0)
     a.idle_seconds = a.idle_seconds or (1.0 if q else 3.0)
     Payload.shared = a.prompts == "shared"
-    stop_on_signals()
-    watchdog(150 if q else 1800)
-    logdir = tempfile.mkdtemp(prefix="epp-bench-")
-    kids = Children(logdir)
     t0 = time.time()
-    try:
-        res = run(bench(a, kids))
-    except (KeyboardInterrupt, Overtime, TimeoutError, RuntimeError) as e:
-        print(f"stopped: {e!r} (logs in {logdir})", file=sys.stderr)
-        return 1
-    finally:
-        signal.alarm(0)
-        kids.stop_all()
+    with bounded_run(150 if q else 1800, "epp-bench-") as kids:
+        try:
+            res = run(bench(a, kids))
+        except STOPPED as e:
+            print(f"stopped: {e!r} (logs in {kids.logdir})", file=sys.stderr)
+            return 1
+    logdir = kids.logdir
     res["args"] = {k: v for k, v in vars(a).items() if not k.startswith("_")}
     res["elapsed_s"] = time.time() - t0
     text = report(res)

@@ -14,14 +14,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ROW = re.compile(r"^\s*\d+\s+(acme|globex|initech)\s+(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s", re.M)
 
 
-def stack(*args: str) -> subprocess.CompletedProcess:
+def stack(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    # TMPDIR: the stack keeps its logs directory for the user to read; here it lands under tmp_path
     return subprocess.run([sys.executable, os.path.join(ROOT, "hack", "stack.py"), "--backend", "standin",
                            "--pods", "2", "--demo-only", "--port", str(free_port()), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, env={**os.environ, "TMPDIR": str(tmp_path)}, capture_output=True, text=True,
+                          timeout=120)
 
 
-def test_config_and_epp_flags_reach_epp():
-    r = stack("--config", "config/load-only.yaml", "--", "--objective", "batch=-1")
+def test_config_and_epp_flags_reach_epp(tmp_path):
+    r = stack(tmp_path, "--config", "config/load-only.yaml", "--", "--objective", "batch=-1")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "config config/load-only.yaml, flags --objective batch=-1" in r.stdout
     rows = ROW.findall(r.stdout)
@@ -30,8 +32,8 @@ def test_config_and_epp_flags_reach_epp():
     assert {(prefix, total) for _, _, prefix, _, _, total in rows} == {("0.00", "6.00")}, r.stdout
 
 
-def test_a_flag_epp_rejects_stops_the_stack_with_epps_message():
-    r = stack("--", "--no-such-flag")
+def test_a_flag_epp_rejects_stops_the_stack_with_epps_message(tmp_path):
+    r = stack(tmp_path, "--", "--no-such-flag")
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
     assert "epp exited with 2" in r.stderr
     assert "unrecognized arguments: --no-such-flag" in r.stderr
