@@ -3,6 +3,7 @@
 #   hack/bench.sh run hack/bench/scenarios/shared-prefix.yaml [--quick] [--routers a,b]
 #   hack/bench.sh run precise-kv
 #   hack/bench.sh overhead [--quick]
+#   hack/bench.sh epp-overhead [--quick]
 #   hack/bench.sh list
 # Sets up .venv on first use; peers (sglang-router, vllm-router) and matplotlib are pip-installed into
 # their own venvs under out/bench-venvs/ when a run needs them.

@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import random
 import statistics
 import sys
 import time
 import tracemalloc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from epp.kvcache.precise_index import PreciseIndex  # noqa: E402
+from epp.kvcache.precise_index import PreciseIndex
 
 BS = 16
 perf = time.perf_counter_ns

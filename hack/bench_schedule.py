@@ -18,23 +18,19 @@ import json
 import os
 import random
 import statistics
-import sys
 import time
 import tracemalloc
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+from epp.datalayer.endpoint import Endpoint, Metrics, now
+from epp.metrics import EPPMetrics
+from epp.requestcontrol.parse import parse_body
+from epp.scheduling.config import load
+from epp.scheduling.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
+from epp.scheduling.scheduler import from_config
+from epp.scheduling.types import LLMRequest
+from prometheus_client import CollectorRegistry
 
-from epp.datalayer.endpoint import Endpoint, Metrics, now  # noqa: E402
-from epp.metrics import EPPMetrics  # noqa: E402
-from epp.requestcontrol.parse import parse_body  # noqa: E402
-from epp.scheduling.config import load  # noqa: E402
-from epp.scheduling.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer  # noqa: E402
-from epp.scheduling.scheduler import from_config  # noqa: E402
-from epp.scheduling.types import LLMRequest  # noqa: E402
-from prometheus_client import CollectorRegistry  # noqa: E402
-
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
          "upsilon phi chi psi omega invoice ledger account refund policy customer order shipment").split()
 

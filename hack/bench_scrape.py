@@ -16,19 +16,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-from bench_overhead import (Children, Overtime, cpu_seconds, install_signal_handlers, pod_stats, start_epp,  # noqa: E402
-                            start_pods, summarize_raw, watchdog, write_endpoints)
-from netutil import free_port  # noqa: E402
+from testbed.children import STOPPED, Children, bounded_run
+from testbed.endpoints import write_endpoints
+from testbed.epp import start_epp
+from testbed.instant_pods import pod_stats, start_pods
+from testbed.ports import free_port
+from testbed.procstat import cpu_seconds
+from testbed.pyspy import find_py_spy, summarize_raw
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_interval(s: str) -> float:
@@ -41,7 +42,7 @@ def parse_interval(s: str) -> float:
 
 def measure(kids: Children, ports: list[int], n: int, a, pods_pid: int) -> dict:
     efile = os.path.join(kids.logdir, f"endpoints-{n}.yaml")
-    write_endpoints(efile, ports[:n])
+    write_endpoints(efile, ports[:n], {"app": "sim"})
     epp = start_epp(kids, efile, free_port(), a.interval, name=f"epp-{n}")
     try:
         time.sleep(a.settle)  # start-up, first connections, imports done
@@ -50,7 +51,7 @@ def measure(kids: Children, ports: list[int], n: int, a, pods_pid: int) -> dict:
         spy = None
         raw = os.path.join(kids.logdir, f"py-spy-scrape-{n}.txt")
         if a.py_spy:
-            exe = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or shutil.which("py-spy")
+            exe = find_py_spy()
             if exe:  # samples the same window (its own overhead lands in py-spy, not in epp)
                 spy = kids.start(f"py-spy-{n}", [exe, "record", "-p", str(epp.pid), "-d", str(int(a.window)), "-r", "200",
                                                  "--format", "raw", "-o", raw, "--nonblocking"])
@@ -97,27 +98,22 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench_scrape.json"))
     a = ap.parse_args()
     sizes = [int(s) for s in a.endpoints.split(",")]
-    install_signal_handlers()
-    watchdog(60 + len(sizes) * a.repeats * (a.settle + a.window + 15))
-    logdir = tempfile.mkdtemp(prefix="epp-scrape-")
-    kids = Children(logdir)
     results = []
-    try:
-        pods, ports = start_pods(kids, max(sizes), a.metrics_kb)
-        time.sleep(1.0)
-        for n in sizes:
-            for rep in range(a.repeats):
-                r = measure(kids, ports, n, a, pods.pid)
-                r["repeat"] = rep
-                results.append(r)
-                print(f"{n} endpoints: epp {r['epp_cpu_frac'] * 100:.1f}% of a core, {r['scrapes_per_s']:.0f} scrapes/s "
-                      f"(expected {r['expected_scrapes_per_s']:.0f}), page {r['page_bytes']} B", flush=True)
-    except (KeyboardInterrupt, Overtime, TimeoutError, RuntimeError) as e:
-        print(f"stopped: {e!r} (logs in {logdir})", file=sys.stderr)
-        return 1
-    finally:
-        signal.alarm(0)
-        kids.stop_all()
+    with bounded_run(60 + len(sizes) * a.repeats * (a.settle + a.window + 15), "epp-scrape-") as kids:
+        try:
+            pods, ports = start_pods(kids, max(sizes), a.metrics_kb)
+            time.sleep(1.0)
+            for n in sizes:
+                for rep in range(a.repeats):
+                    r = measure(kids, ports, n, a, pods.pid)
+                    r["repeat"] = rep
+                    results.append(r)
+                    print(f"{n} endpoints: epp {r['epp_cpu_frac'] * 100:.1f}% of a core, {r['scrapes_per_s']:.0f} "
+                          f"scrapes/s (expected {r['expected_scrapes_per_s']:.0f}), page {r['page_bytes']} B", flush=True)
+        except STOPPED as e:
+            print(f"stopped: {e!r} (logs in {kids.logdir})", file=sys.stderr)
+            return 1
+    logdir = kids.logdir
     lines = [f"## epp scrape cost, idle (no requests), --refresh-metrics-interval {a.interval}, "
              f"/metrics page {results[0]['page_bytes'] / 1024:.1f} KB", "",
              "| endpoints | epp CPU (% of one core) | median 1 s window | max 1 s window | scrapes/s (expected) | CPU per scrape | goal |",

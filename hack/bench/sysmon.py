@@ -12,7 +12,7 @@ import asyncio
 import os
 import time
 
-from bench_overhead import cpu_seconds, machine_busy_seconds
+from testbed.procstat import cpu_seconds, machine_busy_seconds
 
 NCPU = os.cpu_count() or 1
 BUSY_LIMIT, LOADGEN_LIMIT, LAG_LIMIT_MS = 0.90, 0.85, 25.0

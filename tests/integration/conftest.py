@@ -1,6 +1,8 @@
 import pytest
 
-from .stack import Envoy, Epp, PodGroup, write_endpoints
+from testbed.endpoints import write_endpoints
+
+from .stack import Envoy, Epp, PodGroup
 
 MODES = ["FULL_DUPLEX_STREAMED", "BUFFERED", "STREAMED", "STREAMED_EARLY"]
 

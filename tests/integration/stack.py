@@ -3,20 +3,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.client
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 
-from envoy_bootstrap import bootstrap
-from netutil import free_port, wait_port
-from standin_pod import Pod
-
-ENVOY = shutil.which("envoy") or os.path.join(os.path.dirname(sys.executable), "envoy")
+from testbed.envoy import bootstrap, find_envoy
+from testbed.http1 import get
+from testbed.ports import free_port
+from testbed.standin_pod import Pod
+from testbed.wait import wait_port
 
 
 class PodGroup:
@@ -40,13 +38,6 @@ class PodGroup:
         self.thread.join(5)
 
 
-def write_endpoints(path: str, pods: list[Pod], labels: dict | None = None) -> None:
-    with open(path, "w") as f:
-        f.write("endpoints:\n" if pods else "endpoints: []\n")
-        for p in pods:
-            f.write(f'- name: {p.name}\n  address: "{p.address}"\n  labels: {json.dumps(labels or {"app": "sim"})}\n')
-
-
 class Epp:
     def __init__(self, tmp: str, endpoints_file: str, *extra: str, name: str = "epp") -> None:
         self.ports = {k: free_port() for k in ("grpc", "health", "metrics")}
@@ -63,12 +54,7 @@ class Epp:
         wait_port(self.ports["metrics"], 20, self.proc)
 
     def metrics(self) -> str:
-        conn = http.client.HTTPConnection("127.0.0.1", self.ports["metrics"], timeout=5)
-        try:
-            conn.request("GET", "/metrics")
-            return conn.getresponse().read().decode()
-        finally:
-            conn.close()
+        return get(self.ports["metrics"], "/metrics")[1].decode()
 
     def sample(self, name: str, **labels) -> float | None:
         from prometheus_client.parser import text_string_to_metric_families
@@ -104,7 +90,7 @@ class Envoy:
             json.dump(bootstrap(free_port(), self.ports, epp_port, epp_tls, direct_backend, self.access_log), f)
         self.log = os.path.join(tmp, "envoy.log")
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen([ENVOY, "-c", cfg, "--use-dynamic-base-id", "--log-level", "warn",
+            self.proc = subprocess.Popen([find_envoy(), "-c", cfg, "--use-dynamic-base-id", "--log-level", "warn",
                                           "--file-flush-interval-msec", "50"], stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         for port in self.ports.values():
@@ -118,22 +104,6 @@ class Envoy:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def post(port: int, path: str, body: bytes, headers: dict | list | None = None, timeout: float = 20):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.putrequest("POST", path, skip_accept_encoding=True)
-        items = headers.items() if isinstance(headers, dict) else (headers or [])
-        conn.putheader("content-type", "application/json")
-        conn.putheader("content-length", str(len(body)))
-        for k, v in items:
-            conn.putheader(k, v)
-        conn.endheaders(body)
-        r = conn.getresponse()
-        return r.status, r.read(), {k.lower(): v for k, v in r.getheaders()}
-    finally:
-        conn.close()
 
 
 def landed_right(status: int, raw: bytes, sent: bytes, pool: list[str]) -> str | None:

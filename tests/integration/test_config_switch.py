@@ -7,7 +7,10 @@ from collections import Counter
 
 import pytest
 
-from .stack import Envoy, Epp, PodGroup, landed_right, post, write_endpoints
+from testbed.endpoints import write_endpoints
+from testbed.http1 import post
+
+from .stack import Envoy, Epp, PodGroup, landed_right
 
 pytestmark = pytest.mark.envoy
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -8,8 +8,10 @@ import time
 
 import pytest
 
+from testbed.http1 import post
+
 from .conftest import MODES
-from .stack import landed_right, post
+from .stack import landed_right
 
 pytestmark = pytest.mark.envoy
 

@@ -8,7 +8,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
 
 from epp.server.h2grpc import GrpcMethodServer
-from netutil import free_port
+from testbed.ports import free_port
 
 METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 

@@ -10,6 +10,7 @@ from epp.datalayer.k8s.leader import LeaderElector
 from epp.datalayer.k8s.objectives import ObjectivesWatch
 from epp.datalayer.k8s.pool import PoolDiscovery, SelectorDiscovery
 from epp.datalayer.store import EndpointStore
+from testbed.wait import until
 
 from .fake_kube import FakeKube, inference_pool, pod
 
@@ -24,15 +25,6 @@ def kube(tmp_path):
     k.config = k.kubeconfig(str(tmp_path / "kubeconfig"))
     yield k
     k.close()
-
-
-async def until(cond, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return time.monotonic()
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def addresses(store):
@@ -58,7 +50,8 @@ async def test_pool_pods_churn_reaches_the_store(kube):
         await until(lambda: addresses(store) == ["10.0.0.1:8000", "10.0.0.2:8000"], what="b ready")
         t0 = time.monotonic()
         kube.put(*PODS, "ns1", pod("a", "10.0.0.1", {"app": "vllm"}, ready=False))         # turns unready
-        t1 = await until(lambda: addresses(store) == ["10.0.0.2:8000"], what="a unready")
+        await until(lambda: addresses(store) == ["10.0.0.2:8000"], what="a unready")
+        t1 = time.monotonic()
         assert t1 - t0 < 1.0
         kube.put(*PODS, "ns1", pod("b", "10.0.0.2", {"app": "vllm", "llm-d.ai/role": "prefill"}))  # relabel
         await until(lambda: store.get("10.0.0.2:8000").labels.get("llm-d.ai/role") == "prefill", what="relabel")

@@ -9,11 +9,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from netutil import free_port
-from standin_pod import Pod
+from testbed.http1 import post
+from testbed.ports import free_port
+from testbed.standin_pod import Pod
 
 from .fake_kube import FakeKube, inference_pool, pod
-from .stack import Envoy, Epp, PodGroup, post
+from .stack import Envoy, Epp, PodGroup
 
 pytestmark = pytest.mark.envoy
 MODE = "FULL_DUPLEX_STREAMED"

@@ -17,11 +17,12 @@ import msgpack
 import pytest
 import zmq
 import zmq.asyncio
-from netutil import free_port
-
-from .stack import wait_healthy
 
 from epp.datalayer.kv_events import BlockRemoved, BlockStored, EventBatch, KVEventSubscriber
+from testbed.ports import free_port
+from testbed.wait import Timeout, until
+
+from .stack import wait_healthy
 
 HANG = 30.0
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,16 +56,10 @@ class Sink:
         self._changed.set()
 
     async def until(self, pred, what: str, timeout: float = HANG):
-        deadline = time.monotonic() + timeout
-        while not pred():
-            self._changed.clear()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"waiting for {what}; log: {self.log[-5:]}")
-            try:
-                await asyncio.wait_for(self._changed.wait(), left)
-            except asyncio.TimeoutError:
-                pass
+        try:
+            await until(pred, what, timeout, wake=self._changed)
+        except Timeout as e:
+            raise Timeout(f"{e}; log: {self.log[-5:]}") from None
 
     # views
     def seqs(self, address: str) -> list[int]:

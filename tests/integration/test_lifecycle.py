@@ -10,7 +10,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .stack import Envoy, Epp, PodGroup, landed_right, post, write_endpoints
+from testbed.endpoints import write_endpoints
+from testbed.http1 import post
+
+from .stack import Envoy, Epp, PodGroup, landed_right
 
 pytestmark = pytest.mark.envoy
 

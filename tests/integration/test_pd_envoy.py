@@ -1,7 +1,7 @@
 """P/D end to end through the real Envoy: epp with config/pd.yaml picks the decode pod and, for a long
 uncached prompt, a prefill pod; the epp-sidecar in front of the decode sim runs the prefill leg; the
 decode sim pulls the KV cache from the prefill sim (NIXL where installed, else the sims' HTTP side
-channel). The pods are started by the local stack's own code (hack/stack_pd.py)."""
+channel). The pods are started by the local stack's own code (testbed.pd, as hack/stack.sh --topology pd)."""
 from __future__ import annotations
 
 import asyncio
@@ -13,9 +13,10 @@ import aiohttp
 import orjson
 import pytest
 
-import stack_pd
-from netutil import Children, free_port, wait_port
-from tests.sim.conftest import until
+from testbed import pd as pd_pods
+from testbed.children import Children
+from testbed.ports import free_port
+from testbed.wait import until, wait_port
 
 from .stack import Envoy, Epp
 
@@ -33,12 +34,12 @@ def pd(tmp_path_factory):
     kids = Children(str(tmp))
     efile = str(tmp / "endpoints.yaml")
     try:
-        pods = stack_pd.start(kids, 1, 1, efile, ["--time-scale", "5", "--seed", "1"])
+        pods = pd_pods.start(kids, 1, 1, efile, ["--time-scale", "5", "--seed", "1"])
         assert pods["sidecar"] == "epp-sidecar"
         agg_port = free_port()
         agg = kids.start("aggregated", [PY, "-m", "vllm_sim", "--port", str(agg_port), "--time-scale", "20", "--seed", "1"])
         wait_port(agg_port, HANG, agg, "aggregated sim")
-        epp = Epp(str(tmp), efile, "--config-file", stack_pd.epp_config(), "--decision-header",
+        epp = Epp(str(tmp), efile, "--config-file", pd_pods.EPP_CONFIG, "--decision-header",
                   "--refresh-metrics-interval", "50ms")
         envoy = Envoy(str(tmp), [MODE], epp.ports["grpc"])
 
@@ -63,8 +64,8 @@ async def engine(http, address):
 
 
 async def idle(http, address):
-    return await until(lambda: engine(http, address),
-                       lambda d: d["running"] == 0 and d["waiting"] == 0 and d["pinned"] == 0, f"{address} idle", HANG)
+    return await until(lambda: engine(http, address), f"{address} idle", HANG,
+                       test=lambda d: d["running"] == 0 and d["waiting"] == 0 and d["pinned"] == 0)
 
 
 async def complete(http, url, body, headers=None):
@@ -80,7 +81,7 @@ async def test_long_prompt_prefill_then_decode_same_output_as_aggregated(pd):
     body = {"model": "sim-model", "prompt": LONG, "max_tokens": 8, "ignore_eos": True, "seed": 7}
     async with aiohttp.ClientSession() as http:
         await until(lambda: complete(http, pd.url, {"model": "sim-model", "prompt": "warm", "max_tokens": 1}),
-                    lambda r: r[0] == 200, "the stack answers", HANG)
+                    "the stack answers", HANG, test=lambda r: r[0] == 200)
         p0, d0 = await engine(http, pd.sims["prefill"][0]), await engine(http, pd.sims["decode"][0])
         status, raw, why = await complete(http, pd.url, body)
         assert status == 200, raw
@@ -144,7 +145,7 @@ async def test_prefill_pods_down_decode_alone(pd):
     def fresh():   # a new long prompt each time, so "already cached" is never the reason
         return {"model": "sim-model", "prompt": f"document {next(n)} about pricing " * 60, "max_tokens": 4}
     async with aiohttp.ClientSession() as http:
-        st, raw, why = await until(lambda: complete(http, pd.url, fresh()), lambda r: prefill_pick(r[2]) == [],
-                                   "a decision without the stopped prefill pod", HANG)
+        st, raw, why = await until(lambda: complete(http, pd.url, fresh()), "a decision without the stopped prefill pod",
+                                   HANG, test=lambda r: prefill_pick(r[2]) == [])
         assert st == 200, raw
         assert why.get("reasons"), why        # the decider says why it did not disaggregate

@@ -7,7 +7,9 @@ import os
 
 import pytest
 
-from .stack import Envoy, Epp, PodGroup, post
+from testbed.http1 import post
+
+from .stack import Envoy, Epp, PodGroup
 
 pytestmark = pytest.mark.envoy
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -3,31 +3,23 @@ real cache, and two producers (two EPP replicas) fed the same events score ident
 import asyncio
 import json
 import sys
-import time
 
 import aiohttp
 import zmq
 import zmq.asyncio
-
-from netutil import free_port
-
-from .stack import wait_healthy
 
 from epp.datalayer.endpoint import Endpoint, Metrics, now
 from epp.datalayer.store import EndpointStore
 from epp.scheduling.plugins.precise_prefix_cache_producer import PrecisePrefixCacheProducer
 from epp.scheduling.plugins.token_producer import TokenProducer
 from epp.scheduling.types import CycleState, LLMRequest
+from testbed.ports import free_port
+from testbed.wait import until
+
+from .stack import wait_healthy
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
 HANG = 60.0
-
-
-async def until(pred, what, timeout=HANG):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        await asyncio.sleep(0.01)
 
 
 def producer(port: int, tokens: TokenProducer, name: str) -> PrecisePrefixCacheProducer:

@@ -10,9 +10,10 @@ import urllib.request
 
 import pytest
 
-from netutil import free_listen_port, free_port, free_range
+from testbed.http1 import post
+from testbed.ports import free_listen_port, free_port, free_range
 
-from .stack import Envoy, Epp, post
+from .stack import Envoy, Epp
 
 pytestmark = pytest.mark.envoy
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -5,6 +5,7 @@ import time
 from epp.datalayer.endpoint import Endpoint
 from epp.datalayer.scraper import Scraper
 from epp.datalayer.store import EndpointStore
+from testbed.http1 import LAST_CHUNK, chunk, chunked_head, read_request, response
 
 GOOD = b"vllm:num_requests_waiting 4\nvllm:kv_cache_usage_perc 0.5\n"
 
@@ -17,8 +18,8 @@ async def serve(handler):
 async def good(reader, writer):
     try:
         while True:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(GOOD) + GOOD)
+            await read_request(reader)
+            writer.write(response(200, GOOD, ctype=None))
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         writer.close()
@@ -27,11 +28,11 @@ async def good(reader, writer):
 async def chunked(reader, writer):
     try:
         while True:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            await read_request(reader)
+            writer.write(chunked_head())
             for part in (GOOD[:10], GOOD[10:]):
-                writer.write(b"%x\r\n%s\r\n" % (len(part), part))
-            writer.write(b"0\r\n\r\n")
+                writer.write(chunk(part))
+            writer.write(LAST_CHUNK)
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         writer.close()
@@ -42,15 +43,15 @@ async def hung(reader, writer):
 
 
 async def garbage(reader, writer):
-    await reader.readuntil(b"\r\n\r\n")
-    writer.write(b"\x00\x01garbage\r\n\r\n")
+    await read_request(reader)
+    writer.write(b"\x00\x01garbage\r\n\r\n")                 # not HTTP at all
     await writer.drain()
     writer.close()
 
 
 async def html(reader, writer):
-    await reader.readuntil(b"\r\n\r\n")
-    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\n<html>")
+    await read_request(reader)
+    writer.write(response(200, b"<html>", ctype=None, close=True))
     await writer.drain()
     writer.close()
 

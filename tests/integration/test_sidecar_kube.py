@@ -6,12 +6,11 @@ from __future__ import annotations
 import aiohttp
 import pytest
 from aiohttp import web
-from netutil import free_port
 
 from epp.sidecar.options import parse
 from epp.sidecar.server import SidecarServer
-
-from tests.unit.test_sidecar import until
+from testbed.ports import free_port
+from testbed.wait import until
 
 from .fake_kube import FakeKube, inference_pool, pod
 

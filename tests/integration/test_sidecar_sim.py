@@ -11,9 +11,11 @@ import sys
 import aiohttp
 import orjson
 import pytest
-from netutil import Children, free_port, wait_port
 
-from tests.sim.conftest import until
+from testbed.children import Children
+from testbed.endpoints import write_endpoints
+from testbed.ports import free_port
+from testbed.wait import until, wait_port
 
 PY = sys.executable
 SIDECAR = os.path.join(os.path.dirname(PY), "epp-sidecar")
@@ -47,9 +49,8 @@ def pd(tmp_path_factory):
         aggregated = Sim(kids, "aggregated", "--time-scale", "20")
         down = free_port()                      # a pool member whose pod is down
         efile = tmp / "endpoints.yaml"
-        efile.write_text("endpoints:\n" + "".join(
-            f'- name: {n}\n  address: "{a}"\n  labels: {{llm-d.ai/role: {r}}}\n'
-            for n, a, r in (("prefill-0", prefill.address, "prefill"), ("prefill-1", f"127.0.0.1:{down}", "prefill"))))
+        write_endpoints(efile, [("prefill-0", prefill.address), ("prefill-1", f"127.0.0.1:{down}")],
+                        {"llm-d.ai/role": "prefill"})
         port, metrics = free_port(), free_port()
         sidecar = kids.start("sidecar", [SIDECAR, "--port", str(port), "--vllm-port", str(decode.port),
                                          "--kv-connector", "nixlv2", "--enable-ssrf-protection", "--secure-proxy=false",
@@ -82,8 +83,8 @@ async def complete(http, url, body, target=None):
 
 async def idle_and_free(http, sim):
     """No request running, waiting or pinned, and every KV block free."""
-    eng = await until(lambda: get(http, sim.url + "/debug/engine"),
-                      lambda d: d["running"] == 0 and d["waiting"] == 0 and d["pinned"] == 0, f"{sim.url} idle")
+    eng = await until(lambda: get(http, sim.url + "/debug/engine"), f"{sim.url} idle",
+                      test=lambda d: d["running"] == 0 and d["waiting"] == 0 and d["pinned"] == 0)
     kv = await get(http, sim.url + "/debug/kv_cache")
     assert kv["usage"] == 0.0, kv["usage"]
     return eng
@@ -166,13 +167,13 @@ async def test_client_cancel_during_prefill_aborts_the_prefill(pd):
         task = asyncio.create_task(complete(client, pd.url, body, pd.prefill.address))
         # running between two chunks of its prefill (a finished request leaves `running` in the step that
         # computes its last chunk)
-        await until(lambda: get(http, pd.prefill.url + "/debug/engine"), lambda d: d["running"] == 1,
-                    "the prefill leg running")
+        await until(lambda: get(http, pd.prefill.url + "/debug/engine"), "the prefill leg running",
+                    test=lambda d: d["running"] == 1)
         task.cancel()
         await client.close()
         await idle_and_free(http, pd.prefill)          # aborted mid-prefill: its blocks are free, none pinned
-        await until(lambda: sidecar_count(http, pd, "client_disconnects"), lambda n: n == before + 1,
-                    "the sidecar to count the disconnect")
+        await until(lambda: sidecar_count(http, pd, "client_disconnects"), "the sidecar to count the disconnect",
+                    test=lambda n: n == before + 1)
         d1 = await idle_and_free(http, pd.decode)
         assert d1["requests_served"] == d0["requests_served"]               # no decode leg was sent
 

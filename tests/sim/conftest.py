@@ -1,6 +1,4 @@
-import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -8,8 +6,9 @@ import urllib.request
 
 import aiohttp
 import pytest
-from netutil import free_range
 
+from testbed.ports import free_port
+from testbed.wait import until
 from vllm_sim.cli import build_parser
 from vllm_sim.server import SimServer
 
@@ -17,29 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PY = sys.executable
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_port_range(n: int) -> int:
-    return free_range(n)
-
-
 TIMEOUT = 60.0      # generous: a deadline that only a hang reaches, whatever the host's load
-
-
-async def until(fetch, pred, what: str, timeout=TIMEOUT, every=0.01):
-    """Await `fetch()` until `pred(result)`: event-driven waiting with a hang guard, no wall-clock budget."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await fetch()
-        if pred(got):
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: last {got!r}")
-        await asyncio.sleep(every)
 
 
 class InProcSim:
@@ -76,7 +53,7 @@ class InProcSim:
 
     async def engine_when(self, pred, what: str, timeout=TIMEOUT) -> dict:
         """Poll /debug/engine until `pred(state)` holds; the timeout only bounds a hang, never the speed."""
-        return (await until(lambda: self.get("/debug/engine"), lambda r: pred(r[1]), what, timeout))[1]
+        return (await until(lambda: self.get("/debug/engine"), what, timeout, test=lambda r: pred(r[1])))[1]
 
     async def wait_idle(self, timeout=TIMEOUT) -> dict:
         return await self.engine_when(lambda d: d["running"] == 0 and d["waiting"] == 0, "engine idle", timeout)

@@ -7,7 +7,10 @@ import msgpack
 import zmq
 import zmq.asyncio
 
-from .conftest import TIMEOUT, InProcSim, free_port, until
+from testbed.ports import free_port
+from testbed.wait import until
+
+from .conftest import TIMEOUT, InProcSim
 
 
 class Index:
@@ -97,7 +100,7 @@ class Reader:
 
         async def count():
             return len(self.index.seqs)
-        await until(count, lambda n: n >= pub.seq, f"{pub.seq} event batches", timeout)
+        await until(count, f"{pub.seq} event batches", timeout, test=lambda n: n >= pub.seq)
 
     def stop(self):
         self.task.cancel()

@@ -4,7 +4,9 @@ import contextlib
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import InProcSim, until
+from testbed.wait import until
+
+from .conftest import InProcSim
 
 
 def samples(text):
@@ -59,8 +61,8 @@ async def test_metrics_names_labels_and_values():
     # however late the poll gets to look
     async with InProcSim("--time-scale", "1", "--num-gpu-blocks-override", "100", "--model", "m1") as sim:
         task = asyncio.create_task(sim.post("/v1/completions", {"prompt": prompt, "max_tokens": 1400}))
-        s = await until(lambda: metrics(sim), lambda s: one(s, "vllm:num_requests_running").value == 1,
-                        "a running request")
+        s = await until(lambda: metrics(sim), "a running request",
+                        test=lambda s: one(s, "vllm:num_requests_running").value == 1)
         assert one(s, "vllm:kv_cache_usage_perc").value > 0
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -84,9 +86,8 @@ async def test_lora_requests_info_and_adapters():
         assert (await sim.post("/v1/completions", {"model": "new", "prompt": "x"}))[0] == 404
         # 2000 tokens in real time (~14 s): running long enough to be seen however late the poll looks
         task = asyncio.create_task(sim.post("/v1/completions", {"model": "sql", "prompt": "select", "max_tokens": 2000}))
-        s = await until(lambda: metrics(sim),
-                        lambda s: one(s, "vllm:lora_requests_info").labels["running_lora_adapters"] == "sql",
-                        "the adapter running")
+        s = await until(lambda: metrics(sim), "the adapter running",
+                        test=lambda s: one(s, "vllm:lora_requests_info").labels["running_lora_adapters"] == "sql")
         info = one(s, "vllm:lora_requests_info")
         assert info.labels == {"max_lora": "2", "running_lora_adapters": "sql", "waiting_lora_adapters": ""}
         assert info.value > 1e9        # a timestamp

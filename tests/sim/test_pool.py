@@ -8,7 +8,9 @@ import urllib.request
 
 import yaml
 
-from .conftest import ROOT, TIMEOUT, free_port_range
+from testbed.ports import free_range
+
+from .conftest import ROOT, TIMEOUT
 
 
 def alive(pid: int) -> bool:
@@ -29,7 +31,7 @@ def children(pid: int) -> list[int]:
 
 
 def test_pool_starts_writes_endpoints_and_stops_children(tmp_path):
-    base = free_port_range(3)
+    base = free_range(3)
     ep = tmp_path / "endpoints.yaml"
     proc = subprocess.Popen([sys.executable, "-m", "vllm_sim.pool", "--count", "3", "--base-port", str(base),
                              "--roles", "prefill,decode", "--endpoints-file", str(ep), "--",

@@ -1,10 +1,11 @@
 """Decoding of vLLM KV-event payloads: byte-exact hand-built frames for every layout vLLM has used, malformed
-payloads, and round trips through the simulator's encoder and (when installed) msgspec structs laid out as
+payloads, and round trips through the simulator's encoder and msgspec structs laid out as
 vLLM declares them."""
 import hashlib
 import struct
 
 import msgpack
+import msgspec
 import pytest
 
 from epp.datalayer.kv_events import (
@@ -286,9 +287,8 @@ def test_round_trip_through_the_sims_encoder():
         pub.ctx.term()
 
 
-# ---- msgspec structs laid out as vLLM declares them (optional: msgspec is vLLM's encoder, not ours) ---------
+# ---- msgspec structs laid out as vLLM declares them (msgspec is vLLM's encoder: a test dependency, not ours) --
 def _vllm_structs(array_like_events: bool):
-    msgspec = pytest.importorskip("msgspec")
     from typing import Any, Optional, Union
 
     class EventBatch_(msgspec.Struct, array_like=True, omit_defaults=True):

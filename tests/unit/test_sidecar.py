@@ -16,6 +16,9 @@ from epp.sidecar.allowlist import Allowlist
 from epp.sidecar.options import Config
 from epp.sidecar.proxy import FORBIDDEN, PREFILL_KV, prefill_body
 from epp.sidecar.server import SidecarServer, server_ssl_context
+from testbed.endpoints import write_endpoints
+from testbed.ports import free_port, free_range
+from testbed.wait import until
 
 HANG = 60.0     # bounds a hang only; nothing here waits on the clock
 
@@ -108,15 +111,6 @@ async def sidecar(decode: Fake, tmp_path=None, members=(), **cfg):
             yield server
     finally:
         await server.stop()
-
-
-def write_endpoints(path, members):
-    lines = ["endpoints:"] + [f'- name: p{i}\n  address: "{a}"' for i, a in enumerate(members)]
-    tmp = str(path) + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    import os
-    os.replace(tmp, path)
 
 
 BODY = {"model": "m", "prompt": "a long prompt " * 20, "max_tokens": 30, "temperature": 0.5,
@@ -493,7 +487,6 @@ async def test_secure_proxy_serves_the_cert_path_and_its_renewal(tmp_path, monke
 
 
 async def test_data_parallel_ranks():
-    from netutil import free_range
     base, ms = free_range(2), free_range(2)
     async with Fake(lambda req, body: web.Response(text="rank0"), port=ms) as d0, \
             Fake(lambda req, body: web.Response(text="rank1"), port=ms + 1), \
@@ -505,7 +498,6 @@ async def test_data_parallel_ranks():
 
 
 async def test_metrics_port(tmp_path):
-    from netutil import free_port
     async with Fake(prefill_ok()) as p, Fake(decode_json) as d, \
             sidecar(d, tmp_path, [p.address], metrics_port=free_port()) as sc:
         await post(sc, target=p.address)
@@ -524,13 +516,3 @@ async def test_allowlist_disabled_and_malformed_targets():
     await on.start()                                # nothing to watch: stays empty
     assert on.members() == set()
     await on.stop()
-
-
-async def until(cond, what, timeout=HANG):
-    """Until cond() (a value or an awaitable) is true; the timeout only bounds a hang."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not ((await got) if asyncio.iscoroutine(got := cond()) else got):
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)

