@@ -14,14 +14,17 @@ ARG WITH_NIXL=false
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
+# a C compiler for epp's own extension (epp/kvcache/_prefix.c, the prefix index's hot loops); every
+# dependency ships wheels for CPython 3.12 (amd64, arm64). This stage is thrown away.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# every dependency ships wheels for CPython 3.12 (amd64, arm64): no compiler in this stage
 COPY pyproject.toml README.md ./
 COPY epp ./epp
 COPY vllm_sim ./vllm_sim
 RUN pip install . \
+ && python -c "import epp.kvcache._prefix" \
  && if [ "$WITH_NIXL" = "true" ]; then \
       pip install numpy && pip install --no-deps nixl==1.5.1 nixl-cu13==1.5.1; \
     fi \
