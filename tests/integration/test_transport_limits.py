@@ -341,3 +341,52 @@ def test_peer_that_does_not_read_is_not_buffered_for(epps, transport):
         c.close()
     time.sleep(0.2)
     served(epp)
+
+
+def processor(epp: Epp, **options):
+    import grpc
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{epp.ports['grpc']}", options=list(options.items()))
+    return channel, pbg.ExternalProcessorStub(channel)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_grpcio_client_with_a_thousand_concurrent_calls(epps, transport):
+    import grpc
+    channel, stub = processor(epps(transport))
+    try:
+        calls = [stub.Process() for _ in range(1000)]
+        for call in calls:        # all open at once: epp holds each until its body has come
+            await call.write(pb.ProcessingRequest.FromString(held()))
+        for call in calls:
+            await call.write(pb.ProcessingRequest(request_body=pb.HttpBody(body=BODY, end_of_stream=True)))
+            await call.done_writing()
+        for call in calls:
+            assert [(await call.read()).WhichOneof("response") for _ in range(2)] == ["request_headers", "request_body"]
+            assert await call.read() == grpc.aio.EOF
+            assert await call.code() == grpc.StatusCode.OK
+    finally:
+        await channel.close()
+    served(epps(transport))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_grpcio_client_over_the_limits(epps, transport):
+    import grpc
+    channel, stub = processor(epps(transport), **{"grpc.max_send_message_length": 64 << 20})
+    try:
+        big = pb.ProcessingRequest(request_body=pb.HttpBody(body=b"x" * (4 << 20)))
+        call = stub.Process(iter([big]))
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await call.read()
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        call = stub.Process(iter([pb.ProcessingRequest.FromString(hello())]),
+                            metadata=[(f"x-pad-{i:04}", "v" * 20) for i in range(2000)])
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await call.read()
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        call = stub.Process(iter([pb.ProcessingRequest.FromString(hello())]))   # the channel serves on
+        assert (await call.read()).WhichOneof("response") == "request_headers"
+        assert await call.code() == grpc.StatusCode.OK
+    finally:
+        await channel.close()
