@@ -140,6 +140,7 @@ class Connection(asyncio.Protocol):
     def _fail(self, code: int, why: str, debug: bytes = b"") -> None:
         log.warning("ext_proc connection error: %s", why)
         self.failed = True
+        self.buf = bytearray()     # what is left unread is never read
         self.goaway(code, debug)
         self.abort()
 

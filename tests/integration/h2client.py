@@ -84,6 +84,7 @@ class H2Client:
         self.goaway: tuple[int, int, bytes] | None = None   # last stream id, code, debug data
         self.closed = False
         self.pings_acked = 0
+        self.ping_acks: list[bytes] = []
         self.next_sid = 1
         self._block: tuple[int, int, bytearray] | None = None
         if initial:
@@ -203,6 +204,7 @@ class H2Client:
             self.goaway = (last & 0x7FFFFFFF, code, payload[8:])
         elif ftype == PING and flags & ACK:
             self.pings_acked += 1
+            self.ping_acks.append(payload)
 
 
 def rss_kib(pid: int) -> int:
