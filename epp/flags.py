@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 
 from .durations import parse_duration
 
@@ -98,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     f.add("decision-header", "add x-epp-decision (candidates' scores and the pick) to responses", False, boolean)
     f.add("max-request-body-bytes", "larger request bodies are refused with 413", 128 << 20, int)
     f.add("shutdown-grace-period", "on SIGTERM, how long in-flight streams may take to finish", duration("15s"), duration)
+    # ext_proc transport limits (docs/transport.md): the first two are upstream's, the rest ours
+    f.add("grpc-max-recv-msg-size", "largest gRPC message received; larger is RESOURCE_EXHAUSTED on its stream "
+          "(BUFFERED mode sends a whole body as one message)", 4 << 20, size)
+    f.add("grpc-max-send-msg-size", "largest gRPC message sent", (1 << 31) - 1, size)
+    f.add("grpc-max-header-list-size", "largest gRPC call metadata (HTTP/2 header list); larger is "
+          "RESOURCE_EXHAUSTED on its stream, more than twice it closes the connection", 64 << 10, size)
+    f.add("grpc-max-concurrent-streams", "ext_proc calls per connection (SETTINGS_MAX_CONCURRENT_STREAMS); "
+          "more are refused (REFUSED_STREAM)", 1024, positive)
+    f.add("grpc-max-glitches-per-second", "per connection: resets before a first message, refused streams, "
+          "SETTINGS, PRIORITY, empty and unknown frames; more is GOAWAY(ENHANCE_YOUR_CALM); 0: no limit", 1000, count)
+    f.add("grpc-keepalive-min-time", "pings closer than this without reply data in between are strikes; the "
+          "third is GOAWAY(ENHANCE_YOUR_CALM, too_many_pings) (grpc-go's keepalive enforcement)",
+          duration("5m"), duration)
     ap.add_argument("-v", "--v", dest="v", type=int, default=0, help="log verbosity (>= 4 is debug)")
     return ap
 
@@ -126,3 +140,33 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if args.refresh_metrics_interval <= 0:
         ap.error("--refresh-metrics-interval must be positive")
     return args
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(?:([KMGTPE]i|[kMGTPE])|[eE](\d+))?")
+_SIZE_UNIT = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+              **{f"{u}i": 1 << (10 * (i + 1)) for i, u in enumerate("KMGTPE")}}
+
+
+def size(text: str) -> int:
+    """A byte count as upstream's EPP reads one: a Kubernetes quantity ("4Mi", "25M", "1e6"), with an
+    optional trailing B ("10MiB", "25MB"), or a plain number; 0 means the default, as upstream."""
+    t = text.strip()
+    if len(t) > 1 and t[-1] in "Bb":
+        t = t[:-1]
+    m = _SIZE.fullmatch(t)
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (use e.g. 4MiB, 25MB, 65536)")
+    scale = _SIZE_UNIT[m.group(2)] if m.group(2) else 10 ** int(m.group(3)) if m.group(3) else 1
+    return int(float(m.group(1)) * scale) if "." in m.group(1) else int(m.group(1)) * scale
+
+
+def positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r} (a positive integer)")
+    return int(text)
+
+
+def count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"invalid count {text!r} (a non-negative integer)")
+    return int(text)

@@ -23,6 +23,7 @@ from ..scheduling.config import load as load_config
 from ..scheduling.scheduler import from_config
 from ..server.extproc import ExternalProcessor
 from ..server.h2grpc import GrpcMethodServer
+from ..server.h2limits import Limits
 from ..server.health import Health
 from ..server.pool_metrics import PoolCollector
 from ..server.stream import RequestStream
@@ -79,12 +80,11 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
                         lora_info=args.lora_info_metric, cache_info=args.cache_info_metric)
     scraper = Scraper(store, args.refresh_metrics_interval, args.metrics_scrape_timeout, vllm_names=names)
 
-    max_msg = max(args.max_request_body_bytes + (1 << 20), 4 << 20)
+    limits = Limits.from_args(args)
     target = host_port(args.bind_address, args.grpc_port)
     if args.ext_proc_server == "grpcio":
         server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", max_msg), ("grpc.max_send_message_length", max_msg),
-            ("grpc.so_reuseport", 0), ("grpc.http2.max_pings_without_data", 0),
+            *limits.grpcio_options(), ("grpc.so_reuseport", 0), ("grpc.http2.max_pings_without_data", 0),
             ("grpc.keepalive_permit_without_calls", 1)])
         processor = ExternalProcessor(director, args.max_request_body_bytes)
         pbg.add_ExternalProcessorServicer_to_server(processor, server)
@@ -95,7 +95,7 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
         active = lambda: processor.active  # noqa: E731
     else:
         server = GrpcMethodServer(EXT_PROC_METHOD, lambda: RequestStream(director, args.max_request_body_bytes),
-                                  ProcessingRequest, max_msg)
+                                  ProcessingRequest, limits)
         active = lambda: server.active_streams  # noqa: E731
 
     health = Health()

@@ -16,15 +16,24 @@ MAX_CACHED = 32          # distinct repeating blocks per connection (Envoy sends
 MAX_CACHED_BLOCK = 1024  # bytes: larger blocks are not worth keeping
 
 
+def list_size(headers: list) -> int:
+    """The header list's size as HTTP/2 counts it (RFC 9113 §6.5.2): name + value + 32 per field."""
+    size = 32 * len(headers)
+    for k, v in headers:
+        size += len(k) + len(v)
+    return size
+
+
 class CachingDecoder:
-    """Decoder.decode(block, raw=True) with the cache; the returned list must not be modified."""
+    """decode(block) -> (Decoder.decode(block, raw=True), its list size), with the cache; the returned
+    list must not be modified."""
 
     __slots__ = ("decoder", "cache")
 
     def __init__(self, max_header_list_size: int) -> None:
         self.decoder = Decoder()
         self.decoder.max_header_list_size = max_header_list_size
-        self.cache: dict[bytes, list] = {}
+        self.cache: dict[bytes, tuple[list, int]] = {}
 
     @property
     def max_header_list_size(self) -> int:
@@ -34,7 +43,9 @@ class CachingDecoder:
     def header_table(self):
         return self.decoder.header_table
 
-    def decode(self, block: bytes) -> list:
+    def decode(self, block: bytes | bytearray) -> tuple[list, int]:
+        if block.__class__ is not bytes:     # a block gathered from CONTINUATION frames
+            block = bytes(block)
         hit = self.cache.get(block)
         if hit is not None:
             return hit
@@ -42,10 +53,11 @@ class CachingDecoder:
         entries = table.dynamic_entries
         n, size, first = len(entries), table.maxsize, entries[0] if entries else None
         headers = self.decoder.decode(block, raw=True)
+        out = (headers, list_size(headers))
         # an insertion puts a new tuple object first (compared by identity: an equal entry inserted
         # again is still a change); a size update changes maxsize or evicts (len)
         if len(entries) != n or table.maxsize != size or (entries[0] if entries else None) is not first:
             self.cache.clear()
         elif len(block) <= MAX_CACHED_BLOCK and len(self.cache) < MAX_CACHED:
-            self.cache[block] = headers
-        return headers
+            self.cache[block] = out
+        return out
