@@ -18,12 +18,22 @@ from ..requestcontrol.director import Director
 log = logging.getLogger(__name__)
 
 
+def lease_name(namespace: str, pool_name: str) -> str:
+    """llm-d router v0.10's lease name, so Go and Python replicas of one pool elect one leader. Without a
+    pool (--endpoint-selector) upstream names the pool after the Deployment, from POD_NAME."""
+    if not pool_name:
+        parts = (os.environ.get("POD_NAME") or "").rsplit("-", 2)
+        pool_name = parts[0] if len(parts) == 3 and parts[0] else "standalone"
+    return f"epp-{namespace}-{pool_name}.llm-d.ai"
+
+
 class KubernetesSources:
     def __init__(self, args, store: EndpointStore, director: Director) -> None:
         self.args, self.store, self.director = args, store, director
         self.tasks: list[asyncio.Task] = []
         self.api = None
         self.leader: LeaderElector | None = None
+        self.leader_task: asyncio.Task | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -48,11 +58,20 @@ class KubernetesSources:
         if a.ha_enable_leader_election:
             # unique per process, as client-go does: a restarted container must not inherit the old lease
             identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
-            self.leader = LeaderElector(self.api, ns, f"epp-{a.pool_name or 'standalone'}-leader",
+            self.leader = LeaderElector(self.api, ns, lease_name(ns, a.pool_name),
                                         identity, lambda leader: None, lease_duration=a.leader_election_lease_duration,
                                         renew_deadline=a.leader_election_renew_deadline,
                                         retry_period=a.leader_election_retry_period)
-            self.tasks.append(asyncio.create_task(self.leader.run(), name="leader election"))
+            self.leader_task = asyncio.create_task(self.leader.run(), name="leader election")
+            self.tasks.append(self.leader_task)
+
+    async def release_leadership(self) -> None:
+        """Shutdown: stop competing for the lease and give it up, so a standby leads at once."""
+        if self.leader is None or self.leader_task is None:
+            return
+        self.leader_task.cancel()
+        await asyncio.gather(self.leader_task, return_exceptions=True)
+        await self.leader.release()
 
     def _set_rewrites(self, rules: list) -> None:
         self.director.rewrites.rules = rules
