@@ -17,6 +17,8 @@ from ..requestcontrol.director import Director
 
 log = logging.getLogger(__name__)
 
+POOL_GROUP = "inference.networking.k8s.io"
+
 
 def lease_name(namespace: str, pool_name: str) -> str:
     """llm-d router v0.10's lease name, so Go and Python replicas of one pool elect one leader. Without a
@@ -45,11 +47,14 @@ class KubernetesSources:
         self.api = await api_client(a.kubeconfig)
         ns = a.pool_namespace
         if a.pool_name:
-            disc = PoolDiscovery(self.api, self.store, ns, a.pool_name, a.pool_group, **kw)
+            # as upstream (v0.10 and GIE v1.5): the pool is always read as inference.networking.k8s.io/v1;
+            # --pool-group names the pool's group for references to it, not where it is read
+            disc = PoolDiscovery(self.api, self.store, ns, a.pool_name, POOL_GROUP, **kw)
             objectives = ObjectivesWatch(self.api, ns, a.pool_name, self.director.set_objectives,
                                          self._set_rewrites, **kw)
             self.tasks.append(asyncio.create_task(objectives.run(), name="objectives and rewrites"))
-            log.info("discovering endpoints from InferencePool %s/%s (%s)", ns, a.pool_name, a.pool_group)
+            log.info("discovering endpoints from InferencePool %s/%s (%s/v1; --pool-group %s)", ns, a.pool_name,
+                     POOL_GROUP, a.pool_group)
         else:
             disc = SelectorDiscovery(self.api, self.store, ns, a.endpoint_selector, a.endpoint_target_ports, **kw)
             log.info("discovering endpoints from pods %s in %s, ports %s", a.endpoint_selector, ns,
