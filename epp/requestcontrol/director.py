@@ -104,7 +104,7 @@ class Director:
             self._end_failed(root, orch, e)
             raise
         if isinstance(out, Decision):
-            return self._traced_decision(out, root, orch)
+            return self._traced_decision(out, root, orch, headers)
 
         async def later() -> Decision:
             try:
@@ -113,7 +113,7 @@ class Director:
             except EPPError as e:
                 self._end_failed(root, orch, e)
                 raise
-            return self._traced_decision(d, root, orch)
+            return self._traced_decision(d, root, orch, headers)
         return later()
 
     def _decide(self, headers: dict[str, str], path: str, raw_body: bytes | None,
@@ -131,14 +131,14 @@ class Director:
         return self._counted_schedule(request, new_body, hint)
 
     @staticmethod
-    def _traced_decision(d: Decision, root, orch) -> Decision:
+    def _traced_decision(d: Decision, root, orch, headers: dict[str, str]) -> Decision:
         if orch is not None:
             orch.set_attribute("target_model", d.request.target_model)
             orch.set_attribute("request_prio", d.request.priority)
             orch.end()
         d.span = root
         # the model server continues the trace (sampled or not: the decision travels with it)
-        d.headers = (d.headers or []) + tracing.inject(root)
+        d.headers = (d.headers or []) + tracing.inject(root, headers)
         return d
 
     @staticmethod

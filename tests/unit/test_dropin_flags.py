@@ -187,7 +187,6 @@ def test_a_traced_decision_carries_the_callers_trace_to_the_model_server():
     ep.metrics.updated = now()
     store.replace([ep])
     exporter = InMemorySpanExporter()
-    saved = dict(tracing._tracers)
     try:
         tracing.setup(exporter=exporter)
         d = Director(store, default_scheduler())
@@ -197,10 +196,15 @@ def test_a_traced_decision_carries_the_callers_trace_to_the_model_server():
         sent = dict(dec.headers)
         assert sent["traceparent"].split("-")[1] == tid
         d.done(dec, 200)
-        tracing._provider.force_flush()
-        names = {s.name for s in exporter.get_finished_spans()}
-        assert {"gateway.request", "gateway.request_orchestration", "run_scheduler_profile", "pick_endpoints"} <= names
+        tracing.force_flush()
+        spans = {s.name: s for s in exporter.get_finished_spans()}
+        assert {"gateway.request", "gateway.request_orchestration", "run_scheduler_profile", "pick_endpoints"} <= \
+            spans.keys()
+        assert format(spans["gateway.request"].context.trace_id, "032x") == tid
+        assert spans["gateway.request"].parent.span_id == 0xb7ad6b7169203331
+        # a caller that did not sample: nothing recorded, the decision still passes the trace on unsampled
+        dec = d.decide({"traceparent": f"00-{tid}-b7ad6b7169203331-00"}, "/v1/completions",
+                       b'{"model": "m", "prompt": "x"}', None)
+        assert dict(dec.headers)["traceparent"].startswith(f"00-{tid}-") and dec.headers[-1][1].endswith("-00")
     finally:
         tracing.shutdown()
-        tracing._tracers.clear()
-        tracing._tracers.update(saved)
