@@ -17,9 +17,9 @@ Per request: `gateway.request` (whole ext_proc stream) > `gateway.request_orches
 Cost. With tracing off `on` is False and every call site stops at that one check. The SDK's own span
 objects cost tens of microseconds each (sampler, locks, attribute validation), so on the request path
 a span is a slotted record (a name, ids, two clock reads, a dict) and the sampling decision is made
-here, by the same rule; a background thread turns finished records into the SDK's ReadableSpan and
-hands them to the SDK's exporter in batches. A request the sampler drops costs its ids and the
-traceparent it passes on.
+here, by the same rule; a background thread exports finished records in batches: for OTLP written
+straight to protobuf bytes and sent by the SDK's OTLP exporter (epp.otlp), for the console turned into
+the SDK's ReadableSpan. A request the sampler drops costs its ids and the traceparent it passes on.
 """
 from __future__ import annotations
 
@@ -184,6 +184,7 @@ class _Batcher:
 
     def __init__(self, exporter, resource) -> None:
         self.exporter, self.resource = exporter, resource
+        self.records = getattr(exporter, "takes_records", False)   # epp.otlp: no SDK span objects needed
         self.delay = _env_number("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000.0
         self.max_queue = int(_env_number("OTEL_BSP_MAX_QUEUE_SIZE", 2048))
         self.max_batch = int(_env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
@@ -213,7 +214,9 @@ class _Batcher:
         while self.queue:
             batch = []
             while self.queue and len(batch) < self.max_batch:
-                batch.append(self._convert(self.queue.popleft()))
+                batch.append(self.queue.popleft())
+            if not self.records:
+                batch = [self._convert(s) for s in batch]
             try:
                 self.exporter.export(batch)
             except Exception as e:   # an exporter must not take the EPP down
@@ -255,10 +258,11 @@ def setup(service_name: str = "llm-d-epp", exporter=None) -> None:
     os.environ.setdefault("OTEL_SERVICE_NAME", service_name)
     os.environ.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4317")
     kind = os.environ.get("OTEL_TRACES_EXPORTER", "console")
+    resource = Resource.create({"service.version": VERSION})
     if exporter is None:
         if kind == "otlp":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-            exporter = OTLPSpanExporter()
+            from .otlp import RecordsExporter
+            exporter = RecordsExporter(resource.attributes, VERSION)
         else:
             from opentelemetry.sdk.trace.export import ConsoleSpanExporter
             exporter = ConsoleSpanExporter()
@@ -274,7 +278,7 @@ def setup(service_name: str = "llm-d-epp", exporter=None) -> None:
         ratio = 0.1
     # the SDK's TraceIdRatioBased rule: sampled when the id's low 64 bits are below ratio * 2^64
     _ratio_bound = round(max(0.0, min(1.0, ratio)) * (1 << 64))
-    _batcher = _Batcher(exporter, Resource.create({"service.version": VERSION}))
+    _batcher = _Batcher(exporter, resource)
     on = True
 
 

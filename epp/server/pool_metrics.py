@@ -24,11 +24,17 @@ class PoolCollector:
         snap = self.store.snapshot()
         c = self._cached
         if c is not None and c[1] is snap and t - c[0] < self.refresh:
-            yield from c[2]
-            return
-        families = list(self._compute())
-        self._cached = (t, snap, families)
+            families = c[2]
+        else:
+            families = list(self._compute())
+            self._cached = (t, snap, families)
         yield from families
+        # not a pool gauge: the prefix index's size is read at every scrape
+        n = self.prefix_sizes() if self.prefix_sizes is not None else None
+        if n is not None:
+            size = GaugeMetricFamily("inference_extension_prefix_indexer_size", "Size of the prefix indexer.")
+            size.add_metric([], n)
+            yield size
 
     def _compute(self):
         eps = [ep for ep in self.store.snapshot() if ep.ready]
@@ -48,8 +54,3 @@ class PoolCollector:
         for ep in fresh:
             per_pod.add_metric([self.pool, ep.name], ep.metrics.waiting)
         yield from (ready, kv, queue, per_pod)
-        n = self.prefix_sizes() if self.prefix_sizes is not None else None
-        if n is not None:
-            size = GaugeMetricFamily("inference_extension_prefix_indexer_size", "Size of the prefix indexer.")
-            size.add_metric([], n)
-            yield size

@@ -208,3 +208,27 @@ def test_a_traced_decision_carries_the_callers_trace_to_the_model_server():
         assert dict(dec.headers)["traceparent"].startswith(f"00-{tid}-") and dec.headers[-1][1].endswith("-00")
     finally:
         tracing.shutdown()
+
+
+def test_otlp_bytes_written_directly_equal_the_sdks_encoding():
+    """epp.otlp writes the export request itself; it must say what the SDK's encoder says of the same span."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.sdk.resources import Resource
+
+    from epp import otlp
+    s = tracing.Span(tracing.SCHEDULING, "pick_endpoints", 0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7,
+                     True, 1, {"s": "x", "b": True, "i": -3, "f": 0.5, "top": ["10.0.0.1:80"], "scores": [1.0, 0.25]})
+    s.error, s.events, s.end_ns = "boom", [(5, "ValueError", "bad")], s.start_ns + 1000
+    resource = Resource({"service.name": "llm-d-epp"})
+    batcher = tracing._Batcher.__new__(tracing._Batcher)
+    batcher.resource, batcher.scopes = resource, {}
+    ours = ExportTraceServiceRequest.FromString(otlp.encode([s], dict(resource.attributes), tracing.VERSION))
+    sdk = encode_spans([batcher._convert(s)])
+    for rs in sdk.resource_spans:          # fields the SDK adds that carry nothing here
+        rs.schema_url = ""
+        for ss in rs.scope_spans:
+            ss.schema_url = ""
+            for sp in ss.spans:
+                sp.flags = 0
+    assert ours == sdk
