@@ -1,4 +1,5 @@
-"""`epp` console script."""
+"""`epp` console script. Exit codes as upstream's: 2 for a flag it cannot parse (with usage), 1 for
+anything that stops it from starting (flag validation, config, discovery)."""
 from __future__ import annotations
 
 import asyncio
@@ -6,13 +7,23 @@ import logging
 import os
 import sys
 
-from . import flags
+from . import flags, logs
+
+log = logging.getLogger("setup")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = flags.parse(argv)
-    logging.basicConfig(level=logging.DEBUG if args.v >= 4 else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        args = flags.parse(argv)
+    except flags.FlagError as e:
+        logs.setup()
+        log.error("Failed to validate flags", exc_info=(type(e), e, None))
+        return 1
+    zap_level = args.zap_log_level if args.zap_log_level is not None else args.zap_level_from_v
+    logs.setup(zap_level, args.zap_encoder, args.zap_time_encoding, args.zap_stacktrace_level)
+    for notice in args.notices:
+        log.warning(notice)
+    log.info("Flags processed", extra={"kv": {"flags": flags.processed(args)}})
     from .datalayer.file_source import EndpointsFileError
     from .scheduling.config import ConfigError
     from .runner import serve
@@ -25,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
             pass
     try:
         return runner(serve(args))
-    except (EndpointsFileError, ConfigError, OSError) as e:
-        logging.getLogger("epp").error("cannot start: %s", e)
-        return 2
+    except (EndpointsFileError, ConfigError, OSError, ValueError) as e:
+        log.error("cannot start: %s", e)
+        return 1
 
 
 if __name__ == "__main__":

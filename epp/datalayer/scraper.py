@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 from .address import host_port
 from .endpoint import Endpoint, now
@@ -34,7 +35,8 @@ class _Target:
         self.ep = ep
         self.host, port = ep.address.rsplit(":", 1)
         self.host = self.host.strip("[]")
-        self.port = int(port)
+        # the model server may serve metrics on another port than it serves requests (and over TLS)
+        self.port = scraper.port or int(port)
         self.conn: GetConnection | None = None
         self.connecting: asyncio.Task | None = None
         self.sent_at = 0.0       # loop time of the request in flight; 0 when none
@@ -61,7 +63,9 @@ class _Target:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.scraper.timeout):
-                _, self.conn = await loop.create_connection(lambda: GetConnection(self.done, self.fail), self.host, self.port)
+                _, self.conn = await loop.create_connection(lambda: GetConnection(self.done, self.fail), self.host,
+                                                            self.port, ssl=self.scraper.tls,
+                                                            server_hostname=self.host if self.scraper.tls else None)
             self.sent_at = loop.time()
             self.conn.get(self.request)
         except (OSError, TimeoutError) as e:
@@ -112,11 +116,22 @@ class _Target:
 
 class Scraper:
     def __init__(self, store: EndpointStore, interval: float = 0.05, timeout: float = 1.0,
-                 path: str = "/metrics", vllm_names: MetricNames = VLLM) -> None:
+                 path: str = "/metrics", vllm_names: MetricNames = VLLM, scheme: str = "http", port: int = 0,
+                 insecure_skip_verify: bool = True) -> None:
+        """`port` 0 scrapes each endpoint on its own port; `scheme` https verifies the server's
+        certificate unless `insecure_skip_verify` (upstream's default: model servers rarely have one
+        that names their pod IP)."""
         self.store = store
         self.interval = interval
         self.timeout = timeout
         self.path = path
+        self.port = port
+        self.tls: ssl.SSLContext | None = None
+        if scheme == "https":
+            self.tls = ssl.create_default_context()
+            if insecure_skip_verify:
+                self.tls.check_hostname = False
+                self.tls.verify_mode = ssl.CERT_NONE
         self.vllm_names = vllm_names
         self.targets: dict[str, _Target] = {}
         self.scrapes = 0

@@ -13,6 +13,7 @@ import orjson
 from ..datalayer.address import canonical
 from ..datalayer.endpoint import Endpoint, now
 from ..datalayer.store import EndpointStore
+from .. import tracing
 from ..headers import OBJECTIVE, REQUEST_ID, REWRITE
 from ..metrics import EPPMetrics
 from ..scheduling.config import default_saturation_detector
@@ -57,8 +58,10 @@ class Director:
 
     def __init__(self, store: EndpointStore, scheduler: Scheduler, metrics: EPPMetrics | None = None,
                  staleness: float = 2.0, objectives: dict[str, int] | None = None, explain: bool = False,
-                 saturation: SaturationDetector | None = None, rewrites: Rewrites | None = None) -> None:
+                 saturation: SaturationDetector | None = None, rewrites: Rewrites | None = None,
+                 subset_filter: bool = True) -> None:
         self.store = store
+        self.subset_filter = subset_filter   # --disable-endpoint-subset-filter turns it off
         self.scheduler = scheduler
         self.metrics = metrics
         self.staleness = staleness
@@ -83,17 +86,69 @@ class Director:
         """Raises EPPError for anything the client should be told (and counts it). A request whose
         plugins need I/O first (e.g. tokenizing through the model server) gets an awaitable of its
         Decision; every other request is decided at once."""
+        if tracing.on:
+            return self._traced_decide(headers, path, raw_body, subset)
+        return self._decide(headers, path, raw_body, subset)
+
+    def _traced_decide(self, headers: dict[str, str], path: str, raw_body: bytes | None,
+                       subset: Subset) -> Decision | Awaitable[Decision]:
+        """decide() under the request's spans: gateway.request for the whole stream (ended by done()),
+        gateway.request_orchestration for the decision, the scheduler's spans under it."""
+        root = tracing.start(tracing.HANDLERS, "gateway.request", carrier=headers, server=True)
+        orch = (tracing.start(tracing.REQUESTCONTROL, "gateway.request_orchestration", parent=root, server=True)
+                if root.is_recording() else None)
+        try:
+            with tracing.use(orch):
+                out = self._decide(headers, path, raw_body, subset)
+        except EPPError as e:
+            self._end_failed(root, orch, e)
+            raise
+        if isinstance(out, Decision):
+            return self._traced_decision(out, root, orch, headers)
+
+        async def later() -> Decision:
+            try:
+                with tracing.use(orch):
+                    d = await out
+            except EPPError as e:
+                self._end_failed(root, orch, e)
+                raise
+            return self._traced_decision(d, root, orch, headers)
+        return later()
+
+    def _decide(self, headers: dict[str, str], path: str, raw_body: bytes | None,
+                subset: Subset) -> Decision | Awaitable[Decision]:
         try:
             request, new_body = self._request(headers, path, raw_body)
         except EPPError as e:
             self._count_error(e)
             raise
-        hint = parse_subset(subset)
+        hint = parse_subset(subset) if self.subset_filter else None
         if request.body is not None:
             waits = self.scheduler.prepare(request)
             if waits:
                 return self._decide_later(waits, request, new_body, hint)
         return self._counted_schedule(request, new_body, hint)
+
+    @staticmethod
+    def _traced_decision(d: Decision, root, orch, headers: dict[str, str]) -> Decision:
+        if orch is not None:
+            orch.set_attribute("target_model", d.request.target_model)
+            orch.set_attribute("request_prio", d.request.priority)
+            orch.end()
+        d.span = root
+        # the model server continues the trace (sampled or not: the decision travels with it)
+        d.headers = (d.headers or []) + tracing.inject(root, headers)
+        return d
+
+    @staticmethod
+    def _end_failed(root, orch, e: EPPError) -> None:
+        if orch is not None:
+            orch.record_exception(e)
+            tracing.fail(orch, str(e))
+            orch.end()
+        tracing.fail(root, str(e))
+        root.end()
 
     def validate_body(self, path: str, body: bytes) -> None:
         api = api_for_path(path)
@@ -262,6 +317,11 @@ class Director:
         """Once per decided request, when its stream ends (answered, failed or cancelled)."""
         usage = decision.usage.finish() if decision.usage is not None else None
         decision.usage = None
+        if decision.span is not None:
+            if status is not None and status >= 400:
+                tracing.fail(decision.span, str(status))
+            decision.span.end()
+            decision.span = None
         for ep in decision.targets[:1]:
             ep.in_flight -= 1
             ep.in_flight_tokens -= decision.tokens

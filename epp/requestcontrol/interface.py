@@ -47,6 +47,7 @@ class Decision:
     served_model: str | None = None          # the rewritten model name the server will answer with
     prefill: "Endpoint | None" = None        # P/D: the prefill pod, counted in flight until the answer starts
     usage: UsageReader | None = None         # set when the response starts
+    span: object | None = None               # --tracing: the request's gateway.request span, ended by done()
     started: float = field(default_factory=time.perf_counter)
 
     def response_mapper(self) -> ModelNameMapper | None:

@@ -9,8 +9,9 @@ import signal
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY
 
+from .. import tracing
 from ..datalayer.address import host_port
 from ..datalayer.file_source import EndpointsFile
 from ..datalayer.metrics_parse import MetricNames
@@ -24,10 +25,12 @@ from ..scheduling.scheduler import from_config
 from ..server.extproc import ExternalProcessor
 from ..server.h2grpc import GrpcMethodServer
 from ..server.h2limits import Limits
-from ..server.health import Health
+from ..server.health import Health, ext_proc_port_health
+from ..server.metrics_http import MetricsServer
+from ..server.metrics_http import tls_context as metrics_tls
 from ..server.pool_metrics import PoolCollector
 from ..server.stream import RequestStream
-from ..server.tls import server_credentials, ssl_context
+from ..server.tls import CertReloader, server_credentials, ssl_context
 
 EXT_PROC_METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 
@@ -53,7 +56,42 @@ def scheduling_config(args) -> SchedulingConfig:
     return load_config(DEFAULT_CONFIG, "default config", args.max_num_of_endpoints)
 
 
+def _warn_inapplicable(args, kube) -> None:
+    """Flags that parse but cannot do here what they do upstream: one line each at start."""
+    if args.enable_cert_reload and not (args.secure_serving and args.cert_path):
+        log.warning("--enable-cert-reload has no effect without --secure-serving and --cert-path (as upstream)")
+    if args.ext_proc_server == "grpcio" and (args.tls_min_version or args.tls_cipher_suites):
+        log.warning("--tls-min-version and --tls-cipher-suites apply to the native ext_proc server only; grpcio "
+                    "serves TLS 1.2 and 1.3 with its own cipher list")
+    if kube is None and args.metrics_endpoint_auth and "metrics-endpoint-auth" in args.given:
+        log.warning("--metrics-endpoint-auth needs Kubernetes (TokenReview and SubjectAccessReview); with "
+                    "--endpoints-file /metrics is served without it, as upstream's file-discovery mode serves it")
+
+
+def _metrics_server(args, kube) -> MetricsServer:
+    authorize = None
+    if kube is not None and args.metrics_endpoint_auth:
+        from ..datalayer.k8s.reviews import AccessReviews
+        reviews = AccessReviews(kube.api)
+        loop = asyncio.get_running_loop()
+
+        def authorize(token, path, verb):
+            # runs in the metrics server's thread; the API calls run on the event loop
+            return asyncio.run_coroutine_threadsafe(reviews.check(token, path, verb), loop).result(30)
+    tls = metrics_tls(args.metrics_cert_dir, args.metrics_client_ca_file) if args.metrics_cert_dir else None
+    return MetricsServer(args.bind_address, args.metrics_port, authorize=authorize, tls=tls)
+
+
 async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.Event | None = None) -> int:
+    if args.tracing:
+        tracing.setup()
+    try:
+        return await _serve(args, store, ready_event)
+    finally:
+        tracing.shutdown()
+
+
+async def _serve(args, store: EndpointStore | None, ready_event: asyncio.Event | None) -> int:
     cfg = scheduling_config(args)  # a bad config is fatal at start: raises with the reason
     store = store or EndpointStore()
     source = None
@@ -65,31 +103,46 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
     scheduler = from_config(cfg, metrics)
     saturation = cfg.saturation or default_saturation_detector(args.metrics_staleness_threshold)
     director = Director(store, scheduler, metrics, staleness=args.metrics_staleness_threshold,
-                        objectives=dict(args.objective or []), explain=args.decision_header, saturation=saturation)
+                        objectives=dict(args.objective or []), explain=args.decision_header, saturation=saturation,
+                        subset_filter=not args.disable_endpoint_subset_filter)
     log.info("scheduling: %s", cfg.describe())
     kube = None
     if source is None:
         from .kube import KubernetesSources
         kube = KubernetesSources(args, store, director)
         await kube.start()  # no credentials or kubeconfig is fatal at start
+    _warn_inapplicable(args, kube)
     REGISTRY.register(PoolCollector(store, args.pool_name or os.path.basename(args.endpoints_file or "")
                                     or args.endpoint_selector,
-                                    args.metrics_staleness_threshold, scheduler.index_size))
+                                    args.metrics_staleness_threshold, scheduler.index_size,
+                                    refresh=args.refresh_prometheus_metrics_interval))
     names = MetricNames(waiting=args.total_queued_requests_metric, running=args.total_running_requests_metric,
                         kv_usage=(args.kv_cache_usage_percentage_metric, "vllm:gpu_cache_usage_perc"),
                         lora_info=args.lora_info_metric, cache_info=args.cache_info_metric)
-    scraper = Scraper(store, args.refresh_metrics_interval, args.metrics_scrape_timeout, vllm_names=names)
+    scraper = Scraper(store, args.refresh_metrics_interval, args.metrics_scrape_timeout, vllm_names=names,
+                      path=args.model_server_metrics_path, scheme=args.model_server_metrics_scheme,
+                      port=args.model_server_metrics_port,
+                      insecure_skip_verify=args.model_server_metrics_https_insecure_skip_verify)
 
     limits = Limits.from_args(args)
+    reloader = CertReloader(args.cert_path) if args.secure_serving and args.enable_cert_reload and args.cert_path \
+        else None
+    transport = args.ext_proc_server
+    if args.health_checking and transport == "native":
+        # the native server serves ext_proc alone; grpcio can carry the health service beside it
+        log.info("--health-checking: ext_proc is served by grpcio, which also answers gRPC health on its port")
+        transport = "grpcio"
     target = host_port(args.bind_address, args.grpc_port)
-    if args.ext_proc_server == "grpcio":
+    if transport == "grpcio":
         server = grpc.aio.server(options=[
             *limits.grpcio_options(), ("grpc.so_reuseport", 0), ("grpc.http2.max_pings_without_data", 0),
             ("grpc.keepalive_permit_without_calls", 1)])
         processor = ExternalProcessor(director, args.max_request_body_bytes)
         pbg.add_ExternalProcessorServicer_to_server(processor, server)
+        if args.health_checking:
+            await ext_proc_port_health(server)
         if args.secure_serving:
-            server.add_secure_port(target, server_credentials(args.cert_path))
+            server.add_secure_port(target, server_credentials(args.cert_path, reloader))
         else:
             server.add_insecure_port(target)
         active = lambda: processor.active  # noqa: E731
@@ -98,50 +151,63 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
                                   ProcessingRequest, limits)
         active = lambda: server.active_streams  # noqa: E731
 
-    health = Health()
+    health = Health(synced=lambda: store.synced, leader=lambda: kube is None or kube.is_leader,
+                    leader_election=bool(kube is not None and args.ha_enable_leader_election))
     health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     health.add_to(health_server)
     health_server.add_insecure_port(host_port(args.bind_address, args.grpc_health_port))
-    await health.set(live=True, ready=False)
 
-    http_server, http_thread = start_http_server(args.metrics_port, addr=args.bind_address)
+    metrics_server = _metrics_server(args, kube)
+    metrics_server.start()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
 
-    if args.ext_proc_server == "grpcio":
+    def on_signal() -> None:
+        if stop.is_set():   # a second signal: exit at once, as upstream (controller-runtime) does
+            log.warning("second shutdown signal: exiting now")
+            os._exit(1)
+        stop.set()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+
+    if transport == "grpcio":
         await server.start()
     else:
-        await server.start(args.bind_address, args.grpc_port, ssl_context(args.cert_path) if args.secure_serving else None)
+        ctx = None
+        if args.secure_serving:
+            ctx = ssl_context(args.cert_path, args.tls_min_version, args.tls_cipher_suites)
+            if reloader is not None:
+                reloader.attach(ctx)
+        await server.start(args.bind_address, args.grpc_port, ctx)
     await health_server.start()
     scraper.start()
     # plugins with background work (e.g. consuming KV events) run beside the servers
     background = [asyncio.create_task(job, name=name) for name, job in scheduler.background_jobs(store)]
+    if reloader is not None:
+        background.append(asyncio.create_task(reloader.run(), name="cert reload"))
     for task in background:
         task.add_done_callback(_report_failure)
     watcher = asyncio.create_task(source.watch() if source else asyncio.Event().wait(), name="endpoints file")
-    stopping = False
-
-    async def readiness() -> None:
-        # ready once discovery has delivered the pool, and in HA mode only while holding the lease
-        while True:
-            await health.set(live=True, ready=not stopping and store.synced and (kube is None or kube.is_leader))
-            await asyncio.sleep(0.2)
-    ready_task = asyncio.create_task(readiness(), name="readiness")
-    await health.set(live=True, ready=store.synced and (kube is None or kube.is_leader))
     log.info("epp serving ext_proc on %s (%s, %s server), health on %d, metrics on %d; %d endpoints from %s",
-             target, "TLS" if args.secure_serving else "plaintext", args.ext_proc_server, args.grpc_health_port, args.metrics_port,
-             len(store.snapshot()), args.endpoints_file or args.pool_name or args.endpoint_selector)
+             target, "TLS" if args.secure_serving else "plaintext", transport, args.grpc_health_port,
+             args.metrics_port, len(store.snapshot()),
+             args.endpoints_file or args.pool_name or args.endpoint_selector)
     if ready_event is not None:
         ready_event.set()
 
     await stop.wait()
+    # upstream's shutdown: not ready at once (Kubernetes takes the pod out of the Service), the lease
+    # released (a standby leads now), ext_proc kept serving for the drain window, then stopped
+    health.draining = True
+    log.info("Shutdown signal received: draining (NotServing) while finishing in-flight requests",
+             extra={"kv": {"drainTimeout": f"{args.drain_timeout:g}s"}})
+    if kube is not None:
+        await kube.release_leadership()
+    if args.drain_timeout > 0:
+        await asyncio.sleep(args.drain_timeout)
+        log.info("Drain window elapsed, stopping ext_proc server")
     log.info("shutting down: no new streams; %d in flight get up to %.1fs", active(), args.shutdown_grace_period)
-    stopping = True
-    ready_task.cancel()
-    await health.set(live=True, ready=False)
     await server.stop(args.shutdown_grace_period)
     watcher.cancel()
     for task in background:
@@ -151,6 +217,6 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
         await kube.stop()
     await scraper.stop()
     await health_server.stop(0)
-    http_server.shutdown()
+    metrics_server.shutdown()
     log.info("stopped")
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 from time import perf_counter
 from typing import Awaitable, Iterable, Sequence
 
+from .. import tracing
 from ..datalayer.endpoint import Endpoint
 from ..datalayer.store import EndpointStore
 from ..metrics import EPPMetrics
@@ -76,12 +77,21 @@ class Scheduler:
             state[DEFER] = defer
         handler, profiles, observe = self.handler, self.profiles, self._observe
         results = {}
+        parent = tracing.current() if tracing.on else None   # --tracing and this request sampled
         while True:
             chosen = handler.pick_profiles(state, request, profiles, results)
             if not chosen:
                 break
             for prof in chosen:
-                results[prof.name] = prof.run(state, request, candidates, observe, explain)
+                if parent is None:
+                    results[prof.name] = prof.run(state, request, candidates, observe, explain)
+                    continue
+                span = tracing.start(tracing.SCHEDULING, "run_scheduler_profile", parent,
+                                     {"llm_d.epp.scheduling.profile.name": prof.name})
+                try:
+                    results[prof.name] = prof.run(state, request, candidates, observe, explain, span)
+                finally:
+                    span.end()
         result = handler.process_results(state, request, results)
         if result.targets:
             headers = None

@@ -1,4 +1,6 @@
-"""Pool gauges computed when Prometheus scrapes, from the endpoint store (nothing to keep in sync)."""
+"""Pool gauges computed from the endpoint store when Prometheus scrapes, at most once per
+--refresh-prometheus-metrics-interval (upstream recomputes them on that timer), and at once after the
+pool's membership changed."""
 from __future__ import annotations
 
 from prometheus_client.core import GaugeMetricFamily
@@ -8,13 +10,33 @@ from ..datalayer.store import EndpointStore
 
 
 class PoolCollector:
-    def __init__(self, store: EndpointStore, pool: str, staleness: float, prefix_sizes=None) -> None:
+    def __init__(self, store: EndpointStore, pool: str, staleness: float, prefix_sizes=None,
+                 refresh: float = 0.0) -> None:
         self.store = store
         self.pool = pool
         self.staleness = staleness
         self.prefix_sizes = prefix_sizes  # callable -> total entries of prefix indexes, None when none
+        self.refresh = refresh
+        self._cached: tuple[float, tuple, list] | None = None   # (computed at, snapshot, families)
 
     def collect(self):
+        t = now()
+        snap = self.store.snapshot()
+        c = self._cached
+        if c is not None and c[1] is snap and t - c[0] < self.refresh:
+            families = c[2]
+        else:
+            families = list(self._compute())
+            self._cached = (t, snap, families)
+        yield from families
+        # not a pool gauge: the prefix index's size is read at every scrape
+        n = self.prefix_sizes() if self.prefix_sizes is not None else None
+        if n is not None:
+            size = GaugeMetricFamily("inference_extension_prefix_indexer_size", "Size of the prefix indexer.")
+            size.add_metric([], n)
+            yield size
+
+    def _compute(self):
         eps = [ep for ep in self.store.snapshot() if ep.ready]
         t = now()
         fresh = [ep for ep in eps if ep.metrics.fresh(t, self.staleness)]
@@ -32,8 +54,3 @@ class PoolCollector:
         for ep in fresh:
             per_pod.add_metric([self.pool, ep.name], ep.metrics.waiting)
         yield from (ready, kv, queue, per_pod)
-        n = self.prefix_sizes() if self.prefix_sizes is not None else None
-        if n is not None:
-            size = GaugeMetricFamily("inference_extension_prefix_indexer_size", "Size of the prefix indexer.")
-            size.add_metric([], n)
-            yield size

@@ -5,6 +5,8 @@ List: paged (limit/continue), labelSelector (a=b,c=d), fieldSelector metadata.na
 resourceVersion. Watch: chunked JSON lines from a resourceVersion, BOOKMARK events when asked for,
 ERROR 410 Gone for a compacted version, ends after timeoutSeconds; `drop_watches()` cuts every open
 watch connection. Leases: get, create (409 if it exists), replace with optimistic concurrency.
+TokenReview and SubjectAccessReview (the metrics server's auth): `tokens` maps a bearer token to its
+user, `access` holds the (user, path, verb) non-resource requests allowed; `reviews` records each.
 State changes come from the test through thread-safe methods (the server runs in its own thread).
 """
 from __future__ import annotations
@@ -30,6 +32,9 @@ class FakeKube:
         self.requests: list[str] = []                        # "LIST pods", "WATCH pods rv=..", ...
         self.verbs: set[tuple[str, str, str]] = set()        # (api group, resource, verb) as RBAC names them
         self.watch_status_410 = False                        # answer 410 as an HTTP status, not an event
+        self.tokens: dict[str, dict] = {}                    # bearer token -> {"username", "groups", "uid"}
+        self.access: set[tuple[str, str, str]] = set()       # (username, path, verb) allowed
+        self.reviews: list[dict] = []                        # TokenReview / SubjectAccessReview bodies
         self._changed: asyncio.Condition | None = None
         self._watch_tasks: set[asyncio.Task] = set()
         self.loop = asyncio.new_event_loop()
@@ -90,6 +95,8 @@ class FakeKube:
         app.router.add_get("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", self._lease_get)
         app.router.add_post("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", self._lease_create)
         app.router.add_put("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", self._lease_replace)
+        app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._token_review)
+        app.router.add_post("/apis/authorization.k8s.io/v1/subjectaccessreviews", self._access_review)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -238,9 +245,31 @@ class FakeKube:
             return web.json_response({"kind": "Status", "code": 409, "reason": "Conflict"}, status=409)
         return web.json_response(await self._put(*self.LEASES, ns, body))
 
+    # ------------------------------------------------------------------ access reviews
 
-def pod(name: str, ip: str, labels: dict, ready: bool = True, terminating: bool = False) -> dict:
+    async def _token_review(self, req):
+        body = await req.json()
+        self.reviews.append(body)
+        self.verbs.add(("authentication.k8s.io", "tokenreviews", "create"))
+        user = self.tokens.get((body.get("spec") or {}).get("token", ""))
+        status = {"authenticated": True, "user": user} if user else {"authenticated": False}
+        return web.json_response({**body, "status": status}, status=201)
+
+    async def _access_review(self, req):
+        body = await req.json()
+        self.reviews.append(body)
+        self.verbs.add(("authorization.k8s.io", "subjectaccessreviews", "create"))
+        spec = body.get("spec") or {}
+        attrs = spec.get("nonResourceAttributes") or {}
+        allowed = (spec.get("user"), attrs.get("path"), attrs.get("verb")) in self.access
+        return web.json_response({**body, "status": {"allowed": allowed}}, status=201)
+
+
+def pod(name: str, ip: str, labels: dict, ready: bool = True, terminating: bool = False,
+        annotations: dict | None = None) -> dict:
     meta = {"name": name, "labels": labels}
+    if annotations:
+        meta["annotations"] = annotations
     if terminating:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,

@@ -97,8 +97,8 @@ def test_bad_config_fails_start_with_the_reason(tmp_path, pods):
     r = subprocess.run([sys.executable, "-m", "epp", "--endpoints-file", str(efile), "--config-file", str(cfg),
                         "--secure-serving=false", "--bind-address", "127.0.0.1"],
                        capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2
+    assert r.returncode == 1   # as upstream: a start-up failure exits 1
     assert "pluginRef 'queue-scorers' references an undefined plugin" in r.stderr
     r = subprocess.run([sys.executable, "-m", "epp", "--endpoints-file", str(efile), "--config-file", str(cfg),
                         "--config-text", "x"], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2 and "cannot be set at the same time" in r.stderr
+    assert r.returncode == 1 and "cannot be set at the same time" in r.stderr

@@ -44,7 +44,7 @@ async def test_pool_pods_churn_reaches_the_store(kube):
     try:
         await until(lambda: store.synced and addresses(store) == ["10.0.0.1:8000"], what="initial list")
         ep = store.get("10.0.0.1:8000")
-        assert ep.labels["llm-d.ai/role"] == "decode" and ep.namespace == "ns1" and ep.name == "a"
+        assert ep.labels["llm-d.ai/role"] == "decode" and ep.namespace == "ns1" and ep.name == "a-rank-0"
 
         kube.put(*PODS, "ns1", pod("b", "10.0.0.2", {"app": "vllm"}))                      # becomes ready
         await until(lambda: addresses(store) == ["10.0.0.1:8000", "10.0.0.2:8000"], what="b ready")

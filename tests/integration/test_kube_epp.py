@@ -52,7 +52,8 @@ class Cluster:
 
 def start(tmp, cluster, *extra, name="epp"):
     return Epp(tmp, None, "--pool-name", "pool", "--pool-namespace", "default", "--kubeconfig", cluster.kubeconfig,
-               "--refresh-metrics-interval", "50ms", *extra, name=name)
+               "--refresh-metrics-interval", "50ms", "--drain-timeout=0s", "--metrics-endpoint-auth=false", *extra,
+               name=name)
 
 
 def ready(port: int) -> str:
@@ -147,7 +148,7 @@ def test_ha_only_the_leader_is_ready(tmp_path, cluster):
         leader.proc.kill()                                       # no graceful step-down: the lease must expire
         leader.proc.wait()
         wait_for(lambda: ready(other.ports["health"]) == "SERVING", timeout=10, what="takeover")
-        lease_obj = cluster.kube.get("coordination.k8s.io", "leases", "default", "epp-pool-leader")
+        lease_obj = cluster.kube.get("coordination.k8s.io", "leases", "default", "epp-default-pool.llm-d.ai")
         assert lease_obj["spec"]["leaseTransitions"] >= 1
     finally:
         a.stop()

@@ -13,17 +13,23 @@ def test_go_style_flags():
     assert (d.grpc_port, d.grpc_health_port, d.metrics_port, d.secure_serving) == (9002, 9003, 9090, True)
 
 
-@pytest.mark.parametrize("argv", [[], ["--endpoints-file", "f", "--secure-serving=maybe"],
+@pytest.mark.parametrize("argv", [["--endpoints-file", "f", "--secure-serving=maybe"],
                                   ["--endpoints-file", "f", "--refresh-metrics-interval", "fast"],
-                                  ["--endpoints-file", "f", "--objective", "nope"],
-                                  ["--pool-name", "p", "--endpoints-file", "f"],
-                                  ["--endpoint-selector", "app=vllm"],
-                                  ["--endpoint-selector", "app=vllm", "--endpoint-target-ports", "80,x"],
-                                  ["--endpoints-file", "f", "--config-file", "a", "--config-text", "b"]])
+                                  ["--endpoints-file", "f", "--objective", "nope"]])
 def test_bad_flags_exit_with_usage(argv):
     with pytest.raises(SystemExit) as e:
         flags.parse(argv)
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [[], ["--pool-name", "p", "--endpoints-file", "f"],
+                                  ["--endpoint-selector", "app=vllm"],
+                                  ["--endpoint-selector", "app=vllm", "--endpoint-target-ports", "80,x"],
+                                  ["--endpoints-file", "f", "--config-file", "a", "--config-text", "b"]])
+def test_invalid_flag_combinations_are_validation_errors(argv):
+    """Upstream's Validate(): the process exits 1 (epp.cli), not 2 with usage."""
+    with pytest.raises(flags.FlagError):
+        flags.parse(argv)
 
 
 def test_kubernetes_sources():

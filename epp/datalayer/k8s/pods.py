@@ -1,4 +1,9 @@
-"""Pods to endpoints: one endpoint per Ready, not-terminating pod and target port, labels carried."""
+"""Pods to endpoints: one endpoint per Ready, not-terminating pod and active target port, labels carried.
+
+As upstream (llm-d router v0.10): the endpoint of targetPorts[i] is named `<pod>-rank-<i>`, one port or
+many (data-parallel ranks each listen on their own port). The pod annotation `llm-d.ai/active-ports`
+(legacy: `inference.networking.k8s.io/active-ports`), a comma list of port numbers, narrows the ranks
+that take traffic; absent, every target port is active; present but naming no target port, none is."""
 from __future__ import annotations
 
 import asyncio
@@ -21,6 +26,26 @@ def pod_ready(pod: dict) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
 
 
+ACTIVE_PORTS = "llm-d.ai/active-ports"
+LEGACY_ACTIVE_PORTS = "inference.networking.k8s.io/active-ports"
+
+
+def active_ports(pod: dict, ports: list[int]) -> set[int]:
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    listed = annotations.get(ACTIVE_PORTS, annotations.get(LEGACY_ACTIVE_PORTS))
+    if listed is None:
+        return set(ports)
+    out = set()
+    for item in str(listed).split(","):
+        try:
+            p = int(item.strip())
+        except ValueError:
+            continue
+        if p > 0 and p in ports:
+            out.add(p)
+    return out
+
+
 def pod_endpoints(pod: dict, ports: list[int]) -> list[Endpoint]:
     if not pod_ready(pod):
         return []
@@ -28,9 +53,11 @@ def pod_endpoints(pod: dict, ports: list[int]) -> list[Endpoint]:
     ip = pod["status"]["podIP"]
     labels = {k: str(v) for k, v in (meta.get("labels") or {}).items()}
     name, ns = meta.get("name", ip), meta.get("namespace", "default")
-    # several ports on one pod (data-parallel ranks) are endpoints of their own
-    return [Endpoint(name=name if len(ports) == 1 else f"{name}-rank-{i}", address=host_port(ip, port),
-                     labels=labels, namespace=ns) for i, port in enumerate(ports)]
+    active = active_ports(pod, ports)
+    if not active:
+        log.debug("pod %s/%s: no active port among the target ports %s; it takes no traffic", ns, name, ports)
+    return [Endpoint(name=f"{name}-rank-{i}", address=host_port(ip, port), labels=labels, namespace=ns)
+            for i, port in enumerate(ports) if port in active]
 
 
 def selector_string(match_labels: dict[str, str]) -> str:
@@ -88,4 +115,10 @@ class PodWatch:
 
 def _same_endpoint_view(a: dict, b: dict) -> bool:
     return (pod_ready(a) == pod_ready(b) and (a.get("status") or {}).get("podIP") == (b.get("status") or {}).get("podIP")
-            and (a["metadata"].get("labels") or {}) == (b["metadata"].get("labels") or {}))
+            and (a["metadata"].get("labels") or {}) == (b["metadata"].get("labels") or {})
+            and _active_annotation(a) == _active_annotation(b))
+
+
+def _active_annotation(pod: dict) -> tuple:
+    annotations = pod["metadata"].get("annotations") or {}
+    return annotations.get(ACTIVE_PORTS), annotations.get(LEGACY_ACTIVE_PORTS)

@@ -9,3 +9,9 @@ NAMESPACED = {
     ("inference.networking.x-k8s.io", "inferencemodelrewrites"): ("list", "watch"),
     ("coordination.k8s.io", "leases"): ("get", "create", "update"),   # only with --ha-enable-leader-election
 }
+
+# cluster-scoped, create only: the metrics server's access checks (--metrics-endpoint-auth, on by default)
+CLUSTER = {
+    ("authentication.k8s.io", "tokenreviews"): ("create",),
+    ("authorization.k8s.io", "subjectaccessreviews"): ("create",),
+}
