@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add("objective", "an InferenceObjective priority for header x-gateway-inference-objective, NAME=PRIORITY "
           "(repeatable; priority < 0 is sheddable)", None, objective, action="append")
     f.add("decision-header", "add x-epp-decision (candidates' scores and the pick) to responses", False, boolean)
+    # the web view (epp.observe): off unless asked for, as recording every decision costs each request a little
+    f.add("ui", "serve a live web view of the pool and the routing decisions at /ui (metrics port unless --ui-port) and "
+          "record every decision for it and for /debug/decisions", False, boolean)
+    f.add("ui-port", "serve the web view on its own port (0: on the metrics port)", 0, port)
+    f.add("ui-decisions", "decisions the web view and /debug/decisions keep (a ring buffer)", 1000, int)
+    f.add("ui-show-prompts", "show each request's prompt text (its first 2 KB) in the web view and /debug/decisions; "
+          "prompts are user data, so this is off unless set", False, boolean)
     f.add("max-request-body-bytes", "larger request bodies are refused with 413", 128 << 20, int)
     f.add("shutdown-grace-period", "on SIGTERM, how long in-flight streams may take to finish", duration("15s"), duration)
     ap.add_argument("-v", "--v", dest="v", type=int, default=0, help="log verbosity (>= 4 is debug)")
@@ -123,6 +130,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error('both the "config-file" and "config-text" flags cannot be set at the same time')
     if args.max_num_of_endpoints < 1:
         ap.error("--max-num-of-endpoints must be >= 1")
+    if args.ui_decisions < 1:
+        ap.error("--ui-decisions must be >= 1")
     if args.refresh_metrics_interval <= 0:
         ap.error("--refresh-metrics-interval must be positive")
     return args

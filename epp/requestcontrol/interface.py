@@ -47,6 +47,7 @@ class Decision:
     served_model: str | None = None          # the rewritten model name the server will answer with
     prefill: "Endpoint | None" = None        # P/D: the prefill pod, counted in flight until the answer starts
     usage: UsageReader | None = None         # set when the response starts
+    trace: object | None = None              # the web view's record of this decision (epp.observe), when on
     started: float = field(default_factory=time.perf_counter)
 
     def response_mapper(self) -> ModelNameMapper | None:

@@ -9,7 +9,7 @@ import signal
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY
 
 from ..datalayer.address import host_port
 from ..datalayer.file_source import EndpointsFile
@@ -17,6 +17,8 @@ from ..datalayer.metrics_parse import MetricNames
 from ..datalayer.scraper import Scraper
 from ..datalayer.store import EndpointStore
 from ..metrics import EPPMetrics
+from ..observe.admin import start_admin
+from ..observe.observer import Observer
 from ..requestcontrol.director import Director
 from ..scheduling.config import DEFAULT_CONFIG, SchedulingConfig, default_saturation_detector
 from ..scheduling.config import load as load_config
@@ -63,8 +65,10 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
     metrics = EPPMetrics()
     scheduler = from_config(cfg, metrics)
     saturation = cfg.saturation or default_saturation_detector(args.metrics_staleness_threshold)
+    observer = Observer(REGISTRY, record=args.ui, size=args.ui_decisions, show_prompts=args.ui_show_prompts)
     director = Director(store, scheduler, metrics, staleness=args.metrics_staleness_threshold,
-                        objectives=dict(args.objective or []), explain=args.decision_header, saturation=saturation)
+                        objectives=dict(args.objective or []), explain=args.decision_header, saturation=saturation,
+                        observe=observer)
     log.info("scheduling: %s", cfg.describe())
     kube = None
     if source is None:
@@ -104,10 +108,11 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
     health_server.add_insecure_port(host_port(args.bind_address, args.grpc_health_port))
     await health.set(live=True, ready=False)
 
-    http_server, http_thread = start_http_server(args.metrics_port, addr=args.bind_address)
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # /metrics, /debug/* and the web view (--ui), served from threads, reading state on this loop
+    admin = start_admin(loop, args.bind_address, args.metrics_port, args.ui_port, store, scheduler,
+                        args.metrics_staleness_threshold, observer.log, REGISTRY)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
@@ -134,6 +139,8 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
     log.info("epp serving ext_proc on %s (%s, %s server), health on %d, metrics on %d; %d endpoints from %s",
              target, "TLS" if args.secure_serving else "plaintext", args.ext_proc_server, args.grpc_health_port, args.metrics_port,
              len(store.snapshot()), args.endpoints_file or args.pool_name or args.endpoint_selector)
+    if args.ui:
+        log.info("web view on http://%s/ui", host_port(args.bind_address, admin[-1].port))
     if ready_event is not None:
         ready_event.set()
 
@@ -151,6 +158,7 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
         await kube.stop()
     await scraper.stop()
     await health_server.stop(0)
-    http_server.shutdown()
+    for server in admin:
+        server.stop()
     log.info("stopped")
     return 0

@@ -14,7 +14,7 @@ from .framework import (DEFAULT_HANDLER, REGISTRY, BackgroundTask, EndpointLifec
                         PreRequest, ProfileHandler, ResponseComplete, ResponseHeaders)
 from .plugins import load_all
 from .profile import Profile
-from .types import DEFER, CycleState, LLMRequest, SchedulingResult
+from .types import DEFER, PREDICTION, CycleState, LLMRequest, SchedulingResult
 
 
 class Scheduler:
@@ -90,6 +90,7 @@ class Scheduler:
                 if h:
                     headers = (headers or []) + h
             result.headers = headers
+            result.prediction = state.get(PREDICTION)
         if self.metrics:
             self.metrics.scheduler_e2e.observe(perf_counter() - t)
         return result, state
