@@ -25,7 +25,8 @@ class Record:
         self.usage = None        # requestcontrol.usage.Usage, once the answer is over
         self.error: str | None = None
         self.prompt: bytes | None = None
-        self.profiles: dict[str, tuple[list[str], dict | None, dict | None]] = {}
+        # profile -> (picked addresses, ProfileResult.raw, filtered counts)
+        self.profiles: dict[str, tuple[list[str], tuple | None, dict | None]] = {}
         self.reasons = None
         self.prefill: str | None = None
         self.prediction = None   # scheduling.types.CachePrediction
@@ -39,13 +40,15 @@ class Record:
         return prof[0][0] if prof and prof[0] else None
 
     def candidates(self, profile: str | None = None) -> list[dict[str, Any]]:
-        """The profile's candidates, best total first: per-scorer scores, total, picked or not."""
+        """The profile's scored candidates, picks first, then by total: per-scorer scores, total."""
         prof = self.profiles.get(profile or self.primary)
         if not prof or not prof[1]:
             return []
         picks = set(prof[0])
-        rows = [{"address": a, "total": s.get("total", 0.0), "scores": {k: v for k, v in s.items() if k != "total"},
-                 "picked": a in picks} for a, s in prof[1].items()]
+        endpoints, scorers, totals = prof[1]
+        rows = [{"address": ep.address, "total": round(totals[i], 4),
+                 "scores": {name: round(scores[i], 4) for name, scores in scorers}, "picked": ep.address in picks}
+                for i, ep in enumerate(endpoints)]
         rows.sort(key=lambda r: (not r["picked"], -r["total"]))
         return rows
 
@@ -54,11 +57,13 @@ class Record:
         prof = self.profiles.get(self.primary)
         if not prof or not prof[1] or not prof[0]:
             return None
-        table, pick = prof[1], prof[0][0]
-        others = [s.get("total", 0.0) for a, s in table.items() if a != pick]
-        if not others or pick not in table:
+        pick = prof[0][0]
+        endpoints, _, totals = prof[1]
+        mine = [t for ep, t in zip(endpoints, totals) if ep.address == pick]
+        others = [t for ep, t in zip(endpoints, totals) if ep.address != pick]
+        if not mine or not others:
             return None
-        return round(table[pick].get("total", 0.0) - max(others), 4)
+        return round(mine[0] - max(others), 4)
 
     def ttft_s(self) -> float | None:
         return self.first_byte - self.started if self.first_byte else None

@@ -62,8 +62,8 @@ class Observer:
         result = decision.result
         if result is not None:
             rec.primary = result.primary
-            # the score tables were built for this request anyway (explain): kept by reference, not copied
-            rec.profiles = {name: ([ep.address for ep in pr.targets], pr.scores, pr.filtered)
+            # the scores as the profiles computed them, by reference: turned into tables only when shown
+            rec.profiles = {name: ([ep.address for ep in pr.targets], pr.raw, pr.filtered)
                             for name, pr in result.profiles.items()}
             rec.reasons = result.reasons
             pre = decision.prefill

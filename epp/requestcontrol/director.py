@@ -175,8 +175,8 @@ class Director:
                 defer = asyncio.get_running_loop().call_soon
             except RuntimeError:  # no event loop (tests, tools): bookkeeping runs inline
                 defer = None
-            result, state = self.scheduler.schedule(request, candidates, explain=self.explain or self._recording,
-                                                    defer=defer)
+            result, state = self.scheduler.schedule(request, candidates, explain=self.explain, defer=defer,
+                                                    record=self._recording)
             targets = result.targets
             if not targets:
                 # upstream answers ResourceExhausted: no endpoint can take it now

@@ -27,9 +27,10 @@ class Profile:
         return [*self.filters, *(ws.scorer for ws in self.scorers), self.picker]
 
     def run(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint],
-            observe=None, explain: bool = False) -> ProfileResult:
-        """observe(extension_point, plugin, seconds) times each plugin when given."""
-        filtered = {} if explain else None
+            observe=None, explain: bool = False, record: bool = False) -> ProfileResult:
+        """observe(extension_point, plugin, seconds) times each plugin when given. explain: the score
+        table (the decision header); record: the scores as computed (ProfileResult.raw, the web view)."""
+        filtered = {} if explain or record else None
         for f in self.filters:
             t = perf_counter()
             before = len(endpoints)
@@ -42,6 +43,7 @@ class Profile:
                 return ProfileResult(targets=[], filtered=filtered)
         totals = [0.0] * len(endpoints)
         table = {ep.address: {} for ep in endpoints} if explain else None
+        raw = [] if record else None
         for ws in self.scorers:
             t = perf_counter()
             scores = ws.scorer.score(state, request, endpoints)
@@ -51,6 +53,8 @@ class Profile:
             if not ws.scorer.bounded:  # clamp to [0, 1]; NaN fails both comparisons and counts as 0
                 scores = [s if 0.0 <= s <= 1.0 else (1.0 if s > 1.0 else 0.0) for s in scores]
             totals = [total + w * s for total, s in zip(totals, scores)]
+            if raw is not None:
+                raw.append((ws.scorer.name, tuple(scores)))
             if table is not None:
                 for ep, s in zip(endpoints, scores):
                     table[ep.address][ws.scorer.name] = round(s, 4)
@@ -61,4 +65,5 @@ class Profile:
         targets = self.picker.pick(state, request, endpoints, totals)
         if observe:
             observe("Picker", self.picker, perf_counter() - t)
-        return ProfileResult(targets=targets, scores=table, filtered=filtered)
+        return ProfileResult(targets=targets, scores=table, filtered=filtered,
+                             raw=(endpoints, raw, totals) if raw is not None else None)

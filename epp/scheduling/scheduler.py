@@ -66,7 +66,7 @@ class Scheduler:
         return sum(p.index_size() for p in sized) if sized else None
 
     def schedule(self, request: LLMRequest, candidates: Sequence[Endpoint], explain: bool = False,
-                 defer=None) -> tuple[SchedulingResult, CycleState]:
+                 defer=None, record: bool = False) -> tuple[SchedulingResult, CycleState]:
         """Returns a result whose targets may be empty (every candidate filtered out). `defer(fn)`,
         when given, runs bookkeeping that the answer does not wait for (e.g. indexing the prompt's
         prefix) after the answer is on its way."""
@@ -81,7 +81,7 @@ class Scheduler:
             if not chosen:
                 break
             for prof in chosen:
-                results[prof.name] = prof.run(state, request, candidates, observe, explain)
+                results[prof.name] = prof.run(state, request, candidates, observe, explain, record)
         result = handler.process_results(state, request, results)
         if result.targets:
             headers = None

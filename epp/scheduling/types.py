@@ -36,7 +36,10 @@ class ProfileResult:
     targets: list[Endpoint]                      # picked, most preferred first
     # endpoint address -> {scorer name: raw score}, plus "total"; filled only when explaining
     scores: dict[str, dict[str, float]] | None = None
-    filtered: dict[str, int] | None = None       # filter name -> how many it removed (explaining)
+    filtered: dict[str, int] | None = None       # filter name -> how many it removed (explaining or recording)
+    # recording (the web view): (candidates scored, [(scorer name, its scores)], weighted totals), aligned lists
+    # kept as computed, so a record costs no per-candidate work on the request path
+    raw: tuple[list[Endpoint], list[tuple[str, tuple[float, ...]]], list[float]] | None = None
 
 
 @dataclass(slots=True)
