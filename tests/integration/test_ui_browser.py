@@ -43,10 +43,11 @@ class Stack:
                     ready.set()
             ready.set()
         threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(120) or self.proc.poll() is not None:
+        ready.wait(120)
+        text = "".join(self.out)
+        if "\nOpen http" not in text or self.proc.poll() is not None:
             self.stop()
             raise AssertionError("the stack did not come up:\n" + "".join(self.out)[-3000:])
-        text = "".join(self.out)
         self.pods = re.search(r"^pods \(sim\): (.+)$", text, re.M).group(1).split(", ")
         self.url = re.search(r"^web view: (\S+)", text, re.M).group(1)
         self.metrics_port = int(re.search(r"metrics http://127\.0\.0\.1:(\d+)/metrics", text).group(1))
@@ -131,6 +132,14 @@ def test_the_page_shows_the_pool_and_a_growing_decision_feed(tmp_path):
         text = get(stack.metrics_port, "/metrics")[1].decode()
         inf = re.search(r'epp_prefix_cache_prediction_error_tokens_bucket\{le="\+Inf",[^}]*\} (\S+)', text)
         assert inf and float(inf.group(1)) > 0, text[-2000:]
+        # the APIs on the metrics port (upstream's place for them); the page itself is on --ui-port only
+        st, raw = get(stack.metrics_port, "/debug/decisions?limit=5")
+        doc = json.loads(raw)
+        assert st == 200 and len(doc["decisions"]) == 5 and doc["cursor"] >= later, doc
+        st, raw = get(stack.metrics_port, "/debug/plugins/state")
+        state = json.loads(raw)["plugins"]["approx-prefix-cache-producer"]["state"]
+        assert st == 200 and {p["pod"] for p in state["pods"]} <= set(stack.pods) and state["totalPods"] >= 1
+        assert get(stack.metrics_port, "/ui")[0] == 404
         ok = sum(1 for s in sent if s == 200)
         assert ok >= 10, sent[-20:]
     finally:

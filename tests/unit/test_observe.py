@@ -10,6 +10,7 @@ from wsgiref.util import setup_testing_defaults
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from epp import flags
 from epp.datalayer.store import EndpointStore
 from epp.metrics import EPPMetrics
 from epp.observe.admin import AdminApp, LoopBridge
@@ -407,3 +408,12 @@ def test_the_event_stream_sends_updates_and_resumes_from_last_event_id(loop_thre
     app.closing.set()       # the server stopping ends every open stream
     assert list(it) == []
     assert app._streams == 0
+
+
+def test_the_web_view_is_off_unless_asked_for():
+    a = flags.parse(["--endpoints-file", "f"])
+    assert (a.ui, a.ui_port, a.ui_show_prompts, a.ui_decisions) == (False, 0, False, 1000)
+    b = flags.parse(["--endpoints-file", "f", "--ui", "--ui-port", "8082", "--ui-show-prompts=true", "--ui-decisions", "50"])
+    assert (b.ui, b.ui_port, b.ui_show_prompts, b.ui_decisions) == (True, 8082, True, 50)
+    with pytest.raises(SystemExit):
+        flags.parse(["--endpoints-file", "f", "--ui-decisions", "0"])
