@@ -132,6 +132,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--max-num-of-endpoints must be >= 1")
     if args.ui_decisions < 1:
         ap.error("--ui-decisions must be >= 1")
+    if args.ui_port and args.ui_port == args.metrics_port:
+        ap.error("--ui-port is the metrics port: leave it out (0) to serve the web view there")
     if args.refresh_metrics_interval <= 0:
         ap.error("--refresh-metrics-interval must be positive")
     return args

@@ -417,3 +417,5 @@ def test_the_web_view_is_off_unless_asked_for():
     assert (b.ui, b.ui_port, b.ui_show_prompts, b.ui_decisions) == (True, 8082, True, 50)
     with pytest.raises(SystemExit):
         flags.parse(["--endpoints-file", "f", "--ui-decisions", "0"])
+    with pytest.raises(SystemExit):
+        flags.parse(["--endpoints-file", "f", "--ui-port", "9090"])     # the metrics port's default
