@@ -16,7 +16,7 @@ import pytest
 
 from testbed.browser import Chromium
 from testbed.http1 import get, post
-from testbed.ports import free_port
+from testbed.ports import free_listen_port
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,7 +27,10 @@ class Stack:
     """hack/stack.py in its own process group, read until it prints where everything is."""
 
     def __init__(self, tmp, pods: int = 3) -> None:
-        self.port, self.ui_port = free_port(), free_port()
+        # below the ephemeral range: the stack's own free ports (pods, epp) can never be these
+        self.port, self.ui_port = free_listen_port(), free_listen_port()
+        while self.ui_port == self.port:
+            self.ui_port = free_listen_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-u", os.path.join(ROOT, "hack", "stack.py"), "--backend", "sim", "--pods", str(pods),
              "--port", str(self.port), "--ui-port", str(self.ui_port), "--no-demo", "--load", "0"],
