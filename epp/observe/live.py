@@ -52,7 +52,9 @@ class Reader:
     def __init__(self, log: DecisionLog, store: EndpointStore, scheduler: Scheduler, staleness: float,
                  cursor: int | None = None, backlog: int = 25) -> None:
         self.log, self.store, self.scheduler, self.staleness = log, store, scheduler, staleness
-        self.cursor = max(0, log.last - backlog) if cursor is None else cursor
+        if cursor is None or cursor > log.last:   # a new page, or one from before epp restarted
+            cursor = max(0, log.last - backlog)
+        self.cursor = cursor
         self._samples: deque[tuple[float, int]] = deque()   # (time, log.last) of recent updates, for the rate
         self._first = True
         self._pending: list[int] = []   # seqs sent before their answer was over

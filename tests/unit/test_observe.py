@@ -253,6 +253,8 @@ def test_the_page_update_sends_new_decisions_and_again_once_answered():
     third = reader.update()
     assert [x["seq"] for x in third["decisions"]] == [2] and third["decisions"][0]["done"] is True
     assert reader.update()["decisions"] == []
+    # a page that reconnects with a cursor from before epp restarted starts over
+    assert [x["seq"] for x in Reader(obs.log, store, sched, 2.0, cursor=99).update()["decisions"]] == [1, 2]
     st = third["stats"]
     assert st["overhead_ms"]["p50"] > 0 and st["window"] == 2 and st["hit_rate"]["reported"] == pytest.approx(0.64)
 
