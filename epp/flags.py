@@ -286,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add("objective", "an InferenceObjective priority for header x-gateway-inference-objective, NAME=PRIORITY "
           "(repeatable; priority < 0 is sheddable)", None, objective, action="append")
     f.add("decision-header", "add x-epp-decision (candidates' scores and the pick) to responses", False, boolean)
+    # the web view (epp.observe): off unless asked for, as recording every decision costs each request a little
+    f.add("ui", "serve a live web view of the pool and the routing decisions at /ui (metrics port unless --ui-port) and "
+          "record every decision for it and for /debug/decisions", False, boolean)
+    f.add("ui-port", "serve the web view on its own port (0: on the metrics port)", 0, port)
+    f.add("ui-decisions", "decisions the web view and /debug/decisions keep (a ring buffer)", 1000, int)
+    f.add("ui-show-prompts", "show each request's prompt text (its first 2 KB) in the web view and /debug/decisions; "
+          "prompts are user data, so this is off unless set", False, boolean)
     f.add("max-request-body-bytes", "larger request bodies are refused with 413", 128 << 20, int)
     f.add("shutdown-grace-period", "after the drain window, how long in-flight streams may take to finish",
           duration("15s"), duration)
@@ -397,6 +404,10 @@ def _validate(args: argparse.Namespace) -> None:
         args.drain_timeout = 0.0 if args.endpoints_file else DEFAULT_DRAIN_TIMEOUT
     if args.max_num_of_endpoints < 1:
         raise FlagError("--max-num-of-endpoints must be >= 1")
+    if args.ui_decisions < 1:
+        raise FlagError("--ui-decisions must be >= 1")
+    if args.ui_port and args.ui_port == args.metrics_port:
+        raise FlagError("--ui-port is the metrics port: leave it out (0) to serve the web view there")
     if args.refresh_metrics_interval <= 0:
         raise FlagError("--refresh-metrics-interval must be positive")
 

@@ -126,7 +126,7 @@ def main() -> int:
         lines.append(f"| {n} | {cpu * 100:.1f}% | {r['epp_cpu_frac_1s_median'] * 100:.1f}% | {r['epp_cpu_frac_1s_max'] * 100:.1f}% | "
                      f"{r['scrapes_per_s']:.0f} ({r['expected_scrapes_per_s']:.0f}) | "
                      f"{(r['us_per_scrape'] or float('nan')):.0f} us | {goal} |")
-    lines.append(f"\n(pods process, for reference: " + ", ".join(
+    lines.append("\n(pods process, for reference: " + ", ".join(
         f"{r['endpoints']} endpoints {r['pods_cpu_frac'] * 100:.0f}%" for r in results) + " of a core serving the pages)")
     for r in results:
         pr = r.get("profile")

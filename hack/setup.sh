@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the project with its test tools; quick when nothing changed.
+# Creates .venv and installs the project with its test and benchmark tools (extras test, bench); quick when
+# nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -12,10 +13,10 @@ stamp=.venv/.epp-installed
 # the C sources count too: the install compiles them in place (epp/kvcache/_prefix.c)
 want=$(cat pyproject.toml hack/setup.sh epp/kvcache/*.c | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! ls epp/kvcache/_prefix.*.so >/dev/null 2>&1; then
-  echo "setup: installing epp and its test tools into .venv" >&2
+  echo "setup: installing epp and its test and benchmark tools into .venv" >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
   log=$(mktemp)
-  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >"$log" 2>&1; then
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,bench]' >"$log" 2>&1; then
     cat "$log" >&2; rm -f "$log"; exit 1
   fi
   rm -f "$log"

@@ -5,6 +5,10 @@
     hack/stack.sh --config config/prefix-heavy.yaml            # any EndpointPickerConfig file
     hack/stack.sh -- --max-num-of-endpoints 2 --objective batch=-1    # any epp flag, after --
     hack/stack.sh --sim-args "--time-scale 5 --seed 1"         # flags for every vllm-sim
+    hack/stack.sh --ui-port 9000 --load 0                      # the web view elsewhere, no background load
+
+The web view (epp --ui) is at http://127.0.0.1:8082/ui (Envoy's port + 1): the pool and every routing
+decision, live. After the demo a light load (--load requests/s, 0 for none) keeps the page moving.
 
 --config is epp's --config-file (default: epp's default profile; config/pd.yaml with --topology pd).
 Everything after `--` goes to epp as given, after the stack's own flags, so it wins over them; the
@@ -22,6 +26,7 @@ import os
 import shlex
 import sys
 import tempfile
+import threading
 import time
 
 from testbed import pd as pd_pods
@@ -96,6 +101,22 @@ def demo(port: int, model: str) -> None:
     print("\nEach customer's requests after the first stay on the pod that has its prefix (prefix score near 1).")
 
 
+def background_load(port: int, model: str, rate: float, stop: threading.Event) -> None:
+    """A light, steady load after the demo (the same customers' questions, now and then a new one) so the
+    web view has something to show; errors are ignored (the page shows them)."""
+    contexts = [f"You are the assistant of customer {c}. " + " ".join(WORDS[(i * 7 + j) % 10] for j in range(600))
+                for i, c in enumerate(("acme", "globex", "initech", "umbrella", "hooli"))]
+    n = 0
+    while not stop.wait(1.0 / rate):
+        n += 1
+        prompt = contexts[n % len(contexts)] if n % 7 else f"A new customer {n} asks something short."
+        try:
+            post(port, "/v1/completions", json.dumps({"model": model, "prompt": prompt + f"\nQuestion {n}?",
+                                                      "max_tokens": 8 + n % 24}).encode(), timeout=60)
+        except OSError:
+            pass
+
+
 def demo_pd(port: int, model: str, pods: dict) -> None:
     """Short questions stay on a decode pod; long documents get a prefill pod first; a repeated long
     document is already cached on its decode pod and needs no prefill hop."""
@@ -138,12 +159,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--sim-args", default="", metavar="'FLAGS'", type=shlex.split,
                     help="extra vllm-sim flags, one quoted string (--sim-args='--seed 1' for a single flag)")
     ap.add_argument("--port", type=int, default=8081, help="Envoy's listener")
+    ap.add_argument("--ui-port", type=int, default=None, help="epp's web view (default: --port + 1, i.e. 8082)")
+    ap.add_argument("--load", type=float, default=1.0, metavar="RPS",
+                    help="requests per second sent after the demo while the stack runs, for the web view (0: none)")
     ap.add_argument("--base-port", type=int, default=0, help="first pod port (default: a free one)")
     ap.add_argument("--model", default=None, help="model name sent by the demo")
     ap.add_argument("--demo-only", action="store_true", help="run the demo, then stop everything and exit")
     ap.add_argument("--no-demo", action="store_true")
     args = ap.parse_args(argv[:cut])
     args.epp_flags = argv[cut + 1:]
+    if args.ui_port is None:
+        args.ui_port = args.port + 1
     if args.config and not os.path.isfile(args.config):
         ap.error(f"--config {args.config}: no such file")
     if args.topology == "pd" and args.backend != "sim":
@@ -183,15 +209,18 @@ def main(argv: list[str] | None = None) -> int:
             pods = start_pods(kids, args, efile)
         config = args.config or (pd_pods.EPP_CONFIG if pd else None)
         grpc_port, metrics_port = free_port(), free_port()
-        start_epp(kids, efile, grpc_port, extra=["--decision-header", "--metrics-port", str(metrics_port),
-                                                 *(["--config-file", config] if config else []), *args.epp_flags])
+        epp = start_epp(kids, efile, grpc_port, extra=["--decision-header", "--metrics-port", str(metrics_port),
+                                                       "--ui", "--ui-port", str(args.ui_port),
+                                                       *(["--config-file", config] if config else []), *args.epp_flags])
+        wait_port(args.ui_port, 10, epp, "epp's web view")
         start_envoy(kids, "envoy", bootstrap(free_port(), {"FULL_DUPLEX_STREAMED": args.port}, grpc_port,
                                              access_log=os.path.join(logdir, "access.log")), [args.port])
         time.sleep(0.5)  # a few metric scrapes
         print(f"pods ({args.backend}): {', '.join(pods)}\nepp: ext_proc 127.0.0.1:{grpc_port}, metrics "
               f"http://127.0.0.1:{metrics_port}/metrics, config {config or '(default profile)'}"
               + (f", flags {shlex.join(args.epp_flags)}" if args.epp_flags else "")
-              + f"\nenvoy: http://127.0.0.1:{args.port}\nlogs: {logdir}")
+              + f"\nenvoy: http://127.0.0.1:{args.port}\nlogs: {logdir}"
+              + f"\n\nweb view: http://127.0.0.1:{args.ui_port}/ui   (the pool and every routing decision, live)")
         model = args.model or ("sim-model" if args.backend == "sim" else "m")
         if not args.no_demo:
             if pd:
@@ -200,8 +229,14 @@ def main(argv: list[str] | None = None) -> int:
                 demo(args.port, model)
         if args.demo_only:
             return 0
-        print(f"\nTry: curl -s http://127.0.0.1:{args.port}/v1/completions -H 'content-type: application/json' "
-              f"-d '{{\"model\": \"{model}\", \"prompt\": \"hello\", \"max_tokens\": 5}}' -i\nCtrl-C stops everything.")
+        stop_load = threading.Event()
+        if args.load > 0:
+            threading.Thread(target=background_load, args=(args.port, model, args.load, stop_load), daemon=True).start()
+        print(f"\nOpen http://127.0.0.1:{args.ui_port}/ui to watch the pool and the decisions"
+              + (f" (a light load of {args.load:g} request/s keeps it moving; --load 0 for none)" if args.load > 0 else "")
+              + f".\nTry: curl -s http://127.0.0.1:{args.port}/v1/completions -H 'content-type: application/json' "
+              f"-d '{{\"model\": \"{model}\", \"prompt\": \"hello\", \"max_tokens\": 5}}' -i\nCtrl-C stops everything.",
+              flush=True)
         while all(p.poll() is None for _, p in kids.procs):
             time.sleep(0.5)
         dead = [n for n, p in kids.procs if p.poll() is not None]

@@ -343,6 +343,18 @@ class KVEventSubscriber:
     def endpoints(self) -> list[str]:
         return sorted(self._streams)
 
+    def status(self) -> dict[str, dict]:
+        """Per endpoint subscribed to or heard from: its publisher as seen here (for the pool view)."""
+        out = {}
+        for addr, s in self._streams.items():
+            c = s.counters
+            out[addr] = {"messages": c.messages, "gaps": c.gaps, "resets": c.resets, "replaying": s.replaying,
+                         "last_seq": s.applied}
+        for addr, pod in self._pods.items():
+            st = out.setdefault(addr, {"messages": 0, "gaps": 0, "resets": 0, "replaying": False, "last_seq": None})
+            st["publisher"] = pod.pub_endpoint
+        return out
+
     def publishers(self) -> int:
         """Endpoints heard from at least once: fewer than the pool means some pods publish nowhere
         (a wrong --kv-events-config endpoint) or are not connected yet."""

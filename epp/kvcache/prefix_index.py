@@ -143,3 +143,7 @@ class PrefixIndex:
     def remove_endpoint(self, endpoint: str) -> None:
         self._lru.pop(endpoint, None)
         self._capacity.pop(endpoint, None)
+
+    def endpoint_blocks(self) -> dict[str, int]:
+        """Blocks held per endpoint (for debug state)."""
+        return {ep: len(lru) for ep, lru in self._lru.items()}

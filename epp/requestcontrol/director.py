@@ -6,7 +6,8 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import Awaitable, Sequence
+from time import perf_counter
+from typing import TYPE_CHECKING, Awaitable, Sequence
 
 import orjson
 
@@ -25,6 +26,9 @@ from .interface import Decision, Subset
 from .parse import api_for_path, parse_body
 from .rewrite import Rewrites
 from .usage import UsageReader
+
+if TYPE_CHECKING:
+    from ..observe.observer import Observer as Observe
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ class Director:
     def __init__(self, store: EndpointStore, scheduler: Scheduler, metrics: EPPMetrics | None = None,
                  staleness: float = 2.0, objectives: dict[str, int] | None = None, explain: bool = False,
                  saturation: SaturationDetector | None = None, rewrites: Rewrites | None = None,
-                 subset_filter: bool = True) -> None:
+                 subset_filter: bool = True, observe: "Observe | None" = None) -> None:
         self.store = store
         self.subset_filter = subset_filter   # --disable-endpoint-subset-filter turns it off
         self.scheduler = scheduler
@@ -74,6 +78,9 @@ class Director:
         self._ids = itertools.count(1)
         self._warned_stale = False
         self._by_model: dict[tuple[str, str], _Series] = {}
+        # epp.observe: the prediction-accuracy metric always; with the web view on, a record of every decision
+        self.observe = observe
+        self._recording = observe is not None and observe.recording
         store.on_change(lambda added, removed: scheduler.endpoints_removed([e.address for e in removed]))
 
     # ---------------------------------------------------------------- request path
@@ -118,6 +125,7 @@ class Director:
 
     def _decide(self, headers: dict[str, str], path: str, raw_body: bytes | None,
                 subset: Subset) -> Decision | Awaitable[Decision]:
+        t0 = perf_counter() if self._recording else 0.0
         try:
             request, new_body = self._request(headers, path, raw_body)
         except EPPError as e:
@@ -127,8 +135,8 @@ class Director:
         if request.body is not None:
             waits = self.scheduler.prepare(request)
             if waits:
-                return self._decide_later(waits, request, new_body, hint)
-        return self._counted_schedule(request, new_body, hint)
+                return self._decide_later(waits, request, new_body, hint, t0)
+        return self._counted_schedule(request, new_body, hint, t0)
 
     @staticmethod
     def _traced_decision(d: Decision, root, orch, headers: dict[str, str]) -> Decision:
@@ -156,20 +164,25 @@ class Director:
             parse_body(api, body)
 
     async def _decide_later(self, waits: list, request: LLMRequest, new_body: bytes | None,
-                            subset: list[str] | None) -> Decision:
+                            subset: list[str] | None, t0: float = 0.0) -> Decision:
         for r in await asyncio.gather(*waits, return_exceptions=True):
             if isinstance(r, BaseException):   # preparers fall back themselves; a bug must not fail the request
                 log.error("prepare step failed for request %s", request.request_id, exc_info=r)
-        return self._counted_schedule(request, new_body, subset)
+        return self._counted_schedule(request, new_body, subset, t0)
 
-    def _counted_schedule(self, request: LLMRequest, new_body: bytes | None, subset: list[str] | None) -> Decision:
+    def _counted_schedule(self, request: LLMRequest, new_body: bytes | None, subset: list[str] | None,
+                          t0: float = 0.0) -> Decision:
         try:
             decision = self._schedule(request, new_body, subset)
         except EPPError as e:
             self._count_error(e)
+            if self._recording:
+                self.observe.rejected(request, e, t0)
             raise
         if self.metrics:
             self._series(decision.request).request_total.inc()
+        if self._recording:
+            self.observe.decided(decision, t0)
         return decision
 
     def _count_error(self, e: EPPError) -> None:
@@ -216,7 +229,8 @@ class Director:
                 defer = asyncio.get_running_loop().call_soon
             except RuntimeError:  # no event loop (tests, tools): bookkeeping runs inline
                 defer = None
-            result, state = self.scheduler.schedule(request, candidates, explain=self.explain, defer=defer)
+            result, state = self.scheduler.schedule(request, candidates, explain=self.explain, defer=defer,
+                                                    record=self._recording)
             targets = result.targets
             if not targets:
                 # upstream answers ResourceExhausted: no endpoint can take it now
@@ -304,7 +318,7 @@ class Director:
     def response_started(self, decision: Decision, status: int | None, sse: bool) -> list[tuple[str, str]] | None:
         """Headers the plugins add to the response (e.g. a session token); usage is read from here on."""
         self.prefill_done(decision)
-        decision.usage = UsageReader(sse)
+        decision.usage = UsageReader(sse) if decision.trace is None else self.observe.usage_reader(decision.trace, sse)
         if decision.result is None:
             return None
         return self.scheduler.response_headers(decision.request, decision.result, status)
@@ -328,6 +342,8 @@ class Director:
         self.prefill_done(decision)
         if decision.result is not None:
             self.scheduler.response_complete(decision.request, decision.result, status, usage)
+        if self.observe is not None:
+            self.observe.finished(decision, usage, status)
         if not self.metrics:
             return
         req = decision.request

@@ -48,6 +48,7 @@ class Decision:
     prefill: "Endpoint | None" = None        # P/D: the prefill pod, counted in flight until the answer starts
     usage: UsageReader | None = None         # set when the response starts
     span: object | None = None               # --tracing: the request's gateway.request span, ended by done()
+    trace: object | None = None              # the web view's record of this decision (epp.observe), when on
     started: float = field(default_factory=time.perf_counter)
 
     def response_mapper(self) -> ModelNameMapper | None:

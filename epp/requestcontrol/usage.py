@@ -19,6 +19,7 @@ class Usage:
     completion_tokens: int = 0
     cached_tokens: int = 0
     seen: bool = False
+    cached_reported: bool = False   # the answer said how many prompt tokens were cached (vLLM: prompt_tokens_details)
 
     def take(self, usage) -> None:
         if not isinstance(usage, dict):
@@ -31,6 +32,7 @@ class Usage:
         details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
         if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
             self.cached_tokens = details["cached_tokens"]
+            self.cached_reported = True
         self.seen = True
 
 

@@ -18,6 +18,8 @@ from ..datalayer.metrics_parse import MetricNames
 from ..datalayer.scraper import Scraper
 from ..datalayer.store import EndpointStore
 from ..metrics import EPPMetrics
+from ..observe.admin import AdminServer, admin_apps
+from ..observe.observer import Observer
 from ..requestcontrol.director import Director
 from ..scheduling.config import DEFAULT_CONFIG, SchedulingConfig, default_saturation_detector
 from ..scheduling.config import load as load_config
@@ -68,7 +70,7 @@ def _warn_inapplicable(args, kube) -> None:
                     "--endpoints-file /metrics is served without it, as upstream's file-discovery mode serves it")
 
 
-def _metrics_server(args, kube) -> MetricsServer:
+def _metrics_server(args, kube, others) -> MetricsServer:
     authorize = None
     if kube is not None and args.metrics_endpoint_auth:
         from ..datalayer.k8s.reviews import AccessReviews
@@ -79,7 +81,7 @@ def _metrics_server(args, kube) -> MetricsServer:
             # runs in the metrics server's thread; the API calls run on the event loop
             return asyncio.run_coroutine_threadsafe(reviews.check(token, path, verb), loop).result(30)
     tls = metrics_tls(args.metrics_cert_dir, args.metrics_client_ca_file) if args.metrics_cert_dir else None
-    return MetricsServer(args.bind_address, args.metrics_port, authorize=authorize, tls=tls)
+    return MetricsServer(args.bind_address, args.metrics_port, authorize=authorize, tls=tls, others=others)
 
 
 async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.Event | None = None) -> int:
@@ -102,9 +104,10 @@ async def _serve(args, store: EndpointStore | None, ready_event: asyncio.Event |
     metrics = EPPMetrics()
     scheduler = from_config(cfg, metrics)
     saturation = cfg.saturation or default_saturation_detector(args.metrics_staleness_threshold)
+    observer = Observer(REGISTRY, record=args.ui, size=args.ui_decisions, show_prompts=args.ui_show_prompts)
     director = Director(store, scheduler, metrics, staleness=args.metrics_staleness_threshold,
                         objectives=dict(args.objective or []), explain=args.decision_header, saturation=saturation,
-                        subset_filter=not args.disable_endpoint_subset_filter)
+                        subset_filter=not args.disable_endpoint_subset_filter, observe=observer)
     log.info("scheduling: %s", cfg.describe())
     kube = None
     if source is None:
@@ -157,11 +160,14 @@ async def _serve(args, store: EndpointStore | None, ready_event: asyncio.Event |
     health.add_to(health_server)
     health_server.add_insecure_port(host_port(args.bind_address, args.grpc_health_port))
 
-    metrics_server = _metrics_server(args, kube)
-    metrics_server.start()
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # /metrics, /debug/* and the web view (--ui) on the metrics port, the web view alone on --ui-port:
+    # served from threads, reading state on this loop
+    admin, ui_app = admin_apps(loop, args.ui_port, store, scheduler, args.metrics_staleness_threshold, observer.log)
+    metrics_server = _metrics_server(args, kube, admin)
+    metrics_server.start()
+    ui_server = AdminServer(ui_app, args.bind_address, args.ui_port) if ui_app is not None else None
 
     def on_signal() -> None:
         if stop.is_set():   # a second signal: exit at once, as upstream (controller-runtime) does
@@ -193,6 +199,9 @@ async def _serve(args, store: EndpointStore | None, ready_event: asyncio.Event |
              target, "TLS" if args.secure_serving else "plaintext", transport, args.grpc_health_port,
              args.metrics_port, len(store.snapshot()),
              args.endpoints_file or args.pool_name or args.endpoint_selector)
+    if args.ui:
+        log.info("web view on http://%s/ui", host_port(args.bind_address,
+                                                       ui_server.port if ui_server else metrics_server.port))
     if ready_event is not None:
         ready_event.set()
 
@@ -217,6 +226,11 @@ async def _serve(args, store: EndpointStore | None, ready_event: asyncio.Event |
         await kube.stop()
     await scraper.stop()
     await health_server.stop(0)
+    for app in (admin, ui_app):
+        if app is not None:
+            app.closing.set()     # open event streams end at their next tick
     metrics_server.shutdown()
+    if ui_server is not None:
+        ui_server.stop()
     log.info("stopped")
     return 0

@@ -185,6 +185,23 @@ class IndexSize:
         raise NotImplementedError
 
 
+class StateDumper:
+    """Debug state for /debug/plugins/state (upstream's plugin.StateDumper): point-in-time state that metrics
+    do not show, JSON-ready, bounded (capped lists, counts) and sanitized: endpoint identities and counts,
+    never prompts, tokens or block hashes. Called on the event loop, on demand only."""
+
+    def dump_state(self) -> Any:
+        raise NotImplementedError
+
+
+class KVEventStatus:
+    """Consumes the model servers' KV events: per endpoint address, the state of its publisher as seen
+    here (messages received, gaps, resets, a replay under way), for the pool view."""
+
+    def kv_event_status(self) -> dict[str, dict[str, Any]]:
+        raise NotImplementedError
+
+
 class SaturationDetector:
     """How saturated a set of endpoints is: >= 1.0 means saturated (sheddable requests are dropped,
     flow control queues)."""

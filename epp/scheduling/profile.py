@@ -28,12 +28,13 @@ class Profile:
         return [*self.filters, *(ws.scorer for ws in self.scorers), self.picker]
 
     def run(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint],
-            observe=None, explain: bool = False, span=None) -> ProfileResult:
-        """observe(extension_point, plugin, seconds) times each plugin when given; `span` (--tracing,
-        a sampled request) gets the filter, scoring and pick steps as child spans."""
+            observe=None, explain: bool = False, span=None, record: bool = False) -> ProfileResult:
+        """observe(extension_point, plugin, seconds) times each plugin when given. explain: the score
+        table (the decision header); record: the scores as computed (ProfileResult.raw, the web view);
+        `span` (--tracing, a sampled request) gets the filter, scoring and pick steps as child spans."""
         if span is not None:
-            return self._run_traced(state, request, endpoints, observe, explain, span)
-        filtered = {} if explain else None
+            return self._run_traced(state, request, endpoints, observe, explain, span, record)
+        filtered = {} if explain or record else None
         for f in self.filters:
             t = perf_counter()
             before = len(endpoints)
@@ -46,6 +47,7 @@ class Profile:
                 return ProfileResult(targets=[], filtered=filtered)
         totals = [0.0] * len(endpoints)
         table = {ep.address: {} for ep in endpoints} if explain else None
+        raw = [] if record else None
         for ws in self.scorers:
             t = perf_counter()
             scores = ws.scorer.score(state, request, endpoints)
@@ -55,6 +57,8 @@ class Profile:
             if not ws.scorer.bounded:  # clamp to [0, 1]; NaN fails both comparisons and counts as 0
                 scores = [s if 0.0 <= s <= 1.0 else (1.0 if s > 1.0 else 0.0) for s in scores]
             totals = [total + w * s for total, s in zip(totals, scores)]
+            if raw is not None:
+                raw.append((ws.scorer.name, tuple(scores)))
             if table is not None:
                 for ep, s in zip(endpoints, scores):
                     table[ep.address][ws.scorer.name] = round(s, 4)
@@ -65,17 +69,19 @@ class Profile:
         targets = self.picker.pick(state, request, endpoints, totals)
         if observe:
             observe("Picker", self.picker, perf_counter() - t)
-        return ProfileResult(targets=targets, scores=table, filtered=filtered)
+        return ProfileResult(targets=targets, scores=table, filtered=filtered,
+                             raw=(endpoints, raw, totals) if raw is not None else None)
 
     def _run_traced(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint],
-                    observe, explain: bool, span) -> ProfileResult:
+                    observe, explain: bool, span, record: bool = False) -> ProfileResult:
         """run() with upstream's spans around each step; the steps are run() itself, one stage at a time."""
         gen_ai = {"gen_ai.request.model": request.target_model, "gen_ai.request.id": request.request_id}
         S = tracing.SCHEDULING
         sp = tracing.start(S, "filter_endpoints", span, {"llm_d.epp.filter.candidate_endpoints": len(endpoints), **gen_ai})
         nopick = _NoPick()
         pre = Profile(self.name, nopick, self.filters, []).run(
-            state, request, endpoints, observe and (lambda point, p, t: p is nopick or observe(point, p, t)), explain)
+            state, request, endpoints, observe and (lambda point, p, t: p is nopick or observe(point, p, t)), explain,
+            record=record)
         # the filters' survivors: the no-op picker hands every remaining candidate back
         survivors = pre.targets
         sp.set_attribute("llm_d.epp.filter.filtered_endpoints", len(survivors))
@@ -87,7 +93,7 @@ class Profile:
         scorers = [WeightedScorer(_TracedScorer(ws.scorer, ws.weight, sp, len(survivors)), ws.weight)
                    for ws in self.scorers]
         picks = _RecordingPicker(self.picker, span, gen_ai, len(survivors), sp)
-        result = Profile(self.name, picks, [], scorers).run(state, request, survivors, observe, explain)
+        result = Profile(self.name, picks, [], scorers).run(state, request, survivors, observe, explain, record=record)
         if pre.filtered:
             result.filtered = {**pre.filtered, **(result.filtered or {})}
         return result

@@ -15,7 +15,7 @@ from .framework import (DEFAULT_HANDLER, REGISTRY, BackgroundTask, EndpointLifec
                         PreRequest, ProfileHandler, ResponseComplete, ResponseHeaders)
 from .plugins import load_all
 from .profile import Profile
-from .types import DEFER, CycleState, LLMRequest, SchedulingResult
+from .types import DEFER, PREDICTION, CycleState, LLMRequest, SchedulingResult
 
 
 class Scheduler:
@@ -67,7 +67,7 @@ class Scheduler:
         return sum(p.index_size() for p in sized) if sized else None
 
     def schedule(self, request: LLMRequest, candidates: Sequence[Endpoint], explain: bool = False,
-                 defer=None) -> tuple[SchedulingResult, CycleState]:
+                 defer=None, record: bool = False) -> tuple[SchedulingResult, CycleState]:
         """Returns a result whose targets may be empty (every candidate filtered out). `defer(fn)`,
         when given, runs bookkeeping that the answer does not wait for (e.g. indexing the prompt's
         prefix) after the answer is on its way."""
@@ -84,12 +84,12 @@ class Scheduler:
                 break
             for prof in chosen:
                 if parent is None:
-                    results[prof.name] = prof.run(state, request, candidates, observe, explain)
+                    results[prof.name] = prof.run(state, request, candidates, observe, explain, record=record)
                     continue
                 span = tracing.start(tracing.SCHEDULING, "run_scheduler_profile", parent,
                                      {"llm_d.epp.scheduling.profile.name": prof.name})
                 try:
-                    results[prof.name] = prof.run(state, request, candidates, observe, explain, span)
+                    results[prof.name] = prof.run(state, request, candidates, observe, explain, span, record)
                 finally:
                     span.end()
         result = handler.process_results(state, request, results)
@@ -100,6 +100,7 @@ class Scheduler:
                 if h:
                     headers = (headers or []) + h
             result.headers = headers
+            result.prediction = state.get(PREDICTION)
         if self.metrics:
             self.metrics.scheduler_e2e.observe(perf_counter() - t)
         return result, state

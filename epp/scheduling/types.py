@@ -24,6 +24,7 @@ class LLMRequest:
 
 DEFER = "defer"  # cycle-state key: a call_soon-like function for work the answer need not wait for
 HIT_RATIO = "prefix/hit-ratio"  # cycle-state key: the prefix hit ratio of the primary pick, for its metric
+PREDICTION = "prefix/prediction"  # cycle-state key: the prefix producer's CachePrediction for the pick
 
 
 class CycleState(dict):
@@ -35,7 +36,22 @@ class ProfileResult:
     targets: list[Endpoint]                      # picked, most preferred first
     # endpoint address -> {scorer name: raw score}, plus "total"; filled only when explaining
     scores: dict[str, dict[str, float]] | None = None
-    filtered: dict[str, int] | None = None       # filter name -> how many it removed (explaining)
+    filtered: dict[str, int] | None = None       # filter name -> how many it removed (explaining or recording)
+    # recording (the web view): (candidates scored, [(scorer name, its scores)], weighted totals), aligned lists
+    # kept as computed, so a record costs no per-candidate work on the request path
+    raw: tuple[list[Endpoint], list[tuple[str, tuple[float, ...]]], list[float]] | None = None
+
+
+@dataclass(slots=True)
+class CachePrediction:
+    """How many of the prompt's tokens a prefix-match producer expects the chosen pod to hold (P/D: the
+    prefill pod, which computes the prompt). Set from the producer's pre-request hook; compared with the
+    cached tokens the model server reports, it tells whether prefix-aware routing still sees the caches."""
+    plugin_type: str
+    plugin_name: str
+    endpoint: str
+    cached_tokens: int
+    estimated: bool = False   # counted in ~4-byte pseudo-tokens (no tokenizer), not in the model's tokens
 
 
 @dataclass(slots=True)
@@ -45,6 +61,7 @@ class SchedulingResult:
     headers: list[tuple[str, str]] | None = None # set on the request by pre-request hooks (e.g. P/D)
     reasons: dict[str, str] | None = None        # why the handler decided as it did (explaining)
     prefill: str | None = None                   # the P/D handler's prefill profile, when it names one
+    prediction: CachePrediction | None = None    # cached tokens a prefix producer expects on the pick
 
     @property
     def targets(self) -> list[Endpoint]:

@@ -48,8 +48,11 @@ def tls_context(cert_dir: str, client_ca: str = "") -> ssl.SSLContext:
 
 class MetricsServer:
     def __init__(self, host: str, port: int, registry: CollectorRegistry = REGISTRY,
-                 authorize: Authorize | None = None, tls: ssl.SSLContext | None = None) -> None:
+                 authorize: Authorize | None = None, tls: ssl.SSLContext | None = None, others=None) -> None:
+        """others: a WSGI app for every other path (the /debug APIs and the web view), behind the same
+        authentication and TLS."""
         self.metrics_app = make_wsgi_app(registry)
+        self.others = others
         self.authorize = authorize
         server_cls = type("MetricsHTTPServer", (_Server,), {"address_family": _family(host)})
         self.httpd = make_server(host, port, self._app, server_cls, handler_class=_Quiet)
@@ -75,9 +78,11 @@ class MetricsServer:
             if denied is not None:
                 status, message = denied
                 return _plain(start_response, status, message)
-        if path != "/metrics":
-            return _plain(start_response, 404, "404 page not found")
-        return self.metrics_app(environ, start_response)
+        if path == "/metrics":
+            return self.metrics_app(environ, start_response)
+        if self.others is not None:
+            return self.others(environ, start_response)
+        return _plain(start_response, 404, "404 page not found")
 
 
 _REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 500: "Internal Server Error"}

@@ -108,7 +108,7 @@ def report(res: dict) -> str:
             m = next((x for x in res["micro"] if x["endpoints"] == int(n) and x["size_kb"] == size), None)
             e2e = 1e6 / r["epp_cpu_us_per_req"] if r["epp_cpu_us_per_req"] else math.nan
             lines.append(f"| {n} | {size} KB | {fmt(e2e, '.0f')} /s | {fmt(m['decisions_per_s'] if m else math.nan, '.0f')} /s |")
-    lines += ["", f"idle epp CPU (scraping only): " + ", ".join(
+    lines += ["", "idle epp CPU (scraping only): " + ", ".join(
         f"{n} endpoints {ph['idle_epp_cpu_frac'] * 100:.1f}%" for n, ph in res["phases"].items()) + " of a core"]
     lg = max((r["loadgen_cpu_frac"] for ph in res["phases"].values() for r in ph["fixed"].values()), default=0)
     lag = max((r["lag_p99_ms"] for ph in res["phases"].values() for r in ph["fixed"].values()), default=0)

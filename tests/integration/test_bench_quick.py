@@ -1,6 +1,6 @@
 """The benchmark harness end to end (`hack/bench.sh run ... --quick`): sim pool, Envoy round robin and
 Envoy + epp, streaming load, JSON and report. A smoke test: requests complete without errors, the
-tables are written; no performance assertion. Peers (sglang-router, vllm-router) are not installed here."""
+tables and the plots are written; no performance assertion. Peers (sglang-router, vllm-router) are not installed here."""
 import json
 import os
 import subprocess
@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_quick_shared_prefix(tmp_path):
     out = tmp_path / "run"
     p = subprocess.run([sys.executable, "-m", "hack.bench", "run", "hack/bench/scenarios/shared-prefix.yaml", "--quick",
-                        "--no-install", "--plots", "never", "--out", str(out)],
+                        "--no-install", "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=170)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
@@ -31,3 +31,9 @@ def test_quick_shared_prefix(tmp_path):
             assert "machine_busy" in s["cpu"], (name, s)
     report = (out / "report.md").read_text()
     assert "| router |" in report and "envoy-rr" in report
+    # the plots come with the run (matplotlib from the bench extra), no second step
+    pngs = ["ttft_p90.png", "throughput.png", "hit_rate.png"]
+    assert res.get("plots") == pngs, res.get("plots_note")
+    for png in pngs:
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert "plots: ttft_p90.png" in report

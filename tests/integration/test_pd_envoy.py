@@ -4,9 +4,7 @@ decode sim pulls the KV cache from the prefill sim (NIXL where installed, else t
 channel). The pods are started by the local stack's own code (testbed.pd, as hack/stack.sh --topology pd)."""
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import sys
 
 import aiohttp

@@ -17,7 +17,8 @@ ROW = re.compile(r"^\s*\d+\s+(acme|globex|initech)\s+(\S+)\s+([\d.]+)\s+([\d.]+)
 def stack(tmp_path, *args: str) -> subprocess.CompletedProcess:
     # TMPDIR: the stack keeps its logs directory for the user to read; here it lands under tmp_path
     return subprocess.run([sys.executable, os.path.join(ROOT, "hack", "stack.py"), "--backend", "standin",
-                           "--pods", "2", "--demo-only", "--port", str(free_port()), *args],
+                           "--pods", "2", "--demo-only", "--port", str(free_port()), "--ui-port", str(free_port()),
+                           *args],
                           cwd=ROOT, env={**os.environ, "TMPDIR": str(tmp_path)}, capture_output=True, text=True,
                           timeout=120)
 

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 from ...kvcache.prefix_index import PrefixIndex, block_keys
 from ..framework import (BindsPlugins, EndpointLifecycle, IndexSize, Plugin, PrefixMatchConsumer, PrefixMatchProducer,
-                         PreRequest, need_bool, need_int, register)
-from ..types import DEFER, HIT_RATIO, MatchInfo
+                         PreRequest, StateDumper, need_bool, need_int, register)
+from ..types import DEFER, HIT_RATIO, PREDICTION, CachePrediction, MatchInfo
 from .token_producer import TokenProducer, ids_bytes
 
 CHARS_PER_TOKEN = 4
+MAX_DUMP_PODS = 100   # upstream's cap on the debug dump
 
 
 @register
-class ApproxPrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, EndpointLifecycle, BindsPlugins, IndexSize):
+class ApproxPrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, EndpointLifecycle, BindsPlugins, IndexSize,
+                                StateDumper):
     type_name = "approx-prefix-cache-producer"
 
     def __init__(self, name: str | None = None, autoTune: bool = True, blockSizeTokens: int = 16,
@@ -69,6 +71,9 @@ class ApproxPrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, Endpoin
             self.hit_blocks += matched
             self.total_blocks += len(keys)
             state[HIT_RATIO] = matched / len(keys)
+            held = result.prefill_target() or primary   # the pod that computes the prompt
+            state[PREDICTION] = CachePrediction(self.type_name, self.name, held.address,
+                                                info.cached_tokens(held.address), self.tokens is None)
         chosen = result.chosen()
         defer = state.get(DEFER)
         if defer is not None:  # the index update does not hold up the answer
@@ -91,6 +96,13 @@ class ApproxPrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, Endpoin
 
     def index_size(self) -> int:
         return len(self.index)
+
+    def dump_state(self) -> dict:
+        """Upstream's shape: blocks per pod, most first, capped; never the block hashes."""
+        pods = sorted(self.index.endpoint_blocks().items(), key=lambda kv: (-kv[1], kv[0]))
+        return {"pods": [{"pod": a, "blocks": n} for a, n in pods[:MAX_DUMP_PODS]], "totalPods": len(pods),
+                "maxPods": MAX_DUMP_PODS, "blockSizeTokens": self.block_tokens, "lookups": self.lookups,
+                "hitRatio": round(self.hit_blocks / self.total_blocks, 4) if self.total_blocks else 0.0}
 
 
 def find_prefix_producer(plugins: dict, name: str):

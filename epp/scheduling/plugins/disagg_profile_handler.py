@@ -154,7 +154,8 @@ class DisaggProfileHandler(ProfileHandler, PreRequest, BindsPlugins, HasSubPlugi
             picked = prefill.targets
             targets = [ep for ep in picked if ep.address != same]
             if len(targets) != len(picked):
-                prefill = ProfileResult(targets=targets, scores=prefill.scores, filtered=prefill.filtered)
+                prefill = ProfileResult(targets=targets, scores=prefill.scores, filtered=prefill.filtered,
+                                        raw=prefill.raw)
             out[self.prefill] = prefill
             if targets:
                 decision = PREFILL_DECODE

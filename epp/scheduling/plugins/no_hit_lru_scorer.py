@@ -6,15 +6,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ..framework import (BindsPlugins, EndpointLifecycle, PrefixMatchConsumer, PreRequest, Scorer, need_int,
-                         register)
+from ..framework import (BindsPlugins, EndpointLifecycle, PrefixMatchConsumer, PreRequest, Scorer, StateDumper,
+                         need_int, register)
 from .approx_prefix_cache_producer import ApproxPrefixCacheProducer, find_prefix_producer
 
 STATE_COLD = "no-hit-lru/cold"
+MAX_DUMP_ENDPOINTS = 100   # upstream's cap on the debug dump
 
 
 @register
-class NoHitLRUScorer(Scorer, PreRequest, EndpointLifecycle, BindsPlugins, PrefixMatchConsumer):
+class NoHitLRUScorer(Scorer, PreRequest, EndpointLifecycle, BindsPlugins, PrefixMatchConsumer, StateDumper):
     type_name = "no-hit-lru-scorer"
     bounded = True
 
@@ -69,3 +70,8 @@ class NoHitLRUScorer(Scorer, PreRequest, EndpointLifecycle, BindsPlugins, Prefix
     def endpoints_removed(self, addresses):
         for a in addresses:
             self._lru.pop(a, None)
+
+    def dump_state(self) -> dict:
+        """Upstream's shape: the endpoints in the cold-request LRU, least recently used first, capped."""
+        keys = list(self._lru)
+        return {"endpoints": keys[:MAX_DUMP_ENDPOINTS], "totalEndpoints": len(keys), "maxEndpoints": MAX_DUMP_ENDPOINTS}

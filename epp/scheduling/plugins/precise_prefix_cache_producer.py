@@ -24,14 +24,16 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ...datalayer.address import host_port
-from ..framework import (BackgroundTask, BindsPlugins, EndpointLifecycle, HasSubPlugins, Plugin, PrefixMatchProducer,
-                         PreRequest, ResponseComplete, need_bool, need_duration, need_int, params_error, register)
-from ..types import DEFER, MatchInfo
+from ..framework import (BackgroundTask, BindsPlugins, EndpointLifecycle, HasSubPlugins, KVEventStatus, Plugin,
+                         PrefixMatchProducer, PreRequest, ResponseComplete, StateDumper, need_bool, need_duration,
+                         need_int, params_error, register)
+from ..types import DEFER, PREDICTION, CachePrediction, MatchInfo
 from .approx_prefix_cache_producer import ApproxPrefixCacheProducer
 from .token_producer import TokenProducer
 
 log = logging.getLogger(__name__)
 CHECK_EVERY = 8
+MAX_DUMP_SUBSCRIBERS = 100   # upstream's cap on the debug dump
 
 FALLBACKS = Counter("epp_precise_prefix_fallback_total",
                     "Requests the precise prefix producer scored approximately instead, by reason.", ["reason"])
@@ -51,7 +53,7 @@ def _section(plugin: str, name: str, v, keys: set[str]) -> dict:
 
 @register
 class PrecisePrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, EndpointLifecycle, ResponseComplete,
-                                 BindsPlugins, HasSubPlugins, BackgroundTask):
+                                 BindsPlugins, HasSubPlugins, BackgroundTask, StateDumper, KVEventStatus):
     type_name = "precise-prefix-cache-producer"
 
     def __init__(self, name: str | None = None, tokenProcessorConfig: dict | None = None,
@@ -150,6 +152,8 @@ class PrecisePrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, Endpoi
         self.total_blocks += len(info.keys)
         if info.blocks is None:      # a fallback decision: the approximate producer records it
             return None
+        held = result.prefill_target() or primary   # the pod that computes the prompt
+        state[PREDICTION] = CachePrediction(self.type_name, self.name, held.address, info.cached_tokens(held.address))
         chosen = result.chosen()
         if self.speculative:
             now = time.monotonic()
@@ -207,6 +211,22 @@ class PrecisePrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, Endpoi
         finally:
             _Collector.live.discard(self)
             await sub.stop()
+
+    # ------------------------------------------------------------------ introspection
+
+    def kv_event_status(self) -> dict:
+        return self.subscriber.status() if self.subscriber is not None else {}
+
+    def dump_state(self) -> dict:
+        """Upstream's shape (subscribers, speculative indexing, block size) plus the index's counts; the
+        index itself is keyed by prompt-derived hashes and is not listed."""
+        sub = self.subscriber
+        heard = sorted(a for a, s in sub.status().items() if s["messages"]) if sub is not None else []
+        stats = self.index.stats()
+        return {"subscribers": heard[:MAX_DUMP_SUBSCRIBERS], "totalSubscribers": len(heard),
+                "maxSubscribers": MAX_DUMP_SUBSCRIBERS, "speculativeIndexing": self.speculative,
+                "totalSpeculativeEntries": stats["speculative_keys"], "blockSizeTokens": self.block_size,
+                "index": stats, "tokenizerMismatches": self.mismatches}
 
     # ------------------------------------------------------------------ response side
 
