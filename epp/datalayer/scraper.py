@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 from .address import host_port
 from .endpoint import Endpoint, now
@@ -34,7 +35,7 @@ class _Target:
         self.ep = ep
         self.host, port = ep.address.rsplit(":", 1)
         self.host = self.host.strip("[]")
-        self.port = int(port)
+        self.port = scraper.port or int(port)   # metrics-data-source's port: metrics served apart from inference
         self.conn: GetConnection | None = None
         self.connecting: asyncio.Task | None = None
         self.sent_at = 0.0       # loop time of the request in flight; 0 when none
@@ -76,8 +77,9 @@ class _Target:
                 raise HTTPError(f"GET {self.scraper.path}: status {status}")
             # LoRA and cache-configuration series are read on every FULL_EVERY-th scrape only
             full = self.count % FULL_EVERY == 0
-            self.ep.metrics = parse_metrics(page, metric_names_for(self.ep, self.scraper.vllm_names), now(),
-                                            None if full else self.ep.metrics)
+            names = self.scraper.names_for(self.ep) if self.scraper.names_for else \
+                metric_names_for(self.ep, self.scraper.vllm_names)
+            self.ep.metrics = parse_metrics(page, names, now(), None if full else self.ep.metrics)
             self.count += 1
         except (HTTPError, MetricsParseError, ValueError) as e:
             self.fail(e)
@@ -112,12 +114,17 @@ class _Target:
 
 class Scraper:
     def __init__(self, store: EndpointStore, interval: float = 0.05, timeout: float = 1.0,
-                 path: str = "/metrics", vllm_names: MetricNames = VLLM) -> None:
+                 path: str = "/metrics", vllm_names: MetricNames = VLLM,
+                 names_for: Callable[[Endpoint], MetricNames] | None = None, port: int | None = None) -> None:
+        """names_for: the metric names of an endpoint's engine (core-metrics-extractor), else vLLM's
+        (vllm_names) or SGLang's by the engine label; port: scrape this port instead of the endpoint's."""
         self.store = store
         self.interval = interval
         self.timeout = timeout
         self.path = path
         self.vllm_names = vllm_names
+        self.names_for = names_for
+        self.port = port
         self.targets: dict[str, _Target] = {}
         self.scrapes = 0
         self.errors = 0

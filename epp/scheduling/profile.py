@@ -61,4 +61,4 @@ class Profile:
         targets = self.picker.pick(state, request, endpoints, totals)
         if observe:
             observe("Picker", self.picker, perf_counter() - t)
-        return ProfileResult(targets=targets, scores=table, filtered=filtered)
+        return ProfileResult(targets=targets, scores=table, filtered=filtered, candidates=endpoints, totals=totals)

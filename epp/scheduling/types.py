@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from ..datalayer.endpoint import Endpoint
 
@@ -20,6 +20,9 @@ class LLMRequest:
     cache_salt: str = ""
     stream: bool = False
     tokenization: list | None = None   # the token-producer's [ids, rest of text, position], if it ran
+    # what plugins publish about this request for each other (a session id) or keep between its hooks
+    # (what a producer counted in flight); created on first use
+    attrs: dict[str, Any] | None = None
 
 
 DEFER = "defer"  # cycle-state key: a call_soon-like function for work the answer need not wait for
@@ -36,6 +39,15 @@ class ProfileResult:
     # endpoint address -> {scorer name: raw score}, plus "total"; filled only when explaining
     scores: dict[str, dict[str, float]] | None = None
     filtered: dict[str, int] | None = None       # filter name -> how many it removed (explaining)
+    # the candidates the picker chose from and their weighted score totals (for --emit-endpoint-scores)
+    candidates: Sequence[Endpoint] | None = None
+    totals: list[float] | None = None
+
+    def endpoint_scores(self) -> dict[str, float]:
+        """address -> weighted score of every candidate this profile scored (upstream's ScoredCandidates)."""
+        if not self.candidates or self.totals is None:
+            return {}
+        return {ep.address: total for ep, total in zip(self.candidates, self.totals)}
 
 
 @dataclass(slots=True)

@@ -148,9 +148,9 @@ def test_prefix_scorer_match_length_weight():
 
 def test_prefix_producer_records_prefill_pick_and_auto_tunes():
     eps = [endpoint(1), endpoint(2)]
-    eps[0].metrics.num_gpu_blocks, eps[0].metrics.block_size = 2, 16
+    eps[0].metrics.num_gpu_blocks, eps[0].metrics.block_size = 8, 16    # 8 x 16 tokens = 2 of our 64-token blocks
     prod = ApproxPrefixCacheProducer()
-    prompt = b"p" * 64 * 5
+    prompt = b"p" * 256 * 5
     state = S()
     prod.match_info(state, req(prompt))
     prod.pre_request(state, req(prompt), result(eps[0], profile="decode", prefill=[eps[1]]))
@@ -283,10 +283,10 @@ def test_token_producer_local_tokenizer_makes_token_blocks(tmp_path):
     assert tp.token_count(S(), r) == len(ids)
     chat = req(b"", api="chat", body={"messages": [{"role": "user", "content": "hello world " * 50}]})
     assert tp.tokens(S(), chat)
-    prod = ApproxPrefixCacheProducer(blockSizeTokens=16)
+    prod = ApproxPrefixCacheProducer(blockSizeTokens=16)     # raised to upstream's 64-token minimum
     prod.bind({"t": tp})
     info = prod.match_info(S(), r)
-    assert info.total == len(ids) // 16 and info.block_tokens == 16
+    assert info.total == -(-len(ids) // 64) and info.block_tokens == 64   # the last partial block counts
     with pytest.raises(ValueError, match="no tokenizer.json"):
         TokenProducer(local={"path": str(tmp_path)})
     with pytest.raises(ValueError, match="one backend"):
