@@ -13,15 +13,15 @@ import orjson
 from ..datalayer.address import canonical
 from ..datalayer.endpoint import Endpoint, now
 from ..datalayer.store import EndpointStore
-from ..headers import OBJECTIVE, REQUEST_ID, REWRITE
+from ..headers import OBJECTIVE, OBJECTIVE_OLD, REQUEST_ID, REWRITE, REWRITE_OLD
 from ..metrics import EPPMetrics
-from ..scheduling.config import default_saturation_detector
-from ..scheduling.framework import SaturationDetector
+from ..scheduling.config import default_parsers, default_saturation_detector
+from ..scheduling.framework import Parser, SaturationDetector
 from ..scheduling.scheduler import Scheduler
 from ..scheduling.types import HIT_RATIO, LLMRequest, SchedulingResult
 from .errors import EPPError, bad_request
 from .interface import Decision, Subset
-from .parse import api_for_path, parse_body
+from .parse import NO_MODEL, Routes, parse_body
 from .rewrite import Rewrites
 from .usage import UsageReader
 
@@ -57,7 +57,10 @@ class Director:
 
     def __init__(self, store: EndpointStore, scheduler: Scheduler, metrics: EPPMetrics | None = None,
                  staleness: float = 2.0, objectives: dict[str, int] | None = None, explain: bool = False,
-                 saturation: SaturationDetector | None = None, rewrites: Rewrites | None = None) -> None:
+                 saturation: SaturationDetector | None = None, rewrites: Rewrites | None = None,
+                 parsers: list[Parser] | None = None, emit_scores: bool = False) -> None:
+        """parsers: requestHandler.parsers in order (upstream's defaults when None); emit_scores: give the
+        proxy every scored candidate's score in the envoy.lb metadata (--emit-endpoint-scores)."""
         self.store = store
         self.scheduler = scheduler
         self.metrics = metrics
@@ -66,6 +69,8 @@ class Director:
         self.objectives = dict(self.static_objectives)
         self.rewrites = rewrites or Rewrites()
         self.explain = explain
+        self.routes = Routes([p.routes for p in (parsers if parsers is not None else default_parsers())])
+        self.emit_scores = emit_scores
         # sheds sheddable requests; upstream's utilization detector with our staleness unless configured
         self.saturation = saturation or default_saturation_detector(staleness)
         self._ids = itertools.count(1)
@@ -76,7 +81,10 @@ class Director:
     # ---------------------------------------------------------------- request path
 
     def body_required(self, method: str, path: str) -> bool:
-        return method in _BODY_METHODS and bool(api_for_path(path))
+        if method not in _BODY_METHODS:
+            return False
+        grammar = self.routes.grammar(path)
+        return grammar is not None and grammar not in NO_MODEL
 
     def decide(self, headers: dict[str, str], path: str, raw_body: bytes | None,
                subset: Subset) -> Decision | Awaitable[Decision]:
@@ -96,9 +104,9 @@ class Director:
         return self._counted_schedule(request, new_body, hint)
 
     def validate_body(self, path: str, body: bytes) -> None:
-        api = api_for_path(path)
-        if api:
-            parse_body(api, body)
+        grammar = self.routes.grammar(path)
+        if grammar:
+            parse_body(grammar, body)
 
     async def _decide_later(self, waits: list, request: LLMRequest, new_body: bytes | None,
                             subset: list[str] | None) -> Decision:
@@ -132,15 +140,14 @@ class Director:
         api = ""
         body, model, prompt, stream, salt = None, "", b"", False, ""
         if raw_body is not None:
-            api = api_for_path(path) or ""
+            api = self.routes.grammar(path) or ""
             if not api:
-                raise bad_request(f"unsupported path {path.split('?', 1)[0]!r} for a request with a body; "
-                                  f"supported: /v1/completions, /v1/chat/completions, /v1/responses")
+                raise bad_request(f"no parser registered matching path suffix for: {path.split('?', 1)[0]}")
             body, model, prompt, stream, salt = parse_body(api, raw_body)
         target = model
         new_body = None
         if body is not None and model:
-            rewritten = headers.get(REWRITE) or self.rewrites.target(model)
+            rewritten = headers.get(REWRITE) or headers.get(REWRITE_OLD) or self.rewrites.target(model)
             if rewritten and rewritten != model:
                 target = rewritten
                 body["model"] = rewritten
@@ -184,6 +191,8 @@ class Director:
         decision = Decision(request=request, targets=targets, destination=",".join(ep.address for ep in targets),
                             result=result, headers=result.headers, tokens=tokens, body=new_body,
                             served_model=target if new_body is not None else None, prefill=prefill)
+        if self.emit_scores:
+            decision.scores = result.profiles[result.primary].endpoint_scores() or None
         if self.explain:
             decision.explanation = self._explain(result)
         if log.isEnabledFor(logging.DEBUG):
@@ -200,7 +209,7 @@ class Director:
         self.objectives = merged
 
     def _priority(self, headers: dict[str, str]) -> int:
-        name = headers.get(OBJECTIVE)
+        name = headers.get(OBJECTIVE) or headers.get(OBJECTIVE_OLD)
         return self.objectives.get(name, 0) if name else 0
 
     def _candidates(self, subset: list[str] | None) -> list[Endpoint]:

@@ -46,6 +46,7 @@ class Decision:
     tokens: int = 0                          # estimated prompt tokens, counted in flight on the target
     served_model: str | None = None          # the rewritten model name the server will answer with
     prefill: "Endpoint | None" = None        # P/D: the prefill pod, counted in flight until the answer starts
+    scores: dict[str, float] | None = None   # --emit-endpoint-scores: every scored candidate's score
     usage: UsageReader | None = None         # set when the response starts
     started: float = field(default_factory=time.perf_counter)
 

@@ -234,7 +234,7 @@ class RequestStream:
     def _decided_headers_response(self, d: Decision) -> pb.ProcessingResponse:
         self.headers_answered = True
         return p.request_headers_response(p.common(self._route_mutation(d, False), clear_route_cache=True),
-                                          p.lb_metadata(d.destination))
+                                          p.lb_metadata(d.destination, d.scores))
 
     def _complete_full_duplex(self, eos: bool) -> Replies:
         body = self._body()
@@ -242,7 +242,7 @@ class RequestStream:
         def replies(d: Decision) -> ReplyList:
             out_body = d.body if d.body is not None else body
             return [p.request_headers_response(p.common(self._route_mutation(d, d.body is not None), clear_route_cache=True),
-                                               p.lb_metadata(d.destination)),
+                                               p.lb_metadata(d.destination, d.scores)),
                     *p.streamed_chunks(out_body, eos)]
         return self._decide_then(body, replies)
 
@@ -252,7 +252,7 @@ class RequestStream:
     def _buffered_replies(self, d: Decision) -> ReplyList:
         changed = d.body is not None
         c = p.common(self._route_mutation(d, changed), clear_route_cache=True, body=d.body if changed else None)
-        return [p.request_body_response(c, p.lb_metadata(d.destination))]
+        return [p.request_body_response(c, p.lb_metadata(d.destination, d.scores))]
 
     def _complete_streamed(self) -> Replies:
         return self._decide_then(self._body(), self._streamed_replies)

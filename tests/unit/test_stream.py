@@ -143,7 +143,7 @@ def test_post_to_api_path_without_body_is_400():
 @pytest.mark.parametrize("path,body,status,fragment", [
     ("/v1/completions", b"{not json", 400, b"not valid JSON"),
     ("/v1/completions", b'{"prompt": "x"}', 400, b"'model' is required"),
-    ("/v1/embeddings", b'{"model": "m", "input": "x"}', 400, b"unsupported path"),
+    ("/v1/audio/speech", b'{"model": "m", "input": "x"}', 400, b"no parser registered matching path suffix"),
 ])
 def test_bad_input_is_an_immediate_response_with_a_json_reason(path, body, status, fragment):
     for mode in (p.FULL_DUPLEX, p.BUFFERED):
