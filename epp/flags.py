@@ -91,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
           choices=("native", "grpcio"))
     f.add("config-file", "EndpointPickerConfig YAML (plugins and scheduling profiles); default: upstream's default profile", None)
     f.add("config-text", "EndpointPickerConfig YAML given inline (instead of --config-file)", None)
-    f.add("allow-experimental-plugins", "accepted for upstream compatibility; alpha plugins are always allowed", False, boolean)
+    f.add("allow-experimental-plugins", "allow plugins of upstream's Alpha stability level in the config (else "
+          "the EPP refuses to start)", False, boolean)
+    f.add("emit-endpoint-scores", "give the proxy every scored candidate's score in the envoy.lb dynamic metadata "
+          "(x-gateway-destination-endpoint-scores)", False, boolean)
     f.add("max-num-of-endpoints", "endpoints per decision: more than 1 adds fallbacks to the destination list", 1, int)
     f.add("objective", "an InferenceObjective priority for header x-gateway-inference-objective, NAME=PRIORITY "
           "(repeatable; priority < 0 is sheddable)", None, objective, action="append")

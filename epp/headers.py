@@ -23,6 +23,9 @@ OBJECTIVE_OLD = "x-gateway-inference-objective"
 REWRITE = "x-llm-d-model-name-rewrite"                   # the model name the server is asked for
 REWRITE_OLD = "x-gateway-model-name-rewrite"
 REQUEST_ID = "x-request-id"
+# the flow-control fairness key (flow control's headers; read here for metric labels)
+FAIRNESS_ID = "x-llm-d-inference-fairness-id"
+FAIRNESS_ID_OLD = "x-gateway-inference-fairness-id"
 PROFILE = "epp-profile"                                  # header-profile-handler's default header
 SESSION_TOKEN = "x-session-token"                        # session affinity: base64 "namespace/name" of the pod
 SESSION_ID = "x-session-id"                              # session affinity (session_id strategy)

@@ -13,12 +13,12 @@ import orjson
 from ..datalayer.address import canonical
 from ..datalayer.endpoint import Endpoint, now
 from ..datalayer.store import EndpointStore
-from ..headers import OBJECTIVE, OBJECTIVE_OLD, REQUEST_ID, REWRITE, REWRITE_OLD
-from ..metrics import EPPMetrics
+from ..headers import FAIRNESS_ID, FAIRNESS_ID_OLD, OBJECTIVE, OBJECTIVE_OLD, REQUEST_ID, REWRITE, REWRITE_OLD
+from ..metrics import MODEL_SERVER_ERROR, EPPMetrics, PairChild, capped_fairness_id, capped_model
 from ..scheduling.config import default_parsers, default_saturation_detector
 from ..scheduling.framework import Parser, SaturationDetector
 from ..scheduling.scheduler import Scheduler
-from ..scheduling.types import HIT_RATIO, LLMRequest, SchedulingResult
+from ..scheduling.types import HIT_RATIO, HIT_SOURCE, LLMRequest, SchedulingResult
 from .errors import EPPError, bad_request
 from .interface import Decision, Subset
 from .parse import NO_MODEL, Routes, parse_body
@@ -28,6 +28,7 @@ from .usage import UsageReader
 log = logging.getLogger(__name__)
 
 _BODY_METHODS = ("POST", "PUT", "PATCH")
+DEFAULT_FAIRNESS_ID = "default-flow"   # upstream's flow key when the request names none
 
 
 def parse_subset(value: Subset) -> list[str] | None:
@@ -75,7 +76,8 @@ class Director:
         self.saturation = saturation or default_saturation_detector(staleness)
         self._ids = itertools.count(1)
         self._warned_stale = False
-        self._by_model: dict[tuple[str, str], _Series] = {}
+        self._by_model: dict[tuple, _Series] = {}
+        self._hit_children: dict = {}
         store.on_change(lambda added, removed: scheduler.endpoints_removed([e.address for e in removed]))
 
     # ---------------------------------------------------------------- request path
@@ -91,17 +93,18 @@ class Director:
         """Raises EPPError for anything the client should be told (and counts it). A request whose
         plugins need I/O first (e.g. tokenizing through the model server) gets an awaitable of its
         Decision; every other request is decided at once."""
+        t0 = time.perf_counter()
         try:
             request, new_body = self._request(headers, path, raw_body)
         except EPPError as e:
-            self._count_error(e)
+            self._count_error(e, headers, self._priority(headers))
             raise
         hint = parse_subset(subset)
         if request.body is not None:
             waits = self.scheduler.prepare(request)
             if waits:
-                return self._decide_later(waits, request, new_body, hint)
-        return self._counted_schedule(request, new_body, hint)
+                return self._decide_later(waits, request, new_body, hint, t0, raw_body)
+        return self._counted_schedule(request, new_body, hint, t0, raw_body)
 
     def validate_body(self, path: str, body: bytes) -> None:
         grammar = self.routes.grammar(path)
@@ -109,31 +112,53 @@ class Director:
             parse_body(grammar, body)
 
     async def _decide_later(self, waits: list, request: LLMRequest, new_body: bytes | None,
-                            subset: list[str] | None) -> Decision:
+                            subset: list[str] | None, t0: float, raw_body: bytes | None) -> Decision:
         for r in await asyncio.gather(*waits, return_exceptions=True):
             if isinstance(r, BaseException):   # preparers fall back themselves; a bug must not fail the request
                 log.error("prepare step failed for request %s", request.request_id, exc_info=r)
-        return self._counted_schedule(request, new_body, subset)
+        return self._counted_schedule(request, new_body, subset, t0, raw_body)
 
-    def _counted_schedule(self, request: LLMRequest, new_body: bytes | None, subset: list[str] | None) -> Decision:
+    def _counted_schedule(self, request: LLMRequest, new_body: bytes | None, subset: list[str] | None,
+                          t0: float = 0.0, raw_body: bytes | None = None) -> Decision:
         try:
             decision = self._schedule(request, new_body, subset)
         except EPPError as e:
-            self._count_error(e)
+            self._count_error(e, request.headers, request.priority)
             raise
-        if self.metrics:
-            self._series(decision.request).request_total.inc()
+        if t0:
+            decision.started = t0
+        m = self.metrics
+        if m:
+            s = self._series(decision.request)
+            s.request_total.inc()
+            s.llmd_request_total.inc()
+            if raw_body:
+                s.request_size.observe(len(raw_body))
+            if request.model:
+                s.running.inc()
+                s.llmd_running.inc()
+            m.request_processing.observe(time.perf_counter() - decision.started)
         return decision
 
-    def _count_error(self, e: EPPError) -> None:
-        if self.metrics:
-            self.metrics.request_error_total.labels(e.model, e.model, str(e.status)).inc()
+    def _count_error(self, e: EPPError, headers: dict[str, str], priority: int) -> None:
+        m = self.metrics
+        if m:
+            model, code = capped_model(e.model), m.error_code(e.status)
+            m.request_error_total.labels(model, model, code).inc()
+            m.llmd_request_error_total.labels(model, model, self._fairness(headers), str(priority), code).inc()
+
+    @staticmethod
+    def _fairness(headers: dict[str, str]) -> str:
+        return capped_fairness_id(headers.get(FAIRNESS_ID) or headers.get(FAIRNESS_ID_OLD) or DEFAULT_FAIRNESS_ID)
 
     def _series(self, req: LLMRequest) -> "_Series":
-        key = (req.model, req.target_model)
+        h = req.headers
+        key = (req.model, req.target_model, h.get(FAIRNESS_ID) or h.get(FAIRNESS_ID_OLD) or DEFAULT_FAIRNESS_ID,
+               req.priority)
         s = self._by_model.get(key)
         if s is None:
-            s = self._by_model[key] = _Series(self.metrics, *key)
+            s = self._by_model[key] = _Series(self.metrics, capped_model(key[0]), capped_model(key[1]),
+                                              capped_fairness_id(key[2]), str(key[3]))
         return s
 
     def _request(self, headers: dict[str, str], path: str, raw_body: bytes | None) -> tuple[LLMRequest, bytes | None]:
@@ -188,6 +213,7 @@ class Director:
         hit_ratio = state.get(HIT_RATIO)
         if hit_ratio is not None and self.metrics:
             self.metrics.prefix_hit_ratio.observe(hit_ratio)
+            self._hit_child(state.get(HIT_SOURCE)).observe(hit_ratio)
         decision = Decision(request=request, targets=targets, destination=",".join(ep.address for ep in targets),
                             result=result, headers=result.headers, tokens=tokens, body=new_body,
                             served_model=target if new_body is not None else None, prefill=prefill)
@@ -198,9 +224,13 @@ class Director:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("request %s model=%r -> %s %s", request.request_id, model, decision.destination,
                       decision.explanation.decode() if decision.explanation else "")
-        if self.metrics and model:
-            self._series(request).running.inc()
         return decision
+
+    def _hit_child(self, source):
+        child = self._hit_children.get(source)
+        if child is None:
+            child = self._hit_children[source] = self.metrics.llmd_prefix_hit_ratio.labels(*(source or ("", "")))
+        return child
 
     def set_objectives(self, priorities: dict[str, int]) -> None:
         """From the InferenceObjective watch: the cluster's objectives over the --objective flags."""
@@ -259,6 +289,7 @@ class Director:
         """Headers the plugins add to the response (e.g. a session token); usage is read from here on."""
         self.prefill_done(decision)
         decision.usage = UsageReader(sse)
+        decision.first_byte = time.perf_counter()
         if decision.result is None:
             return None
         return self.scheduler.response_headers(decision.request, decision.result, status)
@@ -277,31 +308,63 @@ class Director:
         self.prefill_done(decision)
         if decision.result is not None:
             self.scheduler.response_complete(decision.request, decision.result, status, usage)
-        if not self.metrics:
+        m = self.metrics
+        if not m:
             return
         req = decision.request
         s = self._series(req)
         if req.model:
             s.running.dec()
+            s.llmd_running.dec()
         if status is not None and status >= 400:
-            self.metrics.request_error_total.labels(req.model, req.target_model, str(status)).inc()
+            model, target = capped_model(req.model), capped_model(req.target_model)
+            m.request_error_total.labels(model, target, MODEL_SERVER_ERROR).inc()
+            m.llmd_request_error_total.labels(model, target, s.fairness, s.priority, MODEL_SERVER_ERROR).inc()
         if status is not None and status < 400:
-            s.duration.observe(time.perf_counter() - decision.started)
-        if usage is not None and usage.seen:
-            s.input_tokens.observe(usage.prompt_tokens)
-            s.output_tokens.observe(usage.completion_tokens)
-            s.cached_tokens.observe(usage.cached_tokens)
+            end = time.perf_counter()
+            e2e = end - decision.started
+            s.duration.observe(e2e)
+            first = decision.first_byte
+            if first:
+                s.ttft_streaming[req.stream].observe(first - decision.started)
+            if usage is not None and usage.seen and usage.completion_tokens > 0:
+                s.ntpot.observe(e2e / usage.completion_tokens)
+                if req.stream and first and usage.completion_tokens > 1:
+                    s.tpot.observe((end - first) / (usage.completion_tokens - 1))
+        if usage is not None:
+            s.response_size.observe(usage.response_bytes)
+            if usage.seen:
+                if usage.prompt_tokens > 0:
+                    s.input_tokens.observe(usage.prompt_tokens)
+                if usage.completion_tokens > 0:
+                    s.output_tokens.observe(usage.completion_tokens)
+                s.cached_tokens.observe(usage.cached_tokens)
 
 
 class _Series:
-    """One model's metric children, looked up once instead of per request."""
+    """One (model, target model, fairness id, priority)'s metric children, both families, looked up once
+    instead of per request."""
 
-    __slots__ = ("request_total", "running", "duration", "input_tokens", "output_tokens", "cached_tokens")
+    __slots__ = ("request_total", "llmd_request_total", "running", "llmd_running", "duration", "input_tokens",
+                 "output_tokens", "cached_tokens", "request_size", "response_size", "ntpot", "tpot", "ttft_streaming",
+                 "fairness", "priority")
 
-    def __init__(self, m: EPPMetrics, model: str, target: str) -> None:
-        self.request_total = m.request_total.labels(model, target)
+    def __init__(self, m: EPPMetrics, model: str, target: str, fairness: str, priority: str) -> None:
+        self.fairness, self.priority = fairness, priority
+        mfp = (model, target, fairness, priority)
+
+        def pair(legacy, current):
+            return PairChild(legacy.labels(model, target), current.labels(*mfp))
+        self.request_total = m.request_total.labels(model, target, priority)
+        self.llmd_request_total = m.llmd_request_total.labels(*mfp)
         self.running = m.running_requests.labels(model)
-        self.duration = m.request_duration.labels(model, target)
-        self.input_tokens = m.input_tokens.labels(model, target)
-        self.output_tokens = m.output_tokens.labels(model, target)
-        self.cached_tokens = m.cached_tokens.labels(model, target)
+        self.llmd_running = m.llmd_running.labels(*mfp)
+        self.duration = pair(m.request_duration, m.llmd_request_duration)
+        self.input_tokens = pair(m.input_tokens, m.llmd_input_tokens)
+        self.output_tokens = pair(m.output_tokens, m.llmd_output_tokens)
+        self.cached_tokens = pair(m.cached_tokens, m.llmd_cached_tokens)
+        self.request_size = pair(m.request_sizes, m.llmd_request_size)
+        self.response_size = pair(m.response_sizes, m.llmd_response_size)
+        self.ntpot = pair(m.ntpot, m.llmd_ntpot)
+        self.tpot = m.llmd_tpot.labels(*mfp)
+        self.ttft_streaming = {False: m.llmd_ttft.labels(*mfp, "false"), True: m.llmd_ttft.labels(*mfp, "true")}

@@ -48,7 +48,8 @@ class Decision:
     prefill: "Endpoint | None" = None        # P/D: the prefill pod, counted in flight until the answer starts
     scores: dict[str, float] | None = None   # --emit-endpoint-scores: every scored candidate's score
     usage: UsageReader | None = None         # set when the response starts
-    started: float = field(default_factory=time.perf_counter)
+    started: float = field(default_factory=time.perf_counter)   # when the request reached the EPP
+    first_byte: float = 0.0                  # when the response started (for TTFT)
 
     def response_mapper(self) -> ModelNameMapper | None:
         """Maps the rewritten model name back to the client's in the response body, when rewritten."""

@@ -19,6 +19,7 @@ class Usage:
     completion_tokens: int = 0
     cached_tokens: int = 0
     seen: bool = False
+    response_bytes: int = 0   # the response body's size as it passed
 
     def take(self, usage) -> None:
         if not isinstance(usage, dict):
@@ -45,6 +46,7 @@ class UsageReader:
     def feed(self, chunk: bytes) -> None:
         if not chunk:
             return
+        self.usage.response_bytes += len(chunk)
         if not self.sse:
             if self._size <= MAX_JSON_ANSWER:
                 self._chunks.append(chunk)

@@ -60,6 +60,10 @@ class Scheduler:
         """(name, coroutine) of every plugin's background work, for the composition root to run."""
         return [(f"plugin {p.name}", p.run_background(store)) for p in self.plugins if isinstance(p, BackgroundTask)]
 
+    def index_sizes(self) -> list[tuple[str, str, int]]:
+        """(plugin name, plugin type, entries) of every prefix index the plugins keep."""
+        return [(p.name, p.type_name, p.index_size()) for p in self.plugins if isinstance(p, IndexSize)]
+
     def index_size(self) -> int | None:
         """Entries in the prefix indexes the plugins keep; None when none keeps one."""
         sized = [p for p in self.plugins if isinstance(p, IndexSize)]

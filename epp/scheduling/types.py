@@ -27,6 +27,7 @@ class LLMRequest:
 
 DEFER = "defer"  # cycle-state key: a call_soon-like function for work the answer need not wait for
 HIT_RATIO = "prefix/hit-ratio"  # cycle-state key: the prefix hit ratio of the primary pick, for its metric
+HIT_SOURCE = "prefix/hit-source"  # cycle-state key: (plugin name, plugin type) of the producer that set it
 
 
 class CycleState(dict):

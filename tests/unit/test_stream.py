@@ -223,7 +223,12 @@ def test_usage_is_counted_from_sse_and_json_answers():
     assert reg.get_sample_value("inference_objective_input_tokens_sum", {"model_name": "m", "target_model_name": "m"}) == 7
     assert reg.get_sample_value("inference_objective_output_tokens_sum", {"model_name": "m", "target_model_name": "m"}) == 3
     assert reg.get_sample_value("inference_objective_prompt_cached_tokens_sum", {"model_name": "m", "target_model_name": "m"}) == 5
-    assert reg.get_sample_value("inference_objective_request_total", {"model_name": "m", "target_model_name": "m"}) == 1
+    assert reg.get_sample_value("inference_objective_request_total",
+                                {"model_name": "m", "target_model_name": "m", "priority": "0"}) == 1
+    assert reg.get_sample_value("llm_d_epp_request_total", {"model_name": "m", "target_model_name": "m",
+                                                            "fairness_id": "default-flow", "priority": "0"}) == 1
+    assert reg.get_sample_value("llm_d_epp_request_input_tokens_sum", {"model_name": "m", "target_model_name": "m",
+                                                                       "fairness_id": "default-flow", "priority": "0"}) == 7
     assert reg.get_sample_value("inference_objective_running_requests", {"model_name": "m"}) == 0
 
 

@@ -20,7 +20,7 @@ import logging
 from ...kvcache.prefix_index import PrefixIndex, block_keys
 from ..framework import (BindsPlugins, EndpointLifecycle, IndexSize, Plugin, PrefixMatchConsumer, PrefixMatchProducer,
                          PreRequest, TokenizedPromptConsumer, need_bool, need_int, register)
-from ..types import DEFER, HIT_RATIO, MatchInfo
+from ..types import DEFER, HIT_RATIO, HIT_SOURCE, MatchInfo
 from .token_producer import TokenProducer, ids_bytes
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class ApproxPrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, Endpoin
         self.index = PrefixIndex(need_int(t, "lruCapacityPerServer", lruCapacityPerServer, 1))
         self.tokens: TokenProducer | None = None
         self._state_key = f"prefix/{self.name}"
+        self._source = (self.name, self.type_name)
         self.lookups = self.hit_blocks = self.total_blocks = 0
 
     def _max_blocks(self, block: int) -> int:
@@ -104,6 +105,7 @@ class ApproxPrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, Endpoin
             self.hit_blocks += matched
             self.total_blocks += len(keys)
             state[HIT_RATIO] = matched / len(keys)
+            state[HIT_SOURCE] = self._source
         chosen = result.chosen()
         defer = state.get(DEFER)
         if defer is not None:  # the index update does not hold up the answer

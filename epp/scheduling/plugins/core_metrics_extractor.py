@@ -107,7 +107,8 @@ class CoreMetricsExtractor(DataExtractor):
         if self.default_engine not in self.engines:
             raise params_error(t, f"defaultEngine {self.default_engine!r} has no engine config; known: "
                                   f"{', '.join(sorted(self.engines))}")
-        self.custom = any(n.custom for n in self.engines.values())
+        # anything other than upstream's defaults: the scraper then asks this plugin for every endpoint's names
+        self.customized = bool(engineConfigs) or bool(engineLabelKey) or bool(defaultEngine)
 
     def engine_of(self, labels: dict[str, str]) -> str:
         return (labels.get(self.label_key) or labels.get("inference.networking.k8s.io/engine-type")
