@@ -50,9 +50,20 @@ def request(prompt: bytes, model="a") -> LLMRequest:
                       headers={"x-session-token": "ZGVmYXVsdC9wMQ=="})
 
 
+def _token_load_scorer():
+    """Bound to a producer with some endpoints far past the threshold."""
+    from epp.scheduling.plugins.inflight_load_producer import InFlightLoadProducer
+    from epp.scheduling.plugins.token_load_scorer import TokenLoadScorer
+    producer = InFlightLoadProducer()
+    producer._tokens.update({f"10.1.0.{i}:8000": i * 700_000 for i in range(1, 13)})
+    scorer = TokenLoadScorer(queueThresholdTokens=2_000_000)
+    scorer.bind({"inflight-load-producer": producer})
+    return scorer
+
+
 SCORERS = [QueueScorer(), KVCacheUtilizationScorer(), RunningRequestsSizeScorer(), LoadAwareScorer(),
            ActiveRequestScorer(), LoraAffinityScorer(), SessionAffinityScorer(), PrefixCacheScorer(),
-           NoHitLRUScorer(), ContextLengthAware(), PrecisePrefixCacheScorer()]
+           NoHitLRUScorer(), ContextLengthAware(), PrecisePrefixCacheScorer(), _token_load_scorer()]
 
 
 def test_every_scorer_that_skips_clamping_is_checked_here():
