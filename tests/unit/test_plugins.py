@@ -117,6 +117,7 @@ def test_session_affinity_session_id_strategy():
     s = SessionAffinityScorer(strategy="session_id")
     r = req(headers={"x-session-id": "abc"})
     assert s.score(S(), r, eps) == [0.0, 0.0]
+    s.pre_request(S(), r, result(eps[0]))                          # bound when the request is sent
     assert s.response_headers(r, result(eps[0]), 200) is None     # nothing on the response
     assert s.score(S(), r, eps) == [1.0, 0.0]
     with pytest.raises(ValueError, match="strategy"):
