@@ -18,7 +18,7 @@ from ..metrics import MODEL_SERVER_ERROR, EPPMetrics, PairChild, capped_fairness
 from ..scheduling.config import default_parsers, default_saturation_detector
 from ..scheduling.framework import Parser, SaturationDetector
 from ..scheduling.scheduler import Scheduler
-from ..scheduling.types import HIT_RATIO, HIT_SOURCE, LLMRequest, SchedulingResult
+from ..scheduling.types import HIT_RATIO, HIT_SOURCE, SERVED_ATTR, LLMRequest, SchedulingResult
 from .errors import EPPError, bad_request
 from .interface import Decision, Subset
 from .parse import NO_MODEL, Routes, parse_body
@@ -214,7 +214,7 @@ class Director:
         if hit_ratio is not None and self.metrics:
             self.metrics.prefix_hit_ratio.observe(hit_ratio)
             self._hit_child(state.get(HIT_SOURCE)).observe(hit_ratio)
-        decision = Decision(request=request, targets=targets, destination=",".join(ep.address for ep in targets),
+        decision = Decision(request=request, targets=targets, destination=result.destination or ",".join(ep.address for ep in targets),
                             result=result, headers=result.headers, tokens=tokens, body=new_body,
                             served_model=target if new_body is not None else None, prefill=prefill)
         if self.emit_scores:
@@ -285,8 +285,14 @@ class Director:
             ep.in_flight -= 1
             ep.in_flight_tokens -= decision.tokens
 
-    def response_started(self, decision: Decision, status: int | None, sse: bool) -> list[tuple[str, str]] | None:
+    def response_started(self, decision: Decision, status: int | None, sse: bool,
+                         served: str | None = None) -> list[tuple[str, str]] | None:
         """Headers the plugins add to the response (e.g. a session token); usage is read from here on."""
+        if served is not None:   # for plugins that check where the proxy sent it (the conformance verifier)
+            req = decision.request
+            if req.attrs is None:
+                req.attrs = {}
+            req.attrs[SERVED_ATTR] = served
         self.prefill_done(decision)
         decision.usage = UsageReader(sse)
         decision.first_byte = time.perf_counter()

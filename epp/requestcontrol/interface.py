@@ -6,7 +6,7 @@ never sees a protobuf. One request's life, as a transport drives it:
 
     decide(headers, path, body, subset)   -> Decision, or an awaitable of one (I/O before scheduling)
     [validate_body(path, body)]              body that arrived after an early pick (STREAMED mode)
-    response_started(decision, status, sse)  -> headers to add to the response
+    response_started(decision, status, sse, served)  -> headers to add to the response
     decision.usage.feed(chunk) ...           response body chunks, for token accounting
     served(address)                          the proxy's report of the endpoint that answered
     done(decision, status)                   exactly once, answered, failed or cancelled
@@ -75,8 +75,11 @@ class RequestControl(Protocol):
         """Raises EPPError when a body that arrived after the pick is not a valid request."""
         ...
 
-    def response_started(self, decision: Decision, status: int | None, sse: bool) -> list[tuple[str, str]] | None:
-        """The model server's response headers arrived; returns headers to add to the response."""
+    def response_started(self, decision: Decision, status: int | None, sse: bool,
+                         served: str | None = None) -> list[tuple[str, str]] | None:
+        """The model server's response headers arrived; returns headers to add to the response. served:
+        the proxy's report of the endpoint that answered ("" when its envoy.lb metadata lacks it, None
+        when there is no envoy.lb metadata)."""
         ...
 
     def served(self, endpoint: str) -> None:

@@ -27,6 +27,7 @@ class LLMRequest:
 
 DEFER = "defer"  # cycle-state key: a call_soon-like function for work the answer need not wait for
 HIT_RATIO = "prefix/hit-ratio"  # cycle-state key: the prefix hit ratio of the primary pick, for its metric
+SERVED_ATTR = "destination-endpoint-served"  # request attribute: the proxy's report of the endpoint that served
 HIT_SOURCE = "prefix/hit-source"  # cycle-state key: (plugin name, plugin type) of the producer that set it
 
 
@@ -58,6 +59,7 @@ class SchedulingResult:
     headers: list[tuple[str, str]] | None = None # set on the request by pre-request hooks (e.g. P/D)
     reasons: dict[str, str] | None = None        # why the handler decided as it did (explaining)
     prefill: str | None = None                   # the P/D handler's prefill profile, when it names one
+    destination: str | None = None               # where the proxy sends it, when not the targets' addresses
 
     @property
     def targets(self) -> list[Endpoint]:

@@ -61,9 +61,15 @@ def _token_load_scorer():
     return scorer
 
 
+def _header_label_scorer():
+    from epp.scheduling.plugins.header_label_affinity_scorer import HeaderLabelAffinityScorer
+    return HeaderLabelAffinityScorer(headerName="x-session-token", labelKey="llm-d.ai/role")
+
+
 SCORERS = [QueueScorer(), KVCacheUtilizationScorer(), RunningRequestsSizeScorer(), LoadAwareScorer(),
            ActiveRequestScorer(), LoraAffinityScorer(), SessionAffinityScorer(), PrefixCacheScorer(),
-           NoHitLRUScorer(), ContextLengthAware(), PrecisePrefixCacheScorer(), _token_load_scorer()]
+           NoHitLRUScorer(), ContextLengthAware(), PrecisePrefixCacheScorer(), _token_load_scorer(),
+           _header_label_scorer()]
 
 
 def test_every_scorer_that_skips_clamping_is_checked_here():
