@@ -189,6 +189,9 @@ class Director:
             candidates = self._candidates(subset)
             if request.priority < 0 and self.saturation.saturation(candidates) >= 1.0:
                 raise EPPError(429, "system saturated, sheddable request dropped")
+            refused = self.scheduler.admit(request, candidates)
+            if refused:   # upstream answers an admission plugin's refusal as an internal error
+                raise EPPError(500, f"request cannot be admitted: {refused}")
             try:
                 defer = asyncio.get_running_loop().call_soon
             except RuntimeError:  # no event loop (tests, tools): bookkeeping runs inline

@@ -251,10 +251,11 @@ class Discovery(Plugin):
 
 
 class Admitter(Plugin):
-    """Decides, before scheduling, whether a request is admitted; a refusal is answered with an error."""
+    """Decides, once the candidates are known and before scheduling, whether a request is admitted;
+    request control answers a refusal with 500 "request cannot be admitted: <reason>" (upstream's)."""
 
-    def admit(self, request: LLMRequest, endpoints: Sequence[Endpoint]) -> tuple[int, str] | None:
-        """None to admit, else (HTTP status, reason)."""
+    def admit(self, request: LLMRequest, endpoints: Sequence[Endpoint]) -> str | None:
+        """None to admit, else the reason for refusing."""
         raise NotImplementedError
 
 

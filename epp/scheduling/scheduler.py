@@ -10,7 +10,7 @@ from typing import Awaitable, Iterable, Sequence
 from ..datalayer.endpoint import Endpoint
 from ..datalayer.store import EndpointStore
 from ..metrics import EPPMetrics
-from .framework import (DEFAULT_HANDLER, REGISTRY, BackgroundTask, EndpointLifecycle, HasSubPlugins, IndexSize, Plugin, PrepareRequest,
+from .framework import (DEFAULT_HANDLER, REGISTRY, Admitter, BackgroundTask, EndpointLifecycle, HasSubPlugins, IndexSize, Plugin, PrepareRequest,
                         PreRequest, ProfileHandler, ResponseComplete, ResponseHeaders)
 from .plugins import load_all
 from .profile import Profile
@@ -37,6 +37,7 @@ class Scheduler:
         self._response_complete = [p for p in self.plugins if isinstance(p, ResponseComplete)]
         self._lifecycle = [p for p in self.plugins if isinstance(p, EndpointLifecycle)]
         self._preparers = [p for p in self.plugins if isinstance(p, PrepareRequest) and p.prepares]
+        self._admitters = [p for p in self.plugins if isinstance(p, Admitter)]
         self._observe = self._observe_plugin if metrics else None
         self._hist_children: dict[tuple, object] = {}
 
@@ -55,6 +56,17 @@ class Scheduler:
         if not self._preparers:
             return []
         return [w for p in self._preparers if (w := p.prepare(request)) is not None]
+
+    def admit(self, request: LLMRequest, candidates: Sequence[Endpoint]) -> str | None:
+        """The first admitter's reason for refusing the request, or None when all admit it."""
+        for a in self._admitters:
+            t = perf_counter()
+            reason = a.admit(request, candidates)
+            if self._observe:
+                self._observe("Admission", a, perf_counter() - t)
+            if reason:
+                return f"{a.name}: {reason}" if not reason.startswith(a.type_name) else reason
+        return None
 
     def background_jobs(self, store: EndpointStore) -> list[tuple[str, Awaitable[None]]]:
         """(name, coroutine) of every plugin's background work, for the composition root to run."""
