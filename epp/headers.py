@@ -7,7 +7,7 @@ DEST = "x-gateway-destination-endpoint"                  # the picked "ip:port" 
 DEST_SERVED = "x-gateway-destination-endpoint-served"    # the proxy's report of the endpoint that answered
 SUBSET_KEY = "x-gateway-destination-endpoint-subset"     # the proxy's hint: the endpoints it may route to
 PREFILLER = "x-prefiller-host-port"                      # P/D: the prefill pod, for the decode pod's sidecar
-ROUTING = (DEST, PREFILLER, SUBSET_KEY, DEST_SERVED, "x-data-parallel-host-port", "x-kv-cache-source-host-port")
+ROUTING = (DEST, PREFILLER, SUBSET_KEY, DEST_SERVED)
 
 # with --emit-endpoint-scores: envoy.lb metadata key of a struct "ip:port" -> score of every scored candidate
 DEST_SCORES = "x-gateway-destination-endpoint-scores"

@@ -6,7 +6,7 @@ The source is drawn among the candidates caching within one block of the most ca
 weighted by 1 / (1 + its waiting queue), with a hash of the request id as the draw (so retries agree).
 The header is set only when that peer holds at least minCachedTokenDelta (1) tokens more than the pod
 that computes the prefill: the prefillProfileName (prefill) profile's pick when it ran, else the
-primary pick; a client's own value of the header is never forwarded. The match comes from
+primary pick. The match comes from
 prefixMatchInfoProducerName (the approximate producer by default). Per-tier matches are not kept
 here, so blocks count whatever tier holds them (upstream counts CPU-tier blocks only).
 """
