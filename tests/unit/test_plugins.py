@@ -293,11 +293,11 @@ def test_token_producer_local_tokenizer_makes_token_blocks(tmp_path):
     with pytest.raises(ValueError, match="one backend"):
         TokenProducer(vllm={"url": "http://x"}, local={"path": DEFAULT_DIR})
     with pytest.raises(ValueError, match="http:// URL"):
-        TokenProducer(vllm={"url": "https://x"})
+        TokenProducer(modelName="m", vllm={"url": "https://x"})
     with pytest.raises(ValueError, match="unknown field"):
-        TokenProducer(vllm={"uri": "http://x"})
+        TokenProducer(modelName="m", vllm={"uri": "http://x"})
     with pytest.raises(ValueError, match="duration"):
-        TokenProducer(vllm={"timeout": "soon"})
+        TokenProducer(modelName="m", vllm={"timeout": "soon"})
     assert TokenProducer().tokens(S(), r) is None                        # estimate: bytes are the blocks
 
 
