@@ -122,6 +122,7 @@ class PrecisePrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, Endpoi
         self.subscriber = None
         self._state_key = f"prefix/{self.name}"
         self._checked = 0
+        self._fallbacks, self._next_fallback_log = 0, 0.0
         self.mismatches = 0
         self.lookups = self.hit_blocks = self.total_blocks = 0
 
@@ -145,6 +146,17 @@ class PrecisePrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, Endpoi
 
     # ------------------------------------------------------------------ request path
 
+    def _fell_back(self, reason: str) -> None:
+        """Counted every time, logged at most once a minute (with the count since the last line)."""
+        FALLBACKS.labels(reason).inc()
+        self._fallbacks += 1
+        t = time.monotonic()
+        if t >= self._next_fallback_log:
+            log.warning("%s: %d request(s) scored approximately since the last report (%s); see "
+                        "epp_precise_prefix_fallback_total", self.name, self._fallbacks, reason)
+            self._fallbacks = 0
+            self._next_fallback_log = t + 60.0
+
     def match_info(self, state, request) -> MatchInfo:
         info = state.get(self._state_key)
         if info is not None:
@@ -154,9 +166,9 @@ class PrecisePrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, Endpoi
             limit = self.max_blocks * self.block_size if self.max_blocks else 0
             ids = self.tokens.tokens(state, request, limit)
             if ids is None:
-                FALLBACKS.labels("tokenization_failed").inc()
+                self._fell_back("tokenization_failed")
         else:
-            FALLBACKS.labels("no_tokenizer").inc()
+            self._fell_back("no_tokenizer")
         if ids is None:
             info = self.fallback.match_info(state, request)
             state[self._state_key] = info
