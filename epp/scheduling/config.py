@@ -35,7 +35,7 @@ import yaml
 from ..durations import parse_duration
 from .framework import (ALPHA, DEFAULT_HANDLER, DEFAULT_INFLIGHT, DEFAULT_METRICS_EXTRACTOR, DEFAULT_METRICS_SOURCE,
                         DEFAULT_PARSERS, DEFAULT_PICKER, DEFAULT_PRODUCER, DEFAULT_TOKENS, REGISTRY, BindsPlugins, DataExtractor,
-                        DataSource, Discovery, Filter, InFlightLoad, InFlightLoadConsumer, Parser, Picker, Plugin,
+                        DataSource, Discovery, Filter, InFlightLoadConsumer, Parser, Picker, Plugin,
                         PrefixMatchConsumer, ProfileHandler, SaturationDetector, Scorer, TokenizedPromptConsumer)
 from .plugins import load_all
 from .profile import Profile, WeightedScorer
@@ -64,6 +64,40 @@ _FLOW = {"maxBytes", "maxRequests", "defaultRequestTTL", "noEndpointRequestTTL",
 # flow control's plugin types (owned by the flow-control layer): accepted by name, nothing to configure here
 BUILT_IN_TYPES = {"fcfs-ordering-policy", "global-strict-fairness-policy", "static-usage-limit-policy",
                   "edf-ordering-policy"}
+# llm-d router v0.10 types this EPP does not have, and why (docs/unsupported-plugins.md lists the same):
+# a config naming one is refused with the reason, not with "not registered"
+_SIDECAR = "needs llm-d's latency-predictor sidecars (training and prediction servers), which this EPP does not run"
+_MM = "needs a multimodal encoder stage (encoder-cache hashing of images/audio), which this EPP does not have"
+_MULTI = "part of llm-d's multi-cluster routing (pools of peer clusters), which this EPP does not have"
+_FLOW_OWNED = "belongs to flow control, which is not in this EPP yet (being added separately)"
+UNSUPPORTED = {
+    "predicted-latency-producer": _SIDECAR, "latency-scorer": _SIDECAR, "latency-slo-admitter": _SIDECAR,
+    "slo-headroom-tier-filter": _SIDECAR,
+    "mm-embeddings-cache-producer": _MM, "mm-embeddings-cache-scorer": _MM, "always-disagg-multimodal-decider": _MM,
+    "multicluster-approx-prefix-cache-producer": _MULTI, "multicluster-file-discovery": _MULTI,
+    "multicluster-kv-cache-utilization-scorer": _MULTI, "multicluster-metrics-data-source": _MULTI,
+    "multicluster-metrics-extractor": _MULTI, "multicluster-prefix-cache-scorer": _MULTI,
+    "multicluster-queue-scorer": _MULTI, "multicluster-session-affinity-filter": _MULTI,
+    "vllmgrpc-parser": "parses gRPC request bodies (vLLM's gRPC engine API over h2c); this EPP reads HTTP JSON bodies",
+    "vertexai-parser": "parses Vertex AI's gRPC request bodies (over h2c); this EPP reads HTTP JSON bodies",
+    "dcgm-data-source": "scrapes NVIDIA DCGM exporter GPU metrics, which this EPP does not collect",
+    "dcgm-extractor": "reads NVIDIA DCGM exporter GPU metrics, which this EPP does not collect",
+    "topology-extractor": "reads the node topology (host, rack, zone, region) of each pod's node, which this EPP does "
+                          "not watch",
+    "topology-affinity-filter": "needs topology-extractor's node topology, which this EPP does not watch",
+    "topology-affinity-scorer": "needs topology-extractor's node topology, which this EPP does not watch",
+    "disaggregatedset-rollout-screener": "screens requests by DisaggregatedSet rollout state (a CRD this EPP does "
+                                         "not watch)",
+    "request-attribute-reporter": "evaluates CEL expressions over the response's usage and reports them in "
+                                  "response dynamic metadata; this EPP has neither",
+    "agent-identity": "sets the flow-control fairness id from agent session headers; flow control is not in this "
+                      "EPP yet",
+    "concurrency-detector": _FLOW_OWNED, "round-robin-fairness-policy": _FLOW_OWNED,
+    "program-aware-fairness": _FLOW_OWNED,
+    "slo-deadline-ordering-policy": _FLOW_OWNED, "priority-holdback-policy": _FLOW_OWNED,
+    "soft-reflective-ceiling-policy": _FLOW_OWNED, "sheddable-eviction-filter": _FLOW_OWNED,
+    "priority-then-time-eviction-order-policy": _FLOW_OWNED,
+}
 
 
 class ConfigError(ValueError):
@@ -273,6 +307,9 @@ def _plugins(doc: dict, source: str, allow_experimental: bool) -> dict[str, Plug
             raise ConfigError(f"{where}: plugin {name!r} is missing a type")
         if name in (s[0] for s in specs):
             raise ConfigError(f"{where}: duplicate plugin name {name!r}")
+        if type_name not in REGISTRY and type_name in UNSUPPORTED:
+            raise ConfigError(f"{where}: plugin type {type_name!r} (llm-d router v0.10) is not supported by this EPP: "
+                              f"{UNSUPPORTED[type_name]} (docs/unsupported-plugins.md)")
         if type_name not in REGISTRY and type_name not in BUILT_IN_TYPES:
             raise ConfigError(f"{where}: plugin type {type_name!r} is not registered; known types: "
                               f"{', '.join(sorted(set(REGISTRY) | BUILT_IN_TYPES))}")
@@ -296,12 +333,12 @@ def _create_missing_producers(plugins: dict[str, Plugin]) -> None:
     style prefix scorer carries its own), which consumes tokenized prompts from token-producer; one
     consuming in-flight load gets inflight-load-producer."""
     consumers = [p for p in plugins.values() if isinstance(p, PrefixMatchConsumer)]
-    if any(c.wants_default_producer() for c in consumers):
-        if not any(p.type_name == DEFAULT_PRODUCER for p in plugins.values()) and not any(
-                (p := c.carried_producer()) is not None and p.type_name == DEFAULT_PRODUCER for c in consumers):
-            _default_plugin(plugins, DEFAULT_PRODUCER)
+    # a consumer naming no producer reads the default one, by its name (as upstream's data keys do)
+    if any(c.wants_default_producer() for c in consumers) and DEFAULT_PRODUCER not in plugins and not any(
+            (p := c.carried_producer()) is not None and p.type_name == DEFAULT_PRODUCER for c in consumers):
+        _default_plugin(plugins, DEFAULT_PRODUCER)
     if any(isinstance(p, InFlightLoadConsumer) and p.wants_inflight_load() for p in plugins.values()):
-        if not any(isinstance(p, InFlightLoad) for p in plugins.values()):
+        if DEFAULT_INFLIGHT not in plugins:
             _default_plugin(plugins, DEFAULT_INFLIGHT)
     if any(isinstance(p, TokenizedPromptConsumer) for p in plugins.values()):
         if not any(p.type_name == DEFAULT_TOKENS for p in plugins.values()):

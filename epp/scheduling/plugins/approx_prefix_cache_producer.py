@@ -135,14 +135,16 @@ class ApproxPrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, Endpoin
 
 def find_prefix_producer(plugins: dict, name: str):
     """The prefix-match producer a consumer reads: the one it names (any producer with match_info, the
-    precise one included), else the configured approximate producer, else one an older-style prefix
-    scorer carries; None when there is none (the consumer then makes its own)."""
+    precise one included), else - as upstream's data keys work - the default one, named
+    approx-prefix-cache-producer (the loader creates it when a consumer needs it), else one an older-
+    style prefix scorer carries; None when there is none (the consumer then makes its own)."""
     if name:
         p = plugins.get(name)
         if not isinstance(p, PrefixMatchProducer):
             raise ValueError(f"prefixMatchInfoProducerName {name!r} names no prefix match producer")
         return p
-    found = [p for p in plugins.values() if isinstance(p, ApproxPrefixCacheProducer)]
+    default = plugins.get(ApproxPrefixCacheProducer.type_name)
+    found = [default] if isinstance(default, ApproxPrefixCacheProducer) else []
     if not found:
         found = [c for p in plugins.values() if isinstance(p, PrefixMatchConsumer)
                  and isinstance(c := p.carried_producer(), ApproxPrefixCacheProducer)]

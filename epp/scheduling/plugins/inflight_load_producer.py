@@ -177,10 +177,9 @@ class InFlightLoadProducer(Plugin, InFlightLoad, PreRequest, ResponseHeaders, Re
 
 
 def find_inflight(plugins: dict, name: str):
-    """The in-flight load producer a consumer reads: the one it names, else the configured one."""
-    if name:
-        p = plugins.get(name)
-        if not isinstance(p, InFlightLoad):
-            raise ValueError(f"inFlightLoadProducerName {name!r} names no in-flight load producer")
-        return p
-    return next((p for p in plugins.values() if isinstance(p, InFlightLoad)), None)
+    """The in-flight load producer a consumer reads: the one it names, else - as upstream's data keys
+    work - the default one, named inflight-load-producer (the loader creates it when needed)."""
+    p = plugins.get(name or InFlightLoadProducer.type_name)
+    if name and not isinstance(p, InFlightLoad):
+        raise ValueError(f"inFlightLoadProducerName {name!r} names no in-flight load producer")
+    return p if isinstance(p, InFlightLoad) else None

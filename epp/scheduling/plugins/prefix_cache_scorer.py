@@ -17,7 +17,7 @@ import logging
 
 from ..framework import (BindsPlugins, HasSubPlugins, PrefixMatchConsumer, PrefixMatchProducer, Scorer,
                          need_number, register)
-from .approx_prefix_cache_producer import ApproxPrefixCacheProducer
+from .approx_prefix_cache_producer import ApproxPrefixCacheProducer, find_prefix_producer
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,11 @@ class PrefixCacheScorer(Scorer, BindsPlugins, HasSubPlugins, PrefixMatchConsumer
                                  f"produces no prefix match information")
             self.producer = p
             return
-        found = [p for p in plugins.values() if isinstance(p, ApproxPrefixCacheProducer)]
-        if len(found) > 1:
-            raise ValueError("several approx-prefix-cache-producer plugins: set prefixMatchInfoProducerName")
-        if found:  # the loader creates one with upstream's defaults when the config names none
-            self.producer = found[0]
+        # without a name: the default producer (named approx-prefix-cache-producer), which the loader
+        # creates with upstream's defaults when the config declares none by that name
+        found = find_prefix_producer(plugins, "")
+        if found is not None:
+            self.producer = found
 
     def match_producer(self):
         return self.producer
