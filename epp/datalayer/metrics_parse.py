@@ -21,7 +21,8 @@ class MetricNames:
     kv_usage: tuple[str, ...]  # first one present wins (vLLM renamed it)
     lora_info: str = ""
     cache_info: str = ""
-    # label selectors of a metric spec such as nv_trt_llm_request_metrics{request_type=waiting}, by metric name
+    # label selectors of a metric spec such as nv_trt_llm_request_metrics{request_type=waiting}, by field
+    # (waiting, running, kv_usage, cache_info): two fields may read one metric with different labels
     filters: tuple[tuple[str, Filters], ...] = ()
     cache_block_label: str = "block_size"          # labels of cache_info holding the cache shape
     cache_blocks_label: str = "num_gpu_blocks"
@@ -156,7 +157,7 @@ def parse_metrics(page: bytes, names: MetricNames, now: float, previous: Metrics
         raise MetricsParseError(f"no {names.waiting} on the page")
     m = Metrics(updated=now)
     m.waiting = sum(v for _, v in waiting)  # one series per engine (data parallel): the pod holds them all
-    m.running = sum(v for _, v in _samples(page, names.running))
+    m.running = sum(v for _, v in _samples(page, names.running)) if names.running else 0.0
     if names.custom:
         m.attributes = _custom(page, names)
     for kv_name in names.kv_usage:
@@ -212,14 +213,14 @@ def _custom(page: bytes, names: MetricNames) -> dict[str, float]:
 def _parse_filtered(page: bytes, names: MetricNames, now: float, previous: Metrics | None) -> Metrics:
     """The same reading for an engine whose specs carry label selectors (slower; custom engines only)."""
     f = dict(names.filters)
-    waiting = _selected(page, names.waiting, f.get(names.waiting, ()))
+    waiting = _selected(page, names.waiting, f.get("waiting", ()))
     if not waiting:
         raise MetricsParseError(f"no {names.waiting} on the page")
     m = Metrics(updated=now)
     m.waiting = sum(v for _, v in waiting)
-    m.running = sum(v for _, v in _selected(page, names.running, f.get(names.running, ())))
+    m.running = sum(v for _, v in _selected(page, names.running, f.get("running", ()))) if names.running else 0.0
     for kv_name in names.kv_usage:
-        kv = _selected(page, kv_name, f.get(kv_name, ()))
+        kv = _selected(page, kv_name, f.get("kv_usage", ()))
         if kv:
             m.kv_usage = max(v for _, v in kv)
             break
@@ -228,5 +229,5 @@ def _parse_filtered(page: bytes, names: MetricNames, now: float, previous: Metri
     if previous is not None:
         m.block_size, m.num_gpu_blocks = previous.block_size, previous.num_gpu_blocks
         return m
-    _cache_shape(page, names, m, f.get(names.cache_info, ()))
+    _cache_shape(page, names, m, f.get("cache_info", ()))
     return m

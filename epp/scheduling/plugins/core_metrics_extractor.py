@@ -45,7 +45,7 @@ def engine_names(plugin: str, cfg: dict) -> MetricNames:
     """MetricNames for one engine config; raises ValueError on a bad spec."""
     filters = {}
 
-    def spec(key: str) -> str:
+    def spec(key: str, field: str) -> str:
         v = cfg.get(key) or ""
         if not v:
             return ""
@@ -54,10 +54,11 @@ def engine_names(plugin: str, cfg: dict) -> MetricNames:
         except ValueError as e:
             raise params_error(plugin, str(e)) from None
         if f:
-            filters[name] = f
+            filters[field] = f
         return name
 
-    queued, running, kv = spec("queuedRequestsSpec"), spec("runningRequestsSpec"), spec("kvUsageSpec")
+    queued, running = spec("queuedRequestsSpec", "waiting"), spec("runningRequestsSpec", "running")
+    kv = spec("kvUsageSpec", "kv_usage")
     if not queued:
         raise params_error(plugin, f"engine {cfg.get('name')!r}: queuedRequestsSpec is required")
     custom = []
@@ -74,8 +75,8 @@ def engine_names(plugin: str, cfg: dict) -> MetricNames:
         custom.append((key, name, f))
     kv_names = (kv, VLLM_KV_OLD) if kv == "vllm:kv_cache_usage_perc" else ((kv,) if kv else ())
     return MetricNames(
-        waiting=queued, running=running or queued, kv_usage=kv_names, lora_info=spec("loraSpec"),
-        cache_info=spec("cacheInfoSpec"), filters=tuple(filters.items()),
+        waiting=queued, running=running, kv_usage=kv_names, lora_info=spec("loraSpec", "lora"),
+        cache_info=spec("cacheInfoSpec", "cache_info"), filters=tuple(filters.items()),
         cache_block_label=cfg.get("cacheBlockSizeLabelName") or "block_size",
         cache_blocks_label=cfg.get("cacheNumBlocksLabelName") or "num_gpu_blocks",
         block_size_gauge=cfg.get("cacheBlockSizeSpec") or "", num_blocks_gauge=cfg.get("cacheNumBlocksSpec") or "",

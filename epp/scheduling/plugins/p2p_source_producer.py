@@ -65,7 +65,7 @@ class P2PSourceProducer(Plugin, PreRequest, BindsPlugins, PrefixMatchConsumer):
             return None
         band = [ep for ep in candidates if info.cached_tokens(ep.address) >= best - info.block_tokens]
         weights = [1.0 / (1.0 + max(0.0, ep.metrics.waiting)) for ep in band]
-        draw = xxhash.xxh64_intdigest(request.request_id) / 2.0 ** 64 * sum(weights)
+        draw = xxhash.xxh64_intdigest(request.request_id.encode()) / 2.0 ** 64 * sum(weights)
         source = band[-1]
         for ep, w in zip(band, weights):
             draw -= w
