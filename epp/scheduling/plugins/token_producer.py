@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import re
+import time
 from array import array
 from collections import OrderedDict
 from typing import Any
@@ -40,6 +41,8 @@ RENDERS = Counter("epp_token_producer_render_total",
                   "timeout, http_status, connect, bad_response, breaker_open, unsupported).", ["result"])
 _CHAT_KEYS = ("tools", "documents", "chat_template", "chat_template_kwargs", "add_generation_prompt",
               "continue_final_message")
+LOCAL_FAILURES = Counter("epp_token_producer_local_failures_total",
+                         "Prompts the local tokenizer could not tokenize (they are scored approximately).")
 COMPLETIONS_RENDER = "/v1/completions/render"
 CHAT_RENDER = "/v1/chat/completions/render"
 
@@ -145,6 +148,7 @@ class TokenProducer(Plugin, PrepareRequest, BackgroundTask):
         self.template, self.specials = None, {}
         self.prefix_ids: list[int] = []
         self.failures = 0  # requests whose prompt could not be tokenized (callers fall back)
+        self._next_failure_log = 0.0
         if local is not None:
             if not isinstance(local, dict) or set(local) - {"path"} or not isinstance(local.get("path"), str):
                 raise params_error(self.type_name, "local must be {path: <directory or tokenizer.json>}")
@@ -278,7 +282,13 @@ class TokenProducer(Plugin, PrepareRequest, BackgroundTask):
                 st = self._start(request)
             except Exception as e:  # a template that rejects the messages, odd content: never fail the request
                 self.failures += 1
-                log.debug("cannot tokenize request %s: %s", getattr(request, "request_id", "?"), e)
+                LOCAL_FAILURES.inc()
+                t = time.monotonic()
+                if t >= self._next_failure_log:   # logged at most once a minute; every one is counted
+                    self._next_failure_log = t + 60.0
+                    log.warning("%s: cannot tokenize request %s (%s); it is scored approximately (see "
+                                "epp_token_producer_local_failures_total)", self.name,
+                                getattr(request, "request_id", "?"), e)
                 st = [None, None, 0]
             state[STATE_TOKENS] = st
             request.tokenization = st
