@@ -100,10 +100,9 @@ class Director:
             self._count_error(e, headers, self._priority(headers))
             raise
         hint = parse_subset(subset)
-        if request.body is not None:
-            waits = self.scheduler.prepare(request)
-            if waits:
-                return self._decide_later(waits, request, new_body, hint, t0, raw_body)
+        waits = self.scheduler.prepare(request)
+        if waits:
+            return self._decide_later(waits, request, new_body, hint, t0, raw_body)
         return self._counted_schedule(request, new_body, hint, t0, raw_body)
 
     def validate_body(self, path: str, body: bytes) -> None:

@@ -93,6 +93,8 @@ class BurstPrefixCacheProducer(Plugin, PrefixMatchProducer, PrepareRequest, Back
     def prepare(self, request):
         keys = block_keys(request.target_model + ("\x00" + request.cache_salt if request.cache_salt else ""),
                           request.prompt, self.block_tokens * 4, self.max_blocks, partial=True)
+        if not keys:      # nothing to co-locate (no prompt read): no affinity, no wait
+            return None
         entry = _Entry(keys)
         if request.attrs is None:
             request.attrs = {}

@@ -197,6 +197,8 @@ class TokenProducer(Plugin, PrepareRequest, BackgroundTask):
     def prepare(self, request: Any):
         """With the vllm backend: the prompt's tokens from the cache (None returned), or an awaitable
         that fetches them. Either way request.tokenization is set before scheduling."""
+        if request.body is None:     # no body read (none sent, or a passthrough path): nothing to render
+            return None
         built = self._render_request(request)
         if built is None:
             if request.tokenization is None:
