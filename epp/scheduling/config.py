@@ -33,8 +33,8 @@ from typing import Any
 import yaml
 
 from ..durations import parse_duration
-from .framework import (ALPHA, DEFAULT_HANDLER, DEFAULT_INFLIGHT, DEFAULT_METRICS_EXTRACTOR, DEFAULT_METRICS_SOURCE,
-                        DEFAULT_PARSERS, DEFAULT_PICKER, DEFAULT_PRODUCER, DEFAULT_TOKENS, REGISTRY, BindsPlugins, DataExtractor,
+from .framework import (ALPHA, DEFAULT_DETECTOR, DEFAULT_HANDLER, DEFAULT_INFLIGHT, DEFAULT_METRICS_EXTRACTOR, DEFAULT_METRICS_SOURCE,
+                        DEFAULT_PARSERS, DEFAULT_PICKER, DEFAULT_PRODUCER, DEFAULT_TOKENS, REGISTRY, BindsPlugins,
                         DataSource, Discovery, Filter, InFlightLoadConsumer, Parser, Picker, Plugin,
                         PrefixMatchConsumer, ProfileHandler, SaturationDetector, Scorer, TokenizedPromptConsumer)
 from .plugins import load_all
@@ -481,10 +481,10 @@ def _saturation(doc: dict, plugins: dict[str, Plugin], source: str) -> Saturatio
             if not ref:
                 raise ConfigError(f"{source}: saturation detector plugin reference is empty")
     if ref is None:
-        return next((p for p in plugins.values() if p.type_name == "utilization-detector"), None)
+        return next((p for p in plugins.values() if p.type_name == DEFAULT_DETECTOR), None)
     plugin = plugins.get(ref)
     if plugin is None:
-        if ref == "utilization-detector":  # upstream creates the default detector when it is named
+        if ref == DEFAULT_DETECTOR:  # upstream creates the default detector when it is named
             return _default_plugin(plugins, ref)
         raise ConfigError(f"{source}: saturation detector references undefined plugin {ref!r}")
     if not isinstance(plugin, SaturationDetector):

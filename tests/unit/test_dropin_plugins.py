@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from epp.datalayer.endpoint import Metrics, now
+from epp.datalayer.endpoint import now
 from epp.datalayer.store import EndpointStore
 from epp.scheduling.config import load
 from epp.scheduling.plugins import load_all

@@ -3,14 +3,10 @@ one profile; the request is sent to the picked pod's primaryPort (8000) and the 
 "ip:port" travels in x-data-parallel-host-port for the pod's sidecar to forward to."""
 from __future__ import annotations
 
-import logging
-
 from ...datalayer.address import host_port
 from ...headers import DATA_PARALLEL
 from ..framework import PreRequest, ProfileHandler, need_int, params_error, register
 from ..types import SchedulingResult
-
-log = logging.getLogger(__name__)
 
 
 @register
@@ -23,7 +19,6 @@ class DataParallelProfileHandler(ProfileHandler, PreRequest):
         self.port = need_int(self.type_name, "primaryPort", primaryPort, 1)
         if self.port > 65535:
             raise params_error(self.type_name, f"primaryPort {primaryPort} must be 1-65535")
-        log.warning("%s is deprecated: with Istio >= 1.28.1 use single-profile-handler", self.type_name)
 
     def validate(self, profiles) -> None:
         if len(profiles) != 1:
