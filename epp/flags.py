@@ -270,7 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- configuration
     f.add("config-file", "EndpointPickerConfig YAML (plugins and scheduling profiles); default: upstream's default profile", None)
     f.add("config-text", "EndpointPickerConfig YAML given inline (instead of --config-file)", None)
-    f.add("allow-experimental-plugins", "accepted for upstream compatibility; alpha plugins are always allowed", False, boolean)
+    f.add("allow-experimental-plugins", "allow plugins of upstream's Alpha stability level in the config (else "
+          "the EPP refuses to start)", False, boolean)
+    f.add("emit-endpoint-scores", "give the proxy every scored candidate's score in the envoy.lb dynamic metadata "
+          "(x-gateway-destination-endpoint-scores)", False, boolean)
     # ---- ours
     f.add("bind-address", "address every server binds", "0.0.0.0", env="EPP_BIND_ADDRESS")
     f.add("endpoints-file", "YAML file listing the pool's endpoints (standalone discovery); re-read on change", None)

@@ -9,14 +9,30 @@ SUBSET_KEY = "x-gateway-destination-endpoint-subset"     # the proxy's hint: the
 PREFILLER = "x-prefiller-host-port"                      # P/D: the prefill pod, for the decode pod's sidecar
 ROUTING = (DEST, PREFILLER, SUBSET_KEY, DEST_SERVED)
 
+# with --emit-endpoint-scores: envoy.lb metadata key of a struct "ip:port" -> score of every scored candidate
+DEST_SCORES = "x-gateway-destination-endpoint-scores"
+
 # dynamic metadata namespaces
 LB_NS = "envoy.lb"
 SUBSET_NS = "envoy.lb.subset_hint"
 
-# request headers the EPP reads
-OBJECTIVE = "x-gateway-inference-objective"              # names an InferenceObjective (its priority)
-REWRITE = "x-gateway-model-name-rewrite"                 # the model name the server is asked for
+# request headers the EPP reads: llm-d's names first, the x-gateway-* ones (GIE's, deprecated in llm-d)
+# when the llm-d one is absent
+OBJECTIVE = "x-llm-d-inference-objective"                # names an InferenceObjective (its priority)
+OBJECTIVE_OLD = "x-gateway-inference-objective"
+REWRITE = "x-llm-d-model-name-rewrite"                   # the model name the server is asked for
+REWRITE_OLD = "x-gateway-model-name-rewrite"
 REQUEST_ID = "x-request-id"
+# the flow-control fairness key (flow control's headers; read here for metric labels)
+FAIRNESS_ID = "x-llm-d-inference-fairness-id"
+FAIRNESS_ID_OLD = "x-gateway-inference-fairness-id"
+PROFILE = "epp-profile"                                  # header-profile-handler's default header
+SESSION_TOKEN = "x-session-token"                        # session affinity: base64 "namespace/name" of the pod
+SESSION_ID = "x-session-id"                              # session affinity (session_id strategy)
+TEST_ENDPOINT_SELECTION = "test-epp-endpoint-selection"  # conformance: endpoints the test filter keeps
+CONFORMANCE_SERVED = "x-conformance-test-served-endpoint"  # conformance: the endpoint that served, on the response
+DATA_PARALLEL = "x-data-parallel-host-port"              # data-parallel-profile-handler: the rank endpoint
+KV_CACHE_SOURCE = "x-kv-cache-source-host-port"          # p2p-source-producer: where to pull cached blocks from
 
 # ours: the decision explained, on the response (--decision-header)
 DECISION = "x-epp-decision"

@@ -18,6 +18,8 @@ class Metrics:
     block_size: int = 0
     num_gpu_blocks: int = 0
     updated: float = 0.0
+    # custom metrics (core-metrics-extractor customMetrics): attribute key -> value; None when none configured
+    attributes: dict[str, float] | None = None
 
     def fresh(self, now: float, staleness: float) -> bool:
         return self.updated > 0.0 and now - self.updated <= staleness
@@ -45,7 +47,9 @@ class Endpoint:
 
     @property
     def engine(self) -> str:
-        return self.labels.get("inference.networking.k8s.io/engine-type") or self.labels.get("engine", "vllm")
+        labels = self.labels
+        return (labels.get("llm-d.ai/engine-type") or labels.get("inference.networking.k8s.io/engine-type")
+                or labels.get("engine", "vllm"))
 
 
 def now() -> float:

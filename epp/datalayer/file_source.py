@@ -4,6 +4,10 @@
     - name: pod-0
       address: "10.0.0.1:8000"
       labels: {llm-d.ai/role: decode}
+    - name: pod-1                 # llm-d's file-discovery form: the port apart, a namespace
+      namespace: default
+      address: "10.0.0.2"
+      port: "8000"
 
 The file is polled (stat) rather than watched with inotify so that a Kubernetes ConfigMap's symlink
 swap, an editor's rename-over and a plain rewrite all count as changes.
@@ -22,7 +26,7 @@ from .store import EndpointStore
 
 log = logging.getLogger(__name__)
 
-_ENDPOINT_KEYS = {"name", "address", "labels", "ready"}
+_ENDPOINT_KEYS = {"name", "address", "labels", "ready", "port", "namespace"}
 
 
 class EndpointsFileError(ValueError):
@@ -50,8 +54,14 @@ def parse_endpoints(text: str, source: str = "endpoints file") -> list[Endpoint]
         unknown = set(item) - _ENDPOINT_KEYS
         if unknown:
             raise EndpointsFileError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_ENDPOINT_KEYS)}")
+        addr = item.get("address")
+        if item.get("port") is not None:
+            port = str(item["port"]).strip()
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise EndpointsFileError(f"{where}: port must be an integer 1-65535, got {item['port']!r}")
+            addr = f"[{addr}]:{port}" if isinstance(addr, str) and ":" in addr else f"{addr}:{port}"
         try:
-            address = canonical(item.get("address"))
+            address = canonical(addr)
         except ValueError as e:
             raise EndpointsFileError(f"{where}: {e}") from None
         if address in seen:
@@ -66,7 +76,11 @@ def parse_endpoints(text: str, source: str = "endpoints file") -> list[Endpoint]
         ready = item.get("ready", True)
         if not isinstance(ready, bool):
             raise EndpointsFileError(f"{where}: ready must be true or false")
-        out.append(Endpoint(name=name, address=address, labels={k: str(v) for k, v in labels.items()}, ready=ready))
+        namespace = item.get("namespace") or "default"
+        if not isinstance(namespace, str):
+            raise EndpointsFileError(f"{where}: namespace must be a string")
+        out.append(Endpoint(name=name, address=address, labels={k: str(v) for k, v in labels.items()}, ready=ready,
+                            namespace=namespace))
     return out
 
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from .endpoint import Metrics
 
 
+Filters = tuple[tuple[str, str], ...]   # label name = value, all must hold
+
+
 @dataclass(frozen=True, slots=True)
 class MetricNames:
     waiting: str
@@ -18,6 +21,32 @@ class MetricNames:
     kv_usage: tuple[str, ...]  # first one present wins (vLLM renamed it)
     lora_info: str = ""
     cache_info: str = ""
+    # label selectors of a metric spec such as nv_trt_llm_request_metrics{request_type=waiting}, by field
+    # (waiting, running, kv_usage, cache_info): two fields may read one metric with different labels
+    filters: tuple[tuple[str, Filters], ...] = ()
+    cache_block_label: str = "block_size"          # labels of cache_info holding the cache shape
+    cache_blocks_label: str = "num_gpu_blocks"
+    block_size_gauge: str = ""                     # or gauges holding it (TensorRT-LLM)
+    num_blocks_gauge: str = ""
+    # custom metrics: (attribute key, metric name, label selector)
+    custom: tuple[tuple[str, str, Filters], ...] = ()
+
+
+def parse_spec(spec: str) -> tuple[str, Filters]:
+    """A metric spec as upstream writes it: name, optionally {label=value,...} (values may be quoted)."""
+    spec = spec.strip()
+    name, brace, rest = spec.partition("{")
+    if not brace:
+        return name, ()
+    if not rest.endswith("}"):
+        raise ValueError(f"metric spec {spec!r}: unterminated label selector")
+    filters = []
+    for part in filter(None, (x.strip() for x in rest[:-1].split(","))):
+        k, eq, v = part.partition("=")
+        if not eq or not k.strip():
+            raise ValueError(f"metric spec {spec!r}: {part!r} is not label=value")
+        filters.append((k.strip(), v.strip().strip('"')))
+    return name.strip(), tuple(filters)
 
 
 VLLM = MetricNames(
@@ -108,18 +137,29 @@ def _split(value: str | None) -> tuple[str, ...]:
     return tuple(s for s in (value or "").split(",") if s)
 
 
+def _selected(page: bytes, name: str, filters: Filters) -> list[tuple[bytes, float]]:
+    found = _samples(page, name)
+    if filters:
+        found = [s for s in found if all(_label(s[0], k) == v for k, v in filters)]
+    return found
+
+
 def parse_metrics(page: bytes, names: MetricNames, now: float, previous: Metrics | None = None) -> Metrics:
     """Raises MetricsParseError when the page lacks the queue gauge or is malformed: a page without
     it is not a model server's, and pretending it is idle would attract traffic.
 
     With `previous`, the slow-changing series (LoRA adapters, cache configuration) are carried over
     from it instead of read: looking for a series a server does not publish scans the whole page."""
+    if names.filters:
+        return _parse_filtered(page, names, now, previous)
     waiting = _samples(page, names.waiting)
     if not waiting:
         raise MetricsParseError(f"no {names.waiting} on the page")
     m = Metrics(updated=now)
     m.waiting = sum(v for _, v in waiting)  # one series per engine (data parallel): the pod holds them all
-    m.running = sum(v for _, v in _samples(page, names.running))
+    m.running = sum(v for _, v in _samples(page, names.running)) if names.running else 0.0
+    if names.custom:
+        m.attributes = _custom(page, names)
     for kv_name in names.kv_usage:
         kv = _samples(page, kv_name)
         if kv:
@@ -139,13 +179,55 @@ def parse_metrics(page: bytes, names: MetricNames, now: float, previous: Metrics
                 m.max_loras = int(_label(labels, "max_lora") or 0)
             except ValueError:
                 pass
+    _cache_shape(page, names, m, ())
+    return m
+
+
+def _cache_shape(page: bytes, names: MetricNames, m: Metrics, filters: Filters) -> None:
     if names.cache_info:
-        series = _samples(page, names.cache_info)
+        series = _selected(page, names.cache_info, filters)
         if series:
             labels = series[0][0]
             try:
-                m.block_size = int(_label(labels, "block_size") or 0)
-                m.num_gpu_blocks = int(_label(labels, "num_gpu_blocks") or 0)
+                m.block_size = int(float(_label(labels, names.cache_block_label) or 0))
+                m.num_gpu_blocks = int(float(_label(labels, names.cache_blocks_label) or 0))
             except ValueError:
                 pass
+    for gauge, attr in ((names.block_size_gauge, "block_size"), (names.num_blocks_gauge, "num_gpu_blocks")):
+        if gauge:
+            spec, f = parse_spec(gauge)
+            series = _selected(page, spec, f)
+            if series:
+                setattr(m, attr, int(series[0][1]))
+
+
+def _custom(page: bytes, names: MetricNames) -> dict[str, float]:
+    out = {}
+    for key, name, filters in names.custom:
+        series = _selected(page, name, filters)
+        if series:
+            out[key] = series[0][1]
+    return out
+
+
+def _parse_filtered(page: bytes, names: MetricNames, now: float, previous: Metrics | None) -> Metrics:
+    """The same reading for an engine whose specs carry label selectors (slower; custom engines only)."""
+    f = dict(names.filters)
+    waiting = _selected(page, names.waiting, f.get("waiting", ()))
+    if not waiting:
+        raise MetricsParseError(f"no {names.waiting} on the page")
+    m = Metrics(updated=now)
+    m.waiting = sum(v for _, v in waiting)
+    m.running = sum(v for _, v in _selected(page, names.running, f.get("running", ()))) if names.running else 0.0
+    for kv_name in names.kv_usage:
+        kv = _selected(page, kv_name, f.get("kv_usage", ()))
+        if kv:
+            m.kv_usage = max(v for _, v in kv)
+            break
+    if names.custom:
+        m.attributes = _custom(page, names)
+    if previous is not None:
+        m.block_size, m.num_gpu_blocks = previous.block_size, previous.num_gpu_blocks
+        return m
+    _cache_shape(page, names, m, f.get("cache_info", ()))
     return m

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from typing import Callable
 
 from .address import host_port
 from .endpoint import Endpoint, now
@@ -80,8 +81,9 @@ class _Target:
                 raise HTTPError(f"GET {self.scraper.path}: status {status}")
             # LoRA and cache-configuration series are read on every FULL_EVERY-th scrape only
             full = self.count % FULL_EVERY == 0
-            self.ep.metrics = parse_metrics(page, metric_names_for(self.ep, self.scraper.vllm_names), now(),
-                                            None if full else self.ep.metrics)
+            names = self.scraper.names_for(self.ep) if self.scraper.names_for else \
+                metric_names_for(self.ep, self.scraper.vllm_names)
+            self.ep.metrics = parse_metrics(page, names, now(), None if full else self.ep.metrics)
             self.count += 1
         except (HTTPError, MetricsParseError, ValueError) as e:
             self.fail(e)
@@ -116,11 +118,13 @@ class _Target:
 
 class Scraper:
     def __init__(self, store: EndpointStore, interval: float = 0.05, timeout: float = 1.0,
-                 path: str = "/metrics", vllm_names: MetricNames = VLLM, scheme: str = "http", port: int = 0,
-                 insecure_skip_verify: bool = True) -> None:
-        """`port` 0 scrapes each endpoint on its own port; `scheme` https verifies the server's
-        certificate unless `insecure_skip_verify` (upstream's default: model servers rarely have one
-        that names their pod IP)."""
+                 path: str = "/metrics", vllm_names: MetricNames = VLLM, scheme: str = "http", port: int | None = 0,
+                 insecure_skip_verify: bool = True, names_for: Callable[[Endpoint], MetricNames] | None = None) -> None:
+        """`port` 0 (or None) scrapes each endpoint on its own port (metrics-data-source's port or
+        --model-server-metrics-port: metrics served apart from inference); `scheme` https verifies the
+        server's certificate unless `insecure_skip_verify` (upstream's default: model servers rarely have
+        one that names their pod IP); names_for: the metric names of an endpoint's engine
+        (core-metrics-extractor), else vLLM's (vllm_names) or SGLang's by the engine label."""
         self.store = store
         self.interval = interval
         self.timeout = timeout
@@ -133,6 +137,7 @@ class Scraper:
                 self.tls.check_hostname = False
                 self.tls.verify_mode = ssl.CERT_NONE
         self.vllm_names = vllm_names
+        self.names_for = names_for
         self.targets: dict[str, _Target] = {}
         self.scrapes = 0
         self.errors = 0

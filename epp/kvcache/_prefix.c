@@ -107,14 +107,16 @@ static PyObject *py_block_keys(PyObject *self, PyObject *args) {
     unsigned long long seed;
     Py_buffer data;
     Py_ssize_t block, max_blocks;
-    if (!PyArg_ParseTuple(args, "Ky*nn", &seed, &data, &block, &max_blocks))
+    int partial = 0;
+    if (!PyArg_ParseTuple(args, "Ky*nn|p", &seed, &data, &block, &max_blocks, &partial))
         return NULL;
     if (block <= 0 || max_blocks < 0) {
         PyBuffer_Release(&data);
         PyErr_SetString(PyExc_ValueError, "block size must be > 0 and max_blocks >= 0");
         return NULL;
     }
-    Py_ssize_t n = data.len / block;
+    /* partial: a trailing partial block gets a key too (hashed as the shorter block it is) */
+    Py_ssize_t n = partial ? (data.len + block - 1) / block : data.len / block;
     if (n > max_blocks)
         n = max_blocks;
     PyObject *out = PyList_New(n);
@@ -125,7 +127,8 @@ static PyObject *py_block_keys(PyObject *self, PyObject *args) {
     const unsigned char *p = (const unsigned char *)data.buf;
     uint64_t h = seed;
     for (Py_ssize_t i = 0; i < n; i++) {
-        h = xxh64(p + i * block, (size_t)block, h);
+        Py_ssize_t left = data.len - i * block;
+        h = xxh64(p + i * block, (size_t)(left < block ? left : block), h);
         PyObject *v = PyLong_FromUnsignedLongLong(h);
         if (v == NULL) {
             Py_DECREF(out);
@@ -456,7 +459,7 @@ static PyTypeObject LRUType = {
 
 static PyMethodDef module_methods[] = {
     {"block_keys", py_block_keys, METH_VARARGS,
-     "block_keys(seed, data, block_bytes, max_blocks) -> chained XXH64 of each full block"},
+     "block_keys(seed, data, block_bytes, max_blocks, partial=False) -> chained XXH64 of each block"},
     {"xxh64", py_xxh64, METH_VARARGS, "xxh64(data, seed=0) -> int"},
     {NULL}};
 

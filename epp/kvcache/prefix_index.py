@@ -24,9 +24,12 @@ except ImportError:            # pragma: no cover - a failed build; tests/unit/t
 _xxh64 = xxhash.xxh64_intdigest
 
 
-def py_block_keys(seed_text: str, data: bytes, block_bytes: int, max_blocks: int) -> list[int]:
-    """Keys of the full blocks of `data` (a trailing partial block has no key), at most max_blocks."""
-    n = min(len(data) // block_bytes, max_blocks)
+def py_block_keys(seed_text: str, data: bytes, block_bytes: int, max_blocks: int, partial: bool = False) -> list[int]:
+    """Keys of the blocks of `data`, at most max_blocks; a trailing partial block gets a key only
+    when `partial` (llm-d's approximate producer hashes it, so a prompt shorter than a block still
+    has one)."""
+    n = (len(data) + block_bytes - 1) // block_bytes if partial else len(data) // block_bytes
+    n = min(n, max_blocks)
     h = _xxh64(seed_text.encode())
     out = []
     append = out.append
@@ -36,8 +39,8 @@ def py_block_keys(seed_text: str, data: bytes, block_bytes: int, max_blocks: int
     return out
 
 
-def _c_block_keys(seed_text: str, data: bytes, block_bytes: int, max_blocks: int) -> list[int]:
-    return _prefix.block_keys(_xxh64(seed_text.encode()), data, block_bytes, max_blocks)
+def _c_block_keys(seed_text: str, data: bytes, block_bytes: int, max_blocks: int, partial: bool = False) -> list[int]:
+    return _prefix.block_keys(_xxh64(seed_text.encode()), data, block_bytes, max_blocks, partial)
 
 
 block_keys = _c_block_keys if _prefix is not None else py_block_keys

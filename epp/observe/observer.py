@@ -9,7 +9,7 @@ from time import perf_counter
 
 from prometheus_client import CollectorRegistry
 
-from ..headers import OBJECTIVE
+from ..headers import OBJECTIVE, OBJECTIVE_OLD
 from ..requestcontrol.interface import Decision
 from ..requestcontrol.usage import Usage, UsageReader
 from ..scheduling.types import CachePrediction, LLMRequest
@@ -47,12 +47,12 @@ class Observer:
         rec.time = time.time()
         rec.request_id = request.request_id
         rec.model, rec.target_model, rec.api, rec.stream = request.model, request.target_model, request.api, request.stream
-        rec.objective = request.headers.get(OBJECTIVE, "")
+        rec.objective = request.headers.get(OBJECTIVE) or request.headers.get(OBJECTIVE_OLD, "")
         rec.priority = request.priority
         rec.prompt_tokens = (len(request.prompt) + 3) // 4
         if self.show_prompts:
             rec.prompt = request.prompt[:PROMPT_CHARS]
-        rec.started = started
+        rec.started = t0 or started   # TTFT and duration count from the request's arrival, as upstream's
         rec.overhead_s = started - t0 if t0 else None
         return rec
 

@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import logging
 import time
-from time import perf_counter
 from typing import TYPE_CHECKING, Awaitable, Sequence
 
 import orjson
@@ -15,24 +14,25 @@ from ..datalayer.address import canonical
 from ..datalayer.endpoint import Endpoint, now
 from ..datalayer.store import EndpointStore
 from .. import tracing
-from ..headers import OBJECTIVE, REQUEST_ID, REWRITE
-from ..metrics import EPPMetrics
-from ..scheduling.config import default_saturation_detector
-from ..scheduling.framework import SaturationDetector
+from ..headers import FAIRNESS_ID, FAIRNESS_ID_OLD, OBJECTIVE, OBJECTIVE_OLD, REQUEST_ID, REWRITE, REWRITE_OLD
+from ..metrics import MODEL_SERVER_ERROR, EPPMetrics, PairChild, capped_fairness_id, capped_model
+from ..scheduling.config import default_parsers, default_saturation_detector
+from ..scheduling.framework import Parser, SaturationDetector
 from ..scheduling.scheduler import Scheduler
-from ..scheduling.types import HIT_RATIO, LLMRequest, SchedulingResult
+from ..scheduling.types import HIT_RATIO, HIT_SOURCE, SERVED_ATTR, LLMRequest, SchedulingResult
 from .errors import EPPError, bad_request
 from .interface import Decision, Subset
-from .parse import api_for_path, parse_body
+from .parse import NO_MODEL, Routes, parse_body
 from .rewrite import Rewrites
 from .usage import UsageReader
-
-if TYPE_CHECKING:
-    from ..observe.observer import Observer as Observe
 
 log = logging.getLogger(__name__)
 
 _BODY_METHODS = ("POST", "PUT", "PATCH")
+if TYPE_CHECKING:
+    from ..observe.observer import Observer as Observe
+
+DEFAULT_FAIRNESS_ID = "default-flow"   # upstream's flow key when the request names none
 
 
 def parse_subset(value: Subset) -> list[str] | None:
@@ -63,9 +63,14 @@ class Director:
     def __init__(self, store: EndpointStore, scheduler: Scheduler, metrics: EPPMetrics | None = None,
                  staleness: float = 2.0, objectives: dict[str, int] | None = None, explain: bool = False,
                  saturation: SaturationDetector | None = None, rewrites: Rewrites | None = None,
-                 subset_filter: bool = True, observe: "Observe | None" = None) -> None:
+                 parsers: list[Parser] | None = None, emit_scores: bool = False, subset_filter: bool = True,
+                 observe: "Observe | None" = None) -> None:
+        """parsers: requestHandler.parsers in order (upstream's defaults when None); emit_scores: give the
+        proxy every scored candidate's score in the envoy.lb metadata (--emit-endpoint-scores);
+        subset_filter: False ignores the proxy's subset hint (--disable-endpoint-subset-filter);
+        observe: the web view's and the prediction-accuracy metric's hooks (epp.observe)."""
+        self.subset_filter = subset_filter
         self.store = store
-        self.subset_filter = subset_filter   # --disable-endpoint-subset-filter turns it off
         self.scheduler = scheduler
         self.metrics = metrics
         self.staleness = staleness
@@ -73,11 +78,14 @@ class Director:
         self.objectives = dict(self.static_objectives)
         self.rewrites = rewrites or Rewrites()
         self.explain = explain
+        self.routes = Routes([p.routes for p in (parsers if parsers is not None else default_parsers())])
+        self.emit_scores = emit_scores
         # sheds sheddable requests; upstream's utilization detector with our staleness unless configured
         self.saturation = saturation or default_saturation_detector(staleness)
         self._ids = itertools.count(1)
         self._warned_stale = False
-        self._by_model: dict[tuple[str, str], _Series] = {}
+        self._by_model: dict[tuple, _Series] = {}
+        self._hit_children: dict = {}
         # epp.observe: the prediction-accuracy metric always; with the web view on, a record of every decision
         self.observe = observe
         self._recording = observe is not None and observe.recording
@@ -86,7 +94,10 @@ class Director:
     # ---------------------------------------------------------------- request path
 
     def body_required(self, method: str, path: str) -> bool:
-        return method in _BODY_METHODS and bool(api_for_path(path))
+        if method not in _BODY_METHODS:
+            return False
+        grammar = self.routes.grammar(path)
+        return grammar is not None and grammar not in NO_MODEL
 
     def decide(self, headers: dict[str, str], path: str, raw_body: bytes | None,
                subset: Subset) -> Decision | Awaitable[Decision]:
@@ -123,21 +134,6 @@ class Director:
             return self._traced_decision(d, root, orch, headers)
         return later()
 
-    def _decide(self, headers: dict[str, str], path: str, raw_body: bytes | None,
-                subset: Subset) -> Decision | Awaitable[Decision]:
-        t0 = perf_counter() if self._recording else 0.0
-        try:
-            request, new_body = self._request(headers, path, raw_body)
-        except EPPError as e:
-            self._count_error(e)
-            raise
-        hint = parse_subset(subset) if self.subset_filter else None
-        if request.body is not None:
-            waits = self.scheduler.prepare(request)
-            if waits:
-                return self._decide_later(waits, request, new_body, hint, t0)
-        return self._counted_schedule(request, new_body, hint, t0)
-
     @staticmethod
     def _traced_decision(d: Decision, root, orch, headers: dict[str, str]) -> Decision:
         if orch is not None:
@@ -158,57 +154,91 @@ class Director:
         tracing.fail(root, str(e))
         root.end()
 
+    def _decide(self, headers: dict[str, str], path: str, raw_body: bytes | None,
+                subset: Subset) -> Decision | Awaitable[Decision]:
+        t0 = time.perf_counter()
+        try:
+            request, new_body = self._request(headers, path, raw_body)
+        except EPPError as e:
+            self._count_error(e, headers, self._priority(headers))
+            raise
+        hint = parse_subset(subset) if self.subset_filter else None
+        waits = self.scheduler.prepare(request)
+        if waits:
+            return self._decide_later(waits, request, new_body, hint, t0, raw_body)
+        return self._counted_schedule(request, new_body, hint, t0, raw_body)
+
     def validate_body(self, path: str, body: bytes) -> None:
-        api = api_for_path(path)
-        if api:
-            parse_body(api, body)
+        grammar = self.routes.grammar(path)
+        if grammar:
+            parse_body(grammar, body)
 
     async def _decide_later(self, waits: list, request: LLMRequest, new_body: bytes | None,
-                            subset: list[str] | None, t0: float = 0.0) -> Decision:
+                            subset: list[str] | None, t0: float, raw_body: bytes | None) -> Decision:
         for r in await asyncio.gather(*waits, return_exceptions=True):
             if isinstance(r, BaseException):   # preparers fall back themselves; a bug must not fail the request
                 log.error("prepare step failed for request %s", request.request_id, exc_info=r)
-        return self._counted_schedule(request, new_body, subset, t0)
+        return self._counted_schedule(request, new_body, subset, t0, raw_body)
 
     def _counted_schedule(self, request: LLMRequest, new_body: bytes | None, subset: list[str] | None,
-                          t0: float = 0.0) -> Decision:
+                          t0: float = 0.0, raw_body: bytes | None = None) -> Decision:
         try:
             decision = self._schedule(request, new_body, subset)
         except EPPError as e:
-            self._count_error(e)
+            self._count_error(e, request.headers, request.priority)
             if self._recording:
                 self.observe.rejected(request, e, t0)
             raise
-        if self.metrics:
-            self._series(decision.request).request_total.inc()
         if self._recording:
             self.observe.decided(decision, t0)
+        if t0:
+            decision.started = t0
+        m = self.metrics
+        if m:
+            s = self._series(decision.request)
+            s.request_total.inc()
+            s.llmd_request_total.inc()
+            if raw_body:
+                s.request_size.observe(len(raw_body))
+            if request.model:
+                s.running.inc()
+                s.llmd_running.inc()
+            m.request_processing.observe(time.perf_counter() - decision.started)
         return decision
 
-    def _count_error(self, e: EPPError) -> None:
-        if self.metrics:
-            self.metrics.request_error_total.labels(e.model, e.model, str(e.status)).inc()
+    def _count_error(self, e: EPPError, headers: dict[str, str], priority: int) -> None:
+        m = self.metrics
+        if m:
+            model, code = capped_model(e.model), m.error_code(e.status)
+            m.request_error_total.labels(model, model, code).inc()
+            m.llmd_request_error_total.labels(model, model, self._fairness(headers), str(priority), code).inc()
+
+    @staticmethod
+    def _fairness(headers: dict[str, str]) -> str:
+        return capped_fairness_id(headers.get(FAIRNESS_ID) or headers.get(FAIRNESS_ID_OLD) or DEFAULT_FAIRNESS_ID)
 
     def _series(self, req: LLMRequest) -> "_Series":
-        key = (req.model, req.target_model)
+        h = req.headers
+        key = (req.model, req.target_model, h.get(FAIRNESS_ID) or h.get(FAIRNESS_ID_OLD) or DEFAULT_FAIRNESS_ID,
+               req.priority)
         s = self._by_model.get(key)
         if s is None:
-            s = self._by_model[key] = _Series(self.metrics, *key)
+            s = self._by_model[key] = _Series(self.metrics, capped_model(key[0]), capped_model(key[1]),
+                                              capped_fairness_id(key[2]), str(key[3]))
         return s
 
     def _request(self, headers: dict[str, str], path: str, raw_body: bytes | None) -> tuple[LLMRequest, bytes | None]:
         api = ""
         body, model, prompt, stream, salt = None, "", b"", False, ""
         if raw_body is not None:
-            api = api_for_path(path) or ""
+            api = self.routes.grammar(path) or ""
             if not api:
-                raise bad_request(f"unsupported path {path.split('?', 1)[0]!r} for a request with a body; "
-                                  f"supported: /v1/completions, /v1/chat/completions, /v1/responses")
+                raise bad_request(f"no parser registered matching path suffix for: {path.split('?', 1)[0]}")
             body, model, prompt, stream, salt = parse_body(api, raw_body)
         target = model
         new_body = None
         if body is not None and model:
-            rewritten = headers.get(REWRITE) or self.rewrites.target(model)
+            rewritten = headers.get(REWRITE) or headers.get(REWRITE_OLD) or self.rewrites.target(model)
             if rewritten and rewritten != model:
                 target = rewritten
                 body["model"] = rewritten
@@ -225,6 +255,9 @@ class Director:
             candidates = self._candidates(subset)
             if request.priority < 0 and self.saturation.saturation(candidates) >= 1.0:
                 raise EPPError(429, "system saturated, sheddable request dropped")
+            refused = self.scheduler.admit(request, candidates)
+            if refused:   # upstream answers an admission plugin's refusal as an internal error
+                raise EPPError(500, f"request cannot be admitted: {refused}")
             try:
                 defer = asyncio.get_running_loop().call_soon
             except RuntimeError:  # no event loop (tests, tools): bookkeeping runs inline
@@ -250,17 +283,24 @@ class Director:
         hit_ratio = state.get(HIT_RATIO)
         if hit_ratio is not None and self.metrics:
             self.metrics.prefix_hit_ratio.observe(hit_ratio)
-        decision = Decision(request=request, targets=targets, destination=",".join(ep.address for ep in targets),
+            self._hit_child(state.get(HIT_SOURCE)).observe(hit_ratio)
+        decision = Decision(request=request, targets=targets, destination=result.destination or ",".join(ep.address for ep in targets),
                             result=result, headers=result.headers, tokens=tokens, body=new_body,
                             served_model=target if new_body is not None else None, prefill=prefill)
+        if self.emit_scores:
+            decision.scores = result.profiles[result.primary].endpoint_scores() or None
         if self.explain:
             decision.explanation = self._explain(result)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("request %s model=%r -> %s %s", request.request_id, model, decision.destination,
                       decision.explanation.decode() if decision.explanation else "")
-        if self.metrics and model:
-            self._series(request).running.inc()
         return decision
+
+    def _hit_child(self, source):
+        child = self._hit_children.get(source)
+        if child is None:
+            child = self._hit_children[source] = self.metrics.llmd_prefix_hit_ratio.labels(*(source or ("", "")))
+        return child
 
     def set_objectives(self, priorities: dict[str, int]) -> None:
         """From the InferenceObjective watch: the cluster's objectives over the --objective flags."""
@@ -269,7 +309,7 @@ class Director:
         self.objectives = merged
 
     def _priority(self, headers: dict[str, str]) -> int:
-        name = headers.get(OBJECTIVE)
+        name = headers.get(OBJECTIVE) or headers.get(OBJECTIVE_OLD)
         return self.objectives.get(name, 0) if name else 0
 
     def _candidates(self, subset: list[str] | None) -> list[Endpoint]:
@@ -315,10 +355,17 @@ class Director:
             ep.in_flight -= 1
             ep.in_flight_tokens -= decision.tokens
 
-    def response_started(self, decision: Decision, status: int | None, sse: bool) -> list[tuple[str, str]] | None:
+    def response_started(self, decision: Decision, status: int | None, sse: bool,
+                         served: str | None = None) -> list[tuple[str, str]] | None:
         """Headers the plugins add to the response (e.g. a session token); usage is read from here on."""
+        if served is not None:   # for plugins that check where the proxy sent it (the conformance verifier)
+            req = decision.request
+            if req.attrs is None:
+                req.attrs = {}
+            req.attrs[SERVED_ATTR] = served
         self.prefill_done(decision)
         decision.usage = UsageReader(sse) if decision.trace is None else self.observe.usage_reader(decision.trace, sse)
+        decision.first_byte = time.perf_counter()
         if decision.result is None:
             return None
         return self.scheduler.response_headers(decision.request, decision.result, status)
@@ -331,44 +378,76 @@ class Director:
         """Once per decided request, when its stream ends (answered, failed or cancelled)."""
         usage = decision.usage.finish() if decision.usage is not None else None
         decision.usage = None
-        if decision.span is not None:
-            if status is not None and status >= 400:
-                tracing.fail(decision.span, str(status))
-            decision.span.end()
-            decision.span = None
         for ep in decision.targets[:1]:
             ep.in_flight -= 1
             ep.in_flight_tokens -= decision.tokens
         self.prefill_done(decision)
         if decision.result is not None:
             self.scheduler.response_complete(decision.request, decision.result, status, usage)
+        if decision.span is not None:
+            if status is not None and status >= 400:
+                tracing.fail(decision.span, str(status))
+            decision.span.end()
+            decision.span = None
         if self.observe is not None:
             self.observe.finished(decision, usage, status)
-        if not self.metrics:
+        m = self.metrics
+        if not m:
             return
         req = decision.request
         s = self._series(req)
         if req.model:
             s.running.dec()
+            s.llmd_running.dec()
         if status is not None and status >= 400:
-            self.metrics.request_error_total.labels(req.model, req.target_model, str(status)).inc()
+            model, target = capped_model(req.model), capped_model(req.target_model)
+            m.request_error_total.labels(model, target, MODEL_SERVER_ERROR).inc()
+            m.llmd_request_error_total.labels(model, target, s.fairness, s.priority, MODEL_SERVER_ERROR).inc()
         if status is not None and status < 400:
-            s.duration.observe(time.perf_counter() - decision.started)
-        if usage is not None and usage.seen:
-            s.input_tokens.observe(usage.prompt_tokens)
-            s.output_tokens.observe(usage.completion_tokens)
-            s.cached_tokens.observe(usage.cached_tokens)
+            end = time.perf_counter()
+            e2e = end - decision.started
+            s.duration.observe(e2e)
+            first = decision.first_byte
+            if first:
+                s.ttft_streaming[req.stream].observe(first - decision.started)
+            if usage is not None and usage.seen and usage.completion_tokens > 0:
+                s.ntpot.observe(e2e / usage.completion_tokens)
+                if req.stream and first and usage.completion_tokens > 1:
+                    s.tpot.observe((end - first) / (usage.completion_tokens - 1))
+        if usage is not None:
+            s.response_size.observe(usage.response_bytes)
+            if usage.seen:
+                if usage.prompt_tokens > 0:
+                    s.input_tokens.observe(usage.prompt_tokens)
+                if usage.completion_tokens > 0:
+                    s.output_tokens.observe(usage.completion_tokens)
+                s.cached_tokens.observe(usage.cached_tokens)
 
 
 class _Series:
-    """One model's metric children, looked up once instead of per request."""
+    """One (model, target model, fairness id, priority)'s metric children, both families, looked up once
+    instead of per request."""
 
-    __slots__ = ("request_total", "running", "duration", "input_tokens", "output_tokens", "cached_tokens")
+    __slots__ = ("request_total", "llmd_request_total", "running", "llmd_running", "duration", "input_tokens",
+                 "output_tokens", "cached_tokens", "request_size", "response_size", "ntpot", "tpot", "ttft_streaming",
+                 "fairness", "priority")
 
-    def __init__(self, m: EPPMetrics, model: str, target: str) -> None:
-        self.request_total = m.request_total.labels(model, target)
+    def __init__(self, m: EPPMetrics, model: str, target: str, fairness: str, priority: str) -> None:
+        self.fairness, self.priority = fairness, priority
+        mfp = (model, target, fairness, priority)
+
+        def pair(legacy, current):
+            return PairChild(legacy.labels(model, target), current.labels(*mfp))
+        self.request_total = m.request_total.labels(model, target, priority)
+        self.llmd_request_total = m.llmd_request_total.labels(*mfp)
         self.running = m.running_requests.labels(model)
-        self.duration = m.request_duration.labels(model, target)
-        self.input_tokens = m.input_tokens.labels(model, target)
-        self.output_tokens = m.output_tokens.labels(model, target)
-        self.cached_tokens = m.cached_tokens.labels(model, target)
+        self.llmd_running = m.llmd_running.labels(*mfp)
+        self.duration = pair(m.request_duration, m.llmd_request_duration)
+        self.input_tokens = pair(m.input_tokens, m.llmd_input_tokens)
+        self.output_tokens = pair(m.output_tokens, m.llmd_output_tokens)
+        self.cached_tokens = pair(m.cached_tokens, m.llmd_cached_tokens)
+        self.request_size = pair(m.request_sizes, m.llmd_request_size)
+        self.response_size = pair(m.response_sizes, m.llmd_response_size)
+        self.ntpot = pair(m.ntpot, m.llmd_ntpot)
+        self.tpot = m.llmd_tpot.labels(*mfp)
+        self.ttft_streaming = {False: m.llmd_ttft.labels(*mfp, "false"), True: m.llmd_ttft.labels(*mfp, "true")}

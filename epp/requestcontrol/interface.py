@@ -6,7 +6,7 @@ never sees a protobuf. One request's life, as a transport drives it:
 
     decide(headers, path, body, subset)   -> Decision, or an awaitable of one (I/O before scheduling)
     [validate_body(path, body)]              body that arrived after an early pick (STREAMED mode)
-    response_started(decision, status, sse)  -> headers to add to the response
+    response_started(decision, status, sse, served)  -> headers to add to the response
     decision.usage.feed(chunk) ...           response body chunks, for token accounting
     served(address)                          the proxy's report of the endpoint that answered
     done(decision, status)                   exactly once, answered, failed or cancelled
@@ -46,10 +46,12 @@ class Decision:
     tokens: int = 0                          # estimated prompt tokens, counted in flight on the target
     served_model: str | None = None          # the rewritten model name the server will answer with
     prefill: "Endpoint | None" = None        # P/D: the prefill pod, counted in flight until the answer starts
+    scores: dict[str, float] | None = None   # --emit-endpoint-scores: every scored candidate's score
     usage: UsageReader | None = None         # set when the response starts
     span: object | None = None               # --tracing: the request's gateway.request span, ended by done()
     trace: object | None = None              # the web view's record of this decision (epp.observe), when on
-    started: float = field(default_factory=time.perf_counter)
+    started: float = field(default_factory=time.perf_counter)   # when the request reached the EPP
+    first_byte: float = 0.0                  # when the response started (for TTFT)
 
     def response_mapper(self) -> ModelNameMapper | None:
         """Maps the rewritten model name back to the client's in the response body, when rewritten."""
@@ -75,8 +77,11 @@ class RequestControl(Protocol):
         """Raises EPPError when a body that arrived after the pick is not a valid request."""
         ...
 
-    def response_started(self, decision: Decision, status: int | None, sse: bool) -> list[tuple[str, str]] | None:
-        """The model server's response headers arrived; returns headers to add to the response."""
+    def response_started(self, decision: Decision, status: int | None, sse: bool,
+                         served: str | None = None) -> list[tuple[str, str]] | None:
+        """The model server's response headers arrived; returns headers to add to the response. served:
+        the proxy's report of the endpoint that answered ("" when its envoy.lb metadata lacks it, None
+        when there is no envoy.lb metadata)."""
         ...
 
     def served(self, endpoint: str) -> None:

@@ -1,5 +1,10 @@
-"""Parsing OpenAI request bodies: what is needed to schedule, and a 400 that says why otherwise.
+"""Parsing request bodies: what is needed to schedule, and a 400 that says why otherwise.
 
+Which grammar a path gets is the configured parsers' choice (requestHandler.parsers, upstream's
+ParserRegistry): each parser plugin claims path suffixes, tried in order, first match wins; a parser
+that claims none (passthrough) takes every other path. The grammars are upstream's: OpenAI
+(completions, chat, responses, embeddings, conversations, images, and the render paths), Anthropic
+messages (count_tokens forwarded untouched), vLLM's /inference/v1/generate, and passthrough.
 The body's bytes are never re-encoded on the way through; parsing only reads them.
 """
 from __future__ import annotations
@@ -15,10 +20,45 @@ APIS = {
     "/v1/chat/completions": "chat",
     "/v1/responses": "responses",
 }
+PASSTHROUGH = "passthrough"          # the catch-all grammar: the body is forwarded as it is, no model needed
+COUNT_TOKENS = "anthropic-count-tokens"
+# grammars whose requests carry no model to route on (and whose responses are not read)
+NO_MODEL = (PASSTHROUGH, COUNT_TOKENS)
 
 
 def api_for_path(path: str) -> str | None:
+    """The grammar of the three OpenAI paths every EPP knows (upstream's default parsers route more)."""
     return APIS.get(path.split("?", 1)[0].rstrip("/") or "/")
+
+
+class Routes:
+    """The configured parsers' claims in order: request path -> grammar, or None when no parser
+    claims it. Paths repeat, so answers are cached (bounded)."""
+
+    _MAX_CACHED = 4096
+
+    def __init__(self, tables: list[dict[str, str]]) -> None:
+        self.entries: list[tuple[str, str]] = []
+        self.fallback: str | None = None
+        for routes in tables:
+            if not routes:
+                self.fallback = PASSTHROUGH
+                break
+            self.entries.extend((suffix.strip().strip("/"), grammar) for suffix, grammar in routes.items())
+        self._cache: dict[str, str | None] = {}
+
+    def grammar(self, path: str) -> str | None:
+        g = self._cache.get(path, "")
+        if g != "":
+            return g
+        p = path.split("?", 1)[0].strip()
+        if p.endswith("/"):
+            p = p[:-1]
+        g = next((grammar for suffix, grammar in self.entries if p.endswith(suffix)), self.fallback)
+        if len(self._cache) >= self._MAX_CACHED:
+            self._cache.clear()
+        self._cache[path] = g
+        return g
 
 
 def _type_name(v: Any) -> str:
@@ -97,11 +137,57 @@ def _responses_prompt(body: dict) -> bytes:
     return (instructions.encode() + b"\n" + text) if instructions else text
 
 
-_PROMPTS = {"completions": _completion_prompt, "chat": _chat_prompt, "responses": _responses_prompt}
+def _non_empty(body: dict, key: str, what: str) -> Any:
+    v = body.get(key)
+    if v is None or v == "" or v == [] or v == {}:
+        raise bad_request(f"'{key}' is required and must not be empty for {what}")
+    return v
 
 
-def parse_body(api: str, raw: bytes) -> tuple[dict[str, Any], str, bytes, bool, str]:
-    """(body, model, prompt bytes for prefix hashing, stream, cache_salt); raises a 400 EPPError."""
+def _embeddings_prompt(body: dict) -> bytes:
+    inp = _non_empty(body, "input", "/v1/embeddings")
+    return inp.encode() if isinstance(inp, str) else orjson.dumps(inp)
+
+
+def _conversations_prompt(body: dict) -> bytes:
+    return orjson.dumps(_non_empty(body, "items", "/v1/conversations"))
+
+
+def _images_prompt(body: dict) -> bytes:
+    prompt = _non_empty(body, "prompt", "/v1/images/generations")
+    if not isinstance(prompt, str):
+        raise bad_request(f"'prompt' must be a string, got {_type_name(prompt)}")
+    return prompt.encode()
+
+
+def _anthropic_prompt(body: dict) -> bytes:
+    messages = _expect(body, "messages", (list,), "an array of messages", required=True)
+    if not messages:
+        raise bad_request("'messages' must have at least one message")
+    system = body.get("system")
+    return (orjson.dumps(system) + b"\n" if system else b"") + orjson.dumps(messages)
+
+
+def _generate_prompt(body: dict) -> bytes:
+    ids = body.get("token_ids")
+    if not isinstance(ids, list) or not ids:
+        raise bad_request("'token_ids' is required and must be a non-empty array for /inference/v1/generate")
+    if not _is_token_list(ids):
+        raise bad_request("'token_ids' must be an array of integers")
+    return orjson.dumps(ids)
+
+
+_PROMPTS = {"completions": _completion_prompt, "chat": _chat_prompt, "responses": _responses_prompt,
+            "embeddings": _embeddings_prompt, "conversations": _conversations_prompt, "images": _images_prompt,
+            "anthropic-messages": _anthropic_prompt, "generate": _generate_prompt}
+GRAMMARS = (*_PROMPTS, PASSTHROUGH, COUNT_TOKENS)
+
+
+def parse_body(api: str, raw: bytes) -> tuple[dict[str, Any] | None, str, bytes, bool, str]:
+    """(body, model, prompt bytes for prefix hashing, stream, cache_salt); raises a 400 EPPError.
+    Passthrough and count_tokens bodies are not read: (None, "", b"", False, "")."""
+    if api in NO_MODEL:
+        return None, "", b"", False, ""
     body = decode_json(raw)
     model = _expect(body, "model", (str,), "a string", required=True)
     if not model:

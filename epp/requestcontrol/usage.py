@@ -20,6 +20,7 @@ class Usage:
     cached_tokens: int = 0
     seen: bool = False
     cached_reported: bool = False   # the answer said how many prompt tokens were cached (vLLM: prompt_tokens_details)
+    response_bytes: int = 0   # the response body's size as it passed
 
     def take(self, usage) -> None:
         if not isinstance(usage, dict):
@@ -47,6 +48,7 @@ class UsageReader:
     def feed(self, chunk: bytes) -> None:
         if not chunk:
             return
+        self.usage.response_bytes += len(chunk)
         if not self.sse:
             if self._size <= MAX_JSON_ANSWER:
                 self._chunks.append(chunk)

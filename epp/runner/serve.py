@@ -23,6 +23,8 @@ from ..observe.observer import Observer
 from ..requestcontrol.director import Director
 from ..scheduling.config import DEFAULT_CONFIG, SchedulingConfig, default_saturation_detector
 from ..scheduling.config import load as load_config
+from ..scheduling.plugins.core_metrics_extractor import CoreMetricsExtractor
+from ..scheduling.plugins.metrics_data_source import MetricsDataSource
 from ..scheduling.scheduler import from_config
 from ..server.extproc import ExternalProcessor
 from ..server.h2grpc import GrpcMethodServer
@@ -44,6 +46,31 @@ def _report_failure(task: asyncio.Task) -> None:
         log.error("%s stopped: %s", task.get_name(), task.exception(), exc_info=task.exception())
 
 
+def _scraper(cfg: SchedulingConfig, store: EndpointStore, args, vllm_names: MetricNames) -> Scraper | None:
+    """The model-server scraper as dataLayer configures it: metrics-data-source's path, port and
+    interval, core-metrics-extractor's metric names per engine; None when no metrics source is
+    configured (dataLayer.injectDefaults: false), as upstream then collects no metrics."""
+    source = extractor = None
+    for src, extractors in cfg.data_layer.sources:
+        if isinstance(src, MetricsDataSource) and source is None:
+            source = src
+            extractor = next((e for e in extractors if isinstance(e, CoreMetricsExtractor)), None)
+    if source is None:
+        log.warning("no metrics-data-source in dataLayer: model-server metrics are not collected")
+        return None
+    names_for = None
+    if extractor is not None and extractor.customized:
+        names_for = extractor.names_for
+    # GIE's --model-server-metrics-* flags (gone in llm-d v0.10) win over the data source where given
+    given = getattr(args, "given", ())
+    path = args.model_server_metrics_path if "model-server-metrics-path" in given else source.path
+    port = args.model_server_metrics_port if "model-server-metrics-port" in given else source.port
+    return Scraper(store, source.scrape_interval(args.refresh_metrics_interval), args.metrics_scrape_timeout,
+                   path=path, vllm_names=vllm_names, names_for=names_for, port=port,
+                   scheme=args.model_server_metrics_scheme,
+                   insecure_skip_verify=args.model_server_metrics_https_insecure_skip_verify)
+
+
 def scheduling_config(args) -> SchedulingConfig:
     """The config file, the inline text, or upstream's default; raises ConfigError or OSError."""
     if args.config_file:
@@ -52,9 +79,10 @@ def scheduling_config(args) -> SchedulingConfig:
                 text = f.read()
         except OSError as e:
             raise OSError(f"failed to load config from a file {args.config_file!r}: {e.strerror or e}") from None
-        return load_config(text, args.config_file, args.max_num_of_endpoints)
+        return load_config(text, args.config_file, args.max_num_of_endpoints, args.allow_experimental_plugins)
     if args.config_text:
-        return load_config(args.config_text, "--config-text", args.max_num_of_endpoints)
+        return load_config(args.config_text, "--config-text", args.max_num_of_endpoints,
+                           args.allow_experimental_plugins)
     return load_config(DEFAULT_CONFIG, "default config", args.max_num_of_endpoints)
 
 
@@ -97,8 +125,15 @@ async def _serve(args, store: EndpointStore | None, ready_event: asyncio.Event |
     cfg = scheduling_config(args)  # a bad config is fatal at start: raises with the reason
     store = store or EndpointStore()
     source = None
+    watch_file = True
+    discovery = cfg.data_layer.discovery
     if args.endpoints_file:
         source = EndpointsFile(args.endpoints_file, store)
+    elif discovery is not None:
+        # dataLayer.discovery (file-discovery) replaces Kubernetes discovery, as upstream
+        source = EndpointsFile(discovery.path, store)
+        watch_file = discovery.watch
+    if source is not None:
         source.load()  # an unusable file is fatal at start: raises with the reason
 
     metrics = EPPMetrics()
@@ -107,7 +142,8 @@ async def _serve(args, store: EndpointStore | None, ready_event: asyncio.Event |
     observer = Observer(REGISTRY, record=args.ui, size=args.ui_decisions, show_prompts=args.ui_show_prompts)
     director = Director(store, scheduler, metrics, staleness=args.metrics_staleness_threshold,
                         objectives=dict(args.objective or []), explain=args.decision_header, saturation=saturation,
-                        subset_filter=not args.disable_endpoint_subset_filter, observe=observer)
+                        subset_filter=not args.disable_endpoint_subset_filter, observe=observer,
+                        parsers=cfg.parsers, emit_scores=args.emit_endpoint_scores)
     log.info("scheduling: %s", cfg.describe())
     kube = None
     if source is None:
@@ -117,15 +153,12 @@ async def _serve(args, store: EndpointStore | None, ready_event: asyncio.Event |
     _warn_inapplicable(args, kube)
     REGISTRY.register(PoolCollector(store, args.pool_name or os.path.basename(args.endpoints_file or "")
                                     or args.endpoint_selector,
-                                    args.metrics_staleness_threshold, scheduler.index_size,
+                                    args.metrics_staleness_threshold, scheduler.index_size, scheduler.index_sizes,
                                     refresh=args.refresh_prometheus_metrics_interval))
     names = MetricNames(waiting=args.total_queued_requests_metric, running=args.total_running_requests_metric,
                         kv_usage=(args.kv_cache_usage_percentage_metric, "vllm:gpu_cache_usage_perc"),
                         lora_info=args.lora_info_metric, cache_info=args.cache_info_metric)
-    scraper = Scraper(store, args.refresh_metrics_interval, args.metrics_scrape_timeout, vllm_names=names,
-                      path=args.model_server_metrics_path, scheme=args.model_server_metrics_scheme,
-                      port=args.model_server_metrics_port,
-                      insecure_skip_verify=args.model_server_metrics_https_insecure_skip_verify)
+    scraper = _scraper(cfg, store, args, names)
 
     limits = Limits.from_args(args)
     reloader = CertReloader(args.cert_path) if args.secure_serving and args.enable_cert_reload and args.cert_path \
@@ -187,14 +220,16 @@ async def _serve(args, store: EndpointStore | None, ready_event: asyncio.Event |
                 reloader.attach(ctx)
         await server.start(args.bind_address, args.grpc_port, ctx)
     await health_server.start()
-    scraper.start()
+    if scraper is not None:
+        scraper.start()
     # plugins with background work (e.g. consuming KV events) run beside the servers
     background = [asyncio.create_task(job, name=name) for name, job in scheduler.background_jobs(store)]
     if reloader is not None:
         background.append(asyncio.create_task(reloader.run(), name="cert reload"))
     for task in background:
         task.add_done_callback(_report_failure)
-    watcher = asyncio.create_task(source.watch() if source else asyncio.Event().wait(), name="endpoints file")
+    watcher = asyncio.create_task(source.watch() if source and watch_file else asyncio.Event().wait(),
+                                  name="endpoints file")
     log.info("epp serving ext_proc on %s (%s, %s server), health on %d, metrics on %d; %d endpoints from %s",
              target, "TLS" if args.secure_serving else "plaintext", transport, args.grpc_health_port,
              args.metrics_port, len(store.snapshot()),
@@ -224,7 +259,8 @@ async def _serve(args, store: EndpointStore | None, ready_event: asyncio.Event |
     await asyncio.gather(*background, return_exceptions=True)
     if kube is not None:
         await kube.stop()
-    await scraper.stop()
+    if scraper is not None:
+        await scraper.stop()
     await health_server.stop(0)
     for app in (admin, ui_app):
         if app is not None:

@@ -1,16 +1,27 @@
-"""EndpointPickerConfig: the upstream (GIE / llm-d router) scheduling config file, decoded strictly.
+"""EndpointPickerConfig: the upstream (llm-d router v0.10 / GIE v1.5) scheduling config file, decoded
+as llm-d router v0.10's loader decodes it.
 
-    apiVersion: llm-d.ai/v1alpha1          # or inference.networking.x-k8s.io/v1alpha1 (older)
+    apiVersion: llm-d.ai/v1alpha1          # or inference.networking.x-k8s.io/v1alpha1 (deprecated)
     kind: EndpointPickerConfig
+    featureGates: [flowControl, haPopulateNonLeaderDatastore=false]
     plugins: [{name, type, parameters}]
     schedulingProfiles: [{name, plugins: [{pluginRef, weight}]}]
+    requestHandler: {parsers: [{pluginRef}]}
+    dataLayer: {injectDefaults, sources: [{pluginRef, extractors: [{pluginRef}]}], discovery: {pluginRef}, ...}
+    flowControl: {...}                     # decoded by flow control; only saturationDetector is read here
+    saturationDetector: {pluginRef}        # deprecated: becomes flowControl.saturationDetector
+    parser: {pluginRef}                    # deprecated: becomes requestHandler.parsers
 
-Defaults as upstream: name = type; weight 1; no profiles -> one "default" profile with every filter,
-scorer and picker (in file order); a profile without a picker gets the first configured picker, else
-max-score-picker; one profile and no handler -> single-profile-handler. Unknown keys, types and
-plugin references are errors that say where they are. The sections that configure machinery this
-EPP runs differently (dataLayer, flowControl, requestHandler) are checked for shape and otherwise
-only the saturation detector is taken from them.
+Upstream decodes strictly: an unknown field or a duplicate key at any level of the document is an
+error, and so is an unknown parameter of a plugin whose factory reads its parameters. Where upstream
+ignores something (parameters of a plugin that takes none, a profile entry that is neither filter,
+scorer nor picker, a GIE-only feature gate) it loads with one warning naming it. Defaults as
+upstream: name = type; weight 1; no profiles -> one "default" profile with every filter, scorer and
+picker (in file order); a profile without a picker gets the first configured picker, else
+max-score-picker; one profile and no handler -> single-profile-handler; no parsers -> openai,
+anthropic and vllmhttp; consumers of data nobody produces get the default producer (approximate
+prefix, in-flight load, token-producer); the metrics source and extractor are added unless
+dataLayer.injectDefaults is false. Alpha-stability plugins need --allow-experimental-plugins.
 """
 from __future__ import annotations
 
@@ -21,8 +32,11 @@ from typing import Any
 
 import yaml
 
-from .framework import (DEFAULT_HANDLER, DEFAULT_PICKER, DEFAULT_PRODUCER, REGISTRY, BindsPlugins, Filter, Picker,
-                        Plugin, PrefixMatchConsumer, ProfileHandler, SaturationDetector, Scorer)
+from ..durations import parse_duration
+from .framework import (ALPHA, DEFAULT_DETECTOR, DEFAULT_HANDLER, DEFAULT_INFLIGHT, DEFAULT_METRICS_EXTRACTOR, DEFAULT_METRICS_SOURCE,
+                        DEFAULT_PARSERS, DEFAULT_PICKER, DEFAULT_PRODUCER, DEFAULT_TOKENS, REGISTRY, BindsPlugins,
+                        DataSource, Discovery, Filter, InFlightLoadConsumer, Parser, Picker, Plugin,
+                        PrefixMatchConsumer, ProfileHandler, SaturationDetector, Scorer, TokenizedPromptConsumer)
 from .plugins import load_all
 from .profile import Profile, WeightedScorer
 
@@ -30,23 +44,60 @@ log = logging.getLogger(__name__)
 
 API_VERSIONS = ("llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1")
 KIND = "EndpointPickerConfig"
-FEATURE_GATES = {"flowControl": False, "haPopulateNonLeaderDatastore": True, "dataLayer": True,
-                 "prepareDataPlugins": True}
-_TOP = {"apiVersion", "kind", "featureGates", "plugins", "schedulingProfiles", "dataLayer", "data",
-        "flowControl", "requestHandler", "saturationDetector", "parser"}
+# llm-d router v0.10 registers flowControl and haPopulateNonLeaderDatastore; GIE v1.5 registers
+# flowControl, dataLayer and enableLegacyMetrics. A drop-in for both accepts all four.
+FEATURE_GATES = {"flowControl": False, "haPopulateNonLeaderDatastore": True, "dataLayer": False,
+                 "enableLegacyMetrics": False}
+GIE_ONLY_GATES = {
+    "dataLayer": "GIE v1.5's switch for the data layer, which is always on here",
+    "enableLegacyMetrics": "GIE v1.5's legacy model-server scraping, which this EPP does not have",
+}
+_TOP = {"apiVersion", "kind", "featureGates", "plugins", "schedulingProfiles", "dataLayer", "flowControl",
+        "requestHandler", "saturationDetector", "parser"}
 _PLUGIN = {"name", "type", "parameters"}
 _PROFILE = {"name", "plugins"}
 _REF = {"pluginRef", "weight"}
-_DATA_LAYER = {"injectDefaults", "sources", "discovery", "peerDiscovery", "crossReplicaSyncerPluginRef",
-               "crossReplicaSyncInterval"}
+_DATA_LAYER = {"injectDefaults", "sources", "discovery", "crossReplicaSyncerPluginRef", "crossReplicaSyncInterval"}
 _FLOW = {"maxBytes", "maxRequests", "defaultRequestTTL", "noEndpointRequestTTL", "defaultPriorityBand",
          "defaultNegativePriorityBand", "priorityBands", "usageLimitPolicyPluginRef", "saturationDetector",
          "enableEviction"}
-_OLD_SATURATION = {"queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold", "headroom"}
-# machinery the EPP has built in: referencing it by type is accepted (it names what we already do)
-BUILT_IN_TYPES = {"openai-parser", "anthropic-parser", "vllmhttp-parser", "passthrough-parser",
-                  "metrics-data-source", "core-metrics-extractor", "fcfs-ordering-policy",
-                  "global-strict-fairness-policy", "static-usage-limit-policy", "edf-ordering-policy"}
+# flow control's plugin types (owned by the flow-control layer): accepted by name, nothing to configure here
+BUILT_IN_TYPES = {"fcfs-ordering-policy", "global-strict-fairness-policy", "static-usage-limit-policy",
+                  "edf-ordering-policy"}
+# llm-d router v0.10 types this EPP does not have, and why (docs/unsupported-plugins.md lists the same):
+# a config naming one is refused with the reason, not with "not registered"
+_SIDECAR = "needs llm-d's latency-predictor sidecars (training and prediction servers), which this EPP does not run"
+_MM = "needs a multimodal encoder stage (encoder-cache hashing of images/audio), which this EPP does not have"
+_MULTI = "part of llm-d's multi-cluster routing (pools of peer clusters), which this EPP does not have"
+_FLOW_OWNED = "belongs to flow control, which is not in this EPP yet (being added separately)"
+UNSUPPORTED = {
+    "predicted-latency-producer": _SIDECAR, "latency-scorer": _SIDECAR, "latency-slo-admitter": _SIDECAR,
+    "slo-headroom-tier-filter": _SIDECAR,
+    "mm-embeddings-cache-producer": _MM, "mm-embeddings-cache-scorer": _MM, "always-disagg-multimodal-decider": _MM,
+    "multicluster-approx-prefix-cache-producer": _MULTI, "multicluster-file-discovery": _MULTI,
+    "multicluster-kv-cache-utilization-scorer": _MULTI, "multicluster-metrics-data-source": _MULTI,
+    "multicluster-metrics-extractor": _MULTI, "multicluster-prefix-cache-scorer": _MULTI,
+    "multicluster-queue-scorer": _MULTI, "multicluster-session-affinity-filter": _MULTI,
+    "vllmgrpc-parser": "parses gRPC request bodies (vLLM's gRPC engine API over h2c); this EPP reads HTTP JSON bodies",
+    "vertexai-parser": "parses Vertex AI's gRPC request bodies (over h2c); this EPP reads HTTP JSON bodies",
+    "dcgm-data-source": "scrapes NVIDIA DCGM exporter GPU metrics, which this EPP does not collect",
+    "dcgm-extractor": "reads NVIDIA DCGM exporter GPU metrics, which this EPP does not collect",
+    "topology-extractor": "reads the node topology (host, rack, zone, region) of each pod's node, which this EPP does "
+                          "not watch",
+    "topology-affinity-filter": "needs topology-extractor's node topology, which this EPP does not watch",
+    "topology-affinity-scorer": "needs topology-extractor's node topology, which this EPP does not watch",
+    "disaggregatedset-rollout-screener": "screens requests by DisaggregatedSet rollout state (a CRD this EPP does "
+                                         "not watch)",
+    "request-attribute-reporter": "evaluates CEL expressions over the response's usage and reports them in "
+                                  "response dynamic metadata; this EPP has neither",
+    "agent-identity": "sets the flow-control fairness id from agent session headers; flow control is not in this "
+                      "EPP yet",
+    "concurrency-detector": _FLOW_OWNED, "round-robin-fairness-policy": _FLOW_OWNED,
+    "program-aware-fairness": _FLOW_OWNED,
+    "slo-deadline-ordering-policy": _FLOW_OWNED, "priority-holdback-policy": _FLOW_OWNED,
+    "soft-reflective-ceiling-policy": _FLOW_OWNED, "sheddable-eviction-filter": _FLOW_OWNED,
+    "priority-then-time-eviction-order-policy": _FLOW_OWNED,
+}
 
 
 class ConfigError(ValueError):
@@ -54,14 +105,28 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class DataLayer:
+    """What dataLayer configures (after upstream's defaults): the sources with their extractors, and
+    a discovery plugin that replaces Kubernetes discovery."""
+
+    sources: list[tuple[DataSource, list[Plugin]]] = field(default_factory=list)
+    discovery: Discovery | None = None
+    cross_replica_sync_interval: float | None = None
+
+
+@dataclass
 class SchedulingConfig:
-    """What the config file decides: the plugins, the profiles, the handler, the saturation detector."""
+    """What the config file decides: the plugins, the profiles, the handler, the parsers, the saturation
+    detector, the data layer and the feature gates."""
 
     plugins: dict[str, Plugin]
     profiles: list[Profile]
     handler: ProfileHandler
     saturation: SaturationDetector | None = None
     feature_gates: dict[str, bool] = field(default_factory=dict)
+    parsers: list[Parser] = field(default_factory=list)
+    data_layer: DataLayer = field(default_factory=DataLayer)
+    flow_control: dict | None = None
 
     def describe(self) -> str:
         parts = []
@@ -69,6 +134,26 @@ class SchedulingConfig:
             items = [f"filter {f.name}" for f in p.filters] + [f"{ws.scorer.name} x{ws.weight:g}" for ws in p.scorers]
             parts.append(f"profile {p.name!r}: {', '.join(items) or 'no filters or scorers'}; picker {p.picker.name}")
         return f"{self.handler.name}; " + "; ".join(parts)
+
+
+# ---------------------------------------------------------------- document level
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as the Kubernetes strict decoder reads it: a key given twice in one mapping is an error."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _mapping(v: Any, where: str, keys: set[str]) -> dict:
@@ -94,9 +179,19 @@ def _str(v: Any, where: str) -> str:
     return v
 
 
+def _opt_str(v: Any, where: str) -> str:
+    if v is None:
+        return ""
+    if not isinstance(v, str):
+        raise ConfigError(f"{where}: must be a string, got {v!r}")
+    return v
+
+
 def parse_text(text: str, source: str = "config") -> dict:
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML: {e}") from None
     if doc is None:
@@ -109,18 +204,54 @@ def parse_text(text: str, source: str = "config") -> dict:
     return doc
 
 
+def _convert_deprecated(doc: dict, source: str) -> None:
+    """Upstream's conversions of deprecated fields: the top-level saturationDetector and parser move
+    into flowControl and requestHandler (the newer field wins when both are set)."""
+    if doc["apiVersion"] != API_VERSIONS[0]:
+        log.warning("%s: DEPRECATION: apiVersion %s is deprecated; use %s", source, doc["apiVersion"], API_VERSIONS[0])
+    old = doc.get("saturationDetector")
+    if old is not None:
+        _mapping(old, f"{source}: saturationDetector", {"pluginRef"})
+        log.warning("%s: DEPRECATION: top-level saturationDetector is deprecated, use flowControl.saturationDetector",
+                    source)
+        flow = doc.get("flowControl")
+        if flow is None:
+            flow = doc["flowControl"] = {}
+        if isinstance(flow, dict) and flow.get("saturationDetector") is None:
+            flow["saturationDetector"] = old
+    parser = doc.get("parser")
+    if parser is not None:
+        _mapping(parser, f"{source}: parser", {"pluginRef"})
+        log.warning("%s: DEPRECATION: top-level parser is deprecated, use requestHandler.parsers", source)
+        rh = doc.get("requestHandler")
+        if rh is None:
+            rh = doc["requestHandler"] = {}
+        if isinstance(rh, dict) and not rh.get("parsers"):
+            rh["parsers"] = [parser]
+
+
 def _feature_gates(v: Any, source: str) -> dict[str, bool]:
     gates = dict(FEATURE_GATES)
     for i, item in enumerate(_list(v, f"{source}: featureGates")):
         where = f"{source}: featureGates[{i}]"
         name, sep, value = _str(item, where).partition("=")
         if name not in FEATURE_GATES:
-            raise ConfigError(f"{where}: feature gate {name!r} is unknown; known: {', '.join(sorted(FEATURE_GATES))}")
-        if sep and value.lower() not in ("true", "false"):
-            raise ConfigError(f"{where}: feature gate value must be true or false, got {value!r}")
-        gates[name] = (value.lower() == "true") if sep else True
+            raise ConfigError(f"{where}: feature gate {name!r} is unknown or unregistered; known: "
+                              f"{', '.join(sorted(FEATURE_GATES))}")
+        enabled = True
+        if sep:
+            word = value.strip().lower()
+            if word not in ("1", "t", "true", "0", "f", "false"):  # Go's strconv.ParseBool, lower-cased
+                raise ConfigError(f"{where}: {value!r} is not a valid value for the feature gate {name}")
+            enabled = word in ("1", "t", "true")
+        if name in GIE_ONLY_GATES:
+            log.warning("%s: feature gate %r is %s; llm-d router v0.10 refuses it, GIE v1.5 accepts it: ignored",
+                        where, name, GIE_ONLY_GATES[name])
+        gates[name] = enabled
     return gates
 
+
+# ---------------------------------------------------------------- plugins
 
 def plugin_parameters(cls: type[Plugin]) -> list[str]:
     sig = inspect.signature(cls.__init__)
@@ -139,7 +270,7 @@ def instantiate(type_name: str, name: str, params: Any, where: str) -> Plugin:
         raise ConfigError(f"{where}: parameters must be a mapping, got {type(params).__name__}")
     known = plugin_parameters(cls)
     if params and not known:
-        # upstream ignores parameters on plugins that take none; a hint beats a hard failure here
+        # upstream's factory for this type never reads its parameters: they load, and change nothing
         log.warning("%s: plugin type %r takes no parameters; ignoring %s", where, type_name, sorted(params))
         params = {}
     unknown = [k for k in params if k not in known]
@@ -149,44 +280,74 @@ def instantiate(type_name: str, name: str, params: Any, where: str) -> Plugin:
     try:
         plugin = cls(name=name, **params)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{where}: failed to create plugin {name!r} (type: {type_name}): {e}") from None
     if type_name != cls.type_name:
-        log.warning("%s: plugin type %r is a deprecated alias of %r", where, type_name, cls.type_name)
+        log.warning("%s: DEPRECATION: plugin type %r is deprecated; use %r", where, type_name, cls.type_name)
+    elif cls.replaced_by:
+        log.warning("%s: DEPRECATION: plugin type %r is deprecated; use %r", where, type_name, cls.replaced_by)
     return plugin
 
 
-def load(text: str, source: str = "config", max_num_of_endpoints: int = 1) -> SchedulingConfig:
-    load_all()
-    doc = parse_text(text, source)
-    if doc["apiVersion"] != API_VERSIONS[0]:
-        log.info("%s: apiVersion %s is the older group; %s is current", source, doc["apiVersion"], API_VERSIONS[0])
-    gates = _feature_gates(doc.get("featureGates"), source)
+def _default_plugin(plugins: dict[str, Plugin], type_name: str, **params) -> Plugin:
+    """Upstream's registerDefaultPlugin: the type with its defaults, named after the type."""
+    plugin = REGISTRY[type_name](**params)
+    plugins[plugin.name] = plugin
+    return plugin
 
+
+def _plugins(doc: dict, source: str, allow_experimental: bool) -> dict[str, Plugin]:
     plugins: dict[str, Plugin] = {}
+    specs = []
     for i, spec in enumerate(_list(doc.get("plugins"), f"{source}: plugins")):
         where = f"{source}: plugins[{i}]"
         spec = _mapping(spec, where, _PLUGIN)
-        if "type" not in spec:
-            raise ConfigError(f"{where}: plugin is missing a type")
-        type_name = _str(spec["type"], f"{where}.type")
-        name = _str(spec.get("name") or type_name, f"{where}.name")
-        where = f"{source}: plugin {name!r}"
-        if name in plugins:
+        type_name = _opt_str(spec.get("type"), f"{where}.type")
+        name = _opt_str(spec.get("name"), f"{where}.name") or type_name
+        if not type_name:
+            raise ConfigError(f"{where}: plugin {name!r} is missing a type")
+        if name in (s[0] for s in specs):
             raise ConfigError(f"{where}: duplicate plugin name {name!r}")
+        if type_name not in REGISTRY and type_name in UNSUPPORTED:
+            raise ConfigError(f"{where}: plugin type {type_name!r} (llm-d router v0.10) is not supported by this EPP: "
+                              f"{UNSUPPORTED[type_name]} (docs/unsupported-plugins.md)")
+        if type_name not in REGISTRY and type_name not in BUILT_IN_TYPES:
+            raise ConfigError(f"{where}: plugin type {type_name!r} is not registered; known types: "
+                              f"{', '.join(sorted(set(REGISTRY) | BUILT_IN_TYPES))}")
+        specs.append((name, type_name, spec.get("parameters")))
+    for name, type_name, params in specs:
+        where = f"{source}: plugin {name!r}"
         if type_name in BUILT_IN_TYPES:
-            log.info("%s: %s is built in; nothing to configure", where, type_name)
+            log.info("%s: %s belongs to flow control; nothing to configure here", where, type_name)
             continue
-        plugins[name] = instantiate(type_name, name, spec.get("parameters"), where)
+        plugin = instantiate(type_name, name, params, where)
+        if plugin.stability == ALPHA and not allow_experimental:
+            raise ConfigError(f"{source}: plugin {name!r} (type: {type_name!r}) has Alpha stability level, but "
+                              f"command line flag --allow-experimental-plugins is not set")
+        plugins[name] = plugin
+    return plugins
 
-    _create_missing_producers(plugins)
-    # plugins that name other plugins (producers, deciders) resolve them now
-    for name, plugin in list(plugins.items()):
-        if isinstance(plugin, BindsPlugins):
-            try:
-                plugin.bind(plugins)
-            except ValueError as e:
-                raise ConfigError(f"{source}: plugin {name!r}: {e}") from None
 
+def _create_missing_producers(plugins: dict[str, Plugin]) -> None:
+    """As upstream's runner: consumers of data nobody produces get the default producer of it. A
+    plugin consuming approximate prefix matches gets approx-prefix-cache-producer (unless an older-
+    style prefix scorer carries its own), which consumes tokenized prompts from token-producer; one
+    consuming in-flight load gets inflight-load-producer."""
+    consumers = [p for p in plugins.values() if isinstance(p, PrefixMatchConsumer)]
+    # a consumer naming no producer reads the default one, by its name (as upstream's data keys do)
+    if any(c.wants_default_producer() for c in consumers) and DEFAULT_PRODUCER not in plugins and not any(
+            (p := c.carried_producer()) is not None and p.type_name == DEFAULT_PRODUCER for c in consumers):
+        _default_plugin(plugins, DEFAULT_PRODUCER)
+    if any(isinstance(p, InFlightLoadConsumer) and p.wants_inflight_load() for p in plugins.values()):
+        if DEFAULT_INFLIGHT not in plugins:
+            _default_plugin(plugins, DEFAULT_INFLIGHT)
+    if any(isinstance(p, TokenizedPromptConsumer) for p in plugins.values()):
+        if not any(p.type_name == DEFAULT_TOKENS for p in plugins.values()):
+            _default_plugin(plugins, DEFAULT_TOKENS)
+
+
+# ---------------------------------------------------------------- profiles and handler
+
+def _profiles(doc: dict, plugins: dict[str, Plugin], source: str, max_num_of_endpoints: int) -> list[Profile]:
     pickers = [p for p in plugins.values() if isinstance(p, Picker)]
     default_picker = pickers[0] if pickers else None
     profiles: list[Profile] = []
@@ -198,25 +359,29 @@ def load(text: str, source: str = "config", max_num_of_endpoints: int = 1) -> Sc
     for i, spec in enumerate(specs):
         where = f"{source}: schedulingProfiles[{i}]"
         spec = _mapping(spec, where, _PROFILE)
-        pname = _str(spec.get("name"), f"{where}.name")
-        where = f"{source}: profile {pname!r}"
+        pname = _opt_str(spec.get("name"), f"{where}.name")
+        if not pname:
+            raise ConfigError(f"{where} is missing a name")
         if pname in seen:
-            raise ConfigError(f"{where}: duplicate profile name {pname!r}")
+            raise ConfigError(f"{where} has duplicate name {pname!r}")
         seen.add(pname)
+        where = f"{source}: schedulingProfiles[{pname}]"
         filters, scorers, picker = [], [], None
         for j, ref in enumerate(_list(spec.get("plugins"), f"{where}.plugins")):
             rwhere = f"{where}.plugins[{j}]"
             ref = _mapping(ref, rwhere, _REF)
-            rname = _str(ref.get("pluginRef"), f"{rwhere}.pluginRef")
+            rname = _opt_str(ref.get("pluginRef"), f"{rwhere}.pluginRef")
+            if not rname:
+                raise ConfigError(f"{rwhere} is missing a 'pluginRef'")
             plugin = plugins.get(rname)
             if plugin is None:
-                raise ConfigError(f"{rwhere}: pluginRef {rname!r} references an undefined plugin; defined: "
+                raise ConfigError(f"{where} references undefined plugin {rname!r}; defined: "
                                   f"{', '.join(plugins) or 'none'}")
             weight = ref.get("weight", 1)
+            if weight is None:
+                weight = 1
             if isinstance(weight, bool) or not isinstance(weight, (int, float)):
                 raise ConfigError(f"{rwhere}: weight must be a number, got {weight!r}")
-            if isinstance(plugin, ProfileHandler):
-                raise ConfigError(f"{rwhere}: {rname!r} is a profile handler; it is not part of a profile")
             placed = False
             if isinstance(plugin, Filter):
                 filters.append(plugin)
@@ -226,80 +391,182 @@ def load(text: str, source: str = "config", max_num_of_endpoints: int = 1) -> Sc
                 placed = True
             if isinstance(plugin, Picker):
                 if picker is not None:
-                    raise ConfigError(f"{rwhere}: profile already has picker {picker.name!r}; one picker per profile")
+                    raise ConfigError(f"{rwhere}: failed to set {rname!r} as picker, already have a registered "
+                                      f"picker plugin {picker.name!r}")
                 picker = plugin
                 placed = True
             if not placed:
-                raise ConfigError(f"{rwhere}: {rname!r} ({plugin.type_name}) is not a filter, scorer or picker")
+                # upstream slots filters, scorers and pickers and passes over anything else (a producer
+                # listed in a profile does its work wherever it is configured)
+                log.warning("%s: %r (%s) is not a filter, scorer or picker: it takes no part in the profile",
+                            rwhere, rname, plugin.type_name)
         if picker is None:
             if default_picker is None:
-                default_picker = REGISTRY[DEFAULT_PICKER](maxNumOfEndpoints=max_num_of_endpoints)
-                plugins.setdefault(default_picker.name, default_picker)
+                default_picker = _default_plugin(plugins, DEFAULT_PICKER, maxNumOfEndpoints=max_num_of_endpoints)
             picker = default_picker
         profiles.append(Profile(name=pname, picker=picker, filters=filters, scorers=scorers))
+    return profiles
 
+
+def _handler(plugins: dict[str, Plugin], profiles: list[Profile], source: str) -> ProfileHandler:
     handlers = [p for p in plugins.values() if isinstance(p, ProfileHandler)]
     if len(handlers) > 1:
-        raise ConfigError(f"{source}: multiple profile handlers found ({', '.join(h.name for h in handlers)}); "
-                          f"configure one")
+        raise ConfigError(f"{source}: multiple profile handlers found ({', '.join(repr(h.name) for h in handlers)}); "
+                          f"only one is allowed")
     if not handlers:
         if len(profiles) != 1:
             raise ConfigError(f"{source}: {len(profiles)} scheduling profiles but no profile handler configured")
-        handlers = [REGISTRY[DEFAULT_HANDLER]()]
-        plugins.setdefault(handlers[0].name, handlers[0])
+        handlers = [_default_plugin(plugins, DEFAULT_HANDLER)]
+    handler = handlers[0]
+    if handler.type_name == DEFAULT_HANDLER and len(profiles) > 1:
+        raise ConfigError(f"{source}: SingleProfileHandler cannot support multiple scheduling profiles "
+                          f"({', '.join(p.name for p in profiles)})")
     try:
-        handlers[0].validate({p.name: p for p in profiles})
+        handler.validate({p.name: p for p in profiles})
     except ValueError as e:
-        raise ConfigError(f"{source}: profile handler {handlers[0].name!r}: {e}") from None
-
-    saturation = _saturation(doc, plugins, source)
-    return SchedulingConfig(plugins=plugins, profiles=profiles, handler=handlers[0], saturation=saturation,
-                            feature_gates=gates)
+        raise ConfigError(f"{source}: profile handler {handler.name!r}: {e}") from None
+    return handler
 
 
-def _create_missing_producers(plugins: dict[str, Plugin]) -> None:
-    """As upstream's runner: a plugin that consumes approximate prefix matches without naming a
-    producer gets the default one (unless an older-style prefix scorer already carries its own)."""
-    consumers = [p for p in plugins.values() if isinstance(p, PrefixMatchConsumer)]
-    if not any(c.wants_default_producer() for c in consumers):
-        return
-    if any(p.type_name == DEFAULT_PRODUCER for p in plugins.values()):
-        return
-    if any((p := c.carried_producer()) is not None and p.type_name == DEFAULT_PRODUCER for c in consumers):
-        return
-    producer = REGISTRY[DEFAULT_PRODUCER]()
-    plugins[producer.name] = producer
+# ---------------------------------------------------------------- parsers, saturation, data layer
+
+def _parsers(doc: dict, plugins: dict[str, Plugin], source: str) -> list[Parser]:
+    rh = doc.get("requestHandler")
+    refs = []
+    if rh is not None:
+        rh = _mapping(rh, f"{source}: requestHandler", {"parsers"})
+        for i, ref in enumerate(_list(rh.get("parsers"), f"{source}: requestHandler.parsers")):
+            ref = _mapping(ref, f"{source}: requestHandler.parsers[{i}]", {"pluginRef"})
+            refs.append(_str(ref.get("pluginRef"), f"{source}: requestHandler.parsers[{i}].pluginRef"))
+    if not refs:
+        refs = list(DEFAULT_PARSERS)
+    out: list[Parser] = []
+    for ref in refs:
+        plugin = plugins.get(ref)
+        if plugin is None:
+            # as upstream: a parser named but not declared is created by type = name
+            if ref not in REGISTRY:
+                raise ConfigError(f"{source}: parser references undefined plugin {ref!r}")
+            plugin = _default_plugin(plugins, ref)
+        if not isinstance(plugin, Parser):
+            raise ConfigError(f"{source}: the plugin {ref!r} ({plugin.type_name}) is not a parser plugin")
+        out.append(plugin)
+    # upstream's registry: one parser per type, and nothing after a catch-all is ever asked
+    seen, kept = set(), []
+    for p in out:
+        if p.type_name in seen:
+            log.warning("%s: parser %r: type %s is already registered, skipping it", source, p.name, p.type_name)
+            continue
+        seen.add(p.type_name)
+        kept.append(p)
+        if not p.routes:
+            skipped = out[out.index(p) + 1:]
+            if skipped:
+                log.warning("%s: parsers %s come after the catch-all parser %r and are never asked", source,
+                            ", ".join(repr(s.name) for s in skipped), p.name)
+            break
+    return kept
 
 
 def _saturation(doc: dict, plugins: dict[str, Plugin], source: str) -> SaturationDetector | None:
-    """flowControl.saturationDetector.pluginRef (current) or the older top-level saturationDetector
-    with its thresholds inline; the current field wins when both are set."""
-    dl = doc.get("dataLayer")
-    if dl is not None:
-        _mapping(dl, f"{source}: dataLayer", _DATA_LAYER)
+    """flowControl.saturationDetector.pluginRef (the older top-level field has been moved there)."""
     flow = doc.get("flowControl")
     ref = None
     if flow is not None:
         flow = _mapping(flow, f"{source}: flowControl", _FLOW)
         sd = flow.get("saturationDetector")
         if sd is not None:
-            ref = _str(_mapping(sd, f"{source}: flowControl.saturationDetector", {"pluginRef"}).get("pluginRef"),
-                       f"{source}: flowControl.saturationDetector.pluginRef")
-    old = doc.get("saturationDetector")
-    if ref is None and old is not None:
-        old = _mapping(old, f"{source}: saturationDetector", _OLD_SATURATION | {"pluginRef"})
-        if "pluginRef" in old:
-            ref = _str(old["pluginRef"], f"{source}: saturationDetector.pluginRef")
-        else:
-            return instantiate("utilization-detector", "utilization-detector", old, f"{source}: saturationDetector")
+            sd = _mapping(sd, f"{source}: flowControl.saturationDetector", {"pluginRef"})
+            ref = sd.get("pluginRef")
+            if not ref:
+                raise ConfigError(f"{source}: saturation detector plugin reference is empty")
     if ref is None:
-        return next((p for p in plugins.values() if p.type_name == "utilization-detector"), None)
+        return next((p for p in plugins.values() if p.type_name == DEFAULT_DETECTOR), None)
     plugin = plugins.get(ref)
     if plugin is None:
-        raise ConfigError(f"{source}: saturation detector pluginRef {ref!r} references an undefined plugin")
+        if ref == DEFAULT_DETECTOR:  # upstream creates the default detector when it is named
+            return _default_plugin(plugins, ref)
+        raise ConfigError(f"{source}: saturation detector references undefined plugin {ref!r}")
     if not isinstance(plugin, SaturationDetector):
-        raise ConfigError(f"{source}: saturation detector {ref!r} ({plugin.type_name}) is not a saturation detector")
+        raise ConfigError(f"{source}: plugin {ref!r} ({plugin.type_name}) is not a saturation detector")
     return plugin
+
+
+def _data_layer(doc: dict, plugins: dict[str, Plugin], source: str) -> DataLayer:
+    where = f"{source}: dataLayer"
+    dl = doc.get("dataLayer")
+    dl = _mapping(dl, where, _DATA_LAYER) if dl is not None else {}
+    out = DataLayer()
+    for i, src in enumerate(_list(dl.get("sources"), f"{where}.sources")):
+        swhere = f"{where}.sources[{i}]"
+        src = _mapping(src, swhere, {"pluginRef", "extractors"})
+        ref = _str(src.get("pluginRef"), f"{swhere}.pluginRef")
+        plugin = plugins.get(ref)
+        if not isinstance(plugin, DataSource):
+            raise ConfigError(f"{swhere}: the plugin {ref!r} is not a data source"
+                              + (f" ({plugin.type_name})" if plugin else " (not defined)"))
+        extractors = []
+        for j, ext in enumerate(_list(src.get("extractors"), f"{swhere}.extractors")):
+            ext = _mapping(ext, f"{swhere}.extractors[{j}]", {"pluginRef"})
+            eref = _str(ext.get("pluginRef"), f"{swhere}.extractors[{j}].pluginRef")
+            if eref not in plugins:
+                raise ConfigError(f"{swhere}.extractors[{j}]: the plugin {eref!r} is not registered")
+            extractors.append(plugins[eref])
+        out.sources.append((plugin, extractors))
+    disc = dl.get("discovery")
+    if disc is not None:
+        disc = _mapping(disc, f"{where}.discovery", {"pluginRef"})
+        ref = _str(disc.get("pluginRef"), f"{where}.discovery.pluginRef")
+        plugin = plugins.get(ref)
+        if not isinstance(plugin, Discovery):
+            raise ConfigError(f"{where}.discovery: the plugin {ref!r} is not an endpoint discovery plugin")
+        out.discovery = plugin
+    syncer = dl.get("crossReplicaSyncerPluginRef")
+    if syncer:
+        # no v0.10 type implements a cross-replica syncer (only a test mock does)
+        raise ConfigError(f"{where}: the plugin {syncer!r} is not a cross-replica syncer")
+    interval = dl.get("crossReplicaSyncInterval")
+    if interval is not None:
+        try:
+            out.cross_replica_sync_interval = parse_duration(str(interval))
+        except ValueError as e:
+            raise ConfigError(f"{where}.crossReplicaSyncInterval: {e}") from None
+    inject = dl.get("injectDefaults", True)
+    if not isinstance(inject, bool):
+        raise ConfigError(f"{where}.injectDefaults: must be true or false, got {inject!r}")
+    if inject and not any(s.type_name == DEFAULT_METRICS_SOURCE for s, _ in out.sources):
+        src = plugins.get(DEFAULT_METRICS_SOURCE) or _default_plugin(plugins, DEFAULT_METRICS_SOURCE)
+        ext = plugins.get(DEFAULT_METRICS_EXTRACTOR) or _default_plugin(plugins, DEFAULT_METRICS_EXTRACTOR)
+        if not isinstance(src, DataSource):
+            raise ConfigError(f"{where}: the plugin {DEFAULT_METRICS_SOURCE!r} is not a data source")
+        out.sources.append((src, [ext]))
+    return out
+
+
+def load(text: str, source: str = "config", max_num_of_endpoints: int = 1,
+         allow_experimental: bool = False) -> SchedulingConfig:
+    load_all()
+    doc = parse_text(text, source)
+    _convert_deprecated(doc, source)
+    gates = _feature_gates(doc.get("featureGates"), source)
+    plugins = _plugins(doc, source, allow_experimental)
+    parsers = _parsers(doc, plugins, source)
+    _create_missing_producers(plugins)
+    # plugins that name other plugins (producers, deciders) resolve them now
+    for name, plugin in list(plugins.items()):
+        if isinstance(plugin, BindsPlugins):
+            try:
+                plugin.bind(plugins)
+            except ValueError as e:
+                raise ConfigError(f"{source}: plugin {name!r}: {e}") from None
+    profiles = _profiles(doc, plugins, source, max_num_of_endpoints)
+    handler = _handler(plugins, profiles, source)
+    saturation = _saturation(doc, plugins, source)
+    data_layer = _data_layer(doc, plugins, source)
+    flow = doc.get("flowControl")
+    return SchedulingConfig(plugins=plugins, profiles=profiles, handler=handler, saturation=saturation,
+                            feature_gates=gates, parsers=parsers, data_layer=data_layer,
+                            flow_control=flow if isinstance(flow, dict) else None)
 
 
 def default_saturation_detector(staleness: float) -> SaturationDetector:
@@ -308,6 +575,13 @@ def default_saturation_detector(staleness: float) -> SaturationDetector:
     load_all()
     return instantiate("utilization-detector", "utilization-detector", {"metricsStalenessThreshold": staleness},
                        "default saturation detector")
+
+
+def default_parsers() -> list[Parser]:
+    """Upstream's parsers when a config names none (openai, anthropic, vllmhttp), for request control
+    built without a config."""
+    load_all()
+    return [REGISTRY[t]() for t in DEFAULT_PARSERS]
 
 
 DEFAULT_CONFIG = f"""\

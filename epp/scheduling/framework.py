@@ -12,6 +12,10 @@ the model server) says so with PrepareRequest; one that needs a long-running tas
 events) with BackgroundTask. Scorers return one score per candidate, aligned with the candidate list,
 each in [0, 1]; the profile clamps, weights and sums them.
 
+Parsers (requestHandler.parsers) and data-layer plugins (dataLayer.sources) are plugins too: a Parser
+says which request paths it claims and which body grammar request control applies to them; a
+DataSource or DataExtractor says what the data layer collects (the composition root applies it).
+
 Lifecycle of a configured plugin: __init__(parameters) -> bind(all plugins) -> [profile handler]
 validate(profiles) -> the scheduler collects its hooks (sub-plugins included) -> run_background
 started by the composition root -> per request: prepare, filter/score/pick, pre_request, then
@@ -30,9 +34,16 @@ if TYPE_CHECKING:
     from .profile import Profile
 
 
+ALPHA, BETA = "alpha", "beta"
+
+
 class Plugin:
     type_name: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()   # older upstream type names that still load (with a warning)
+    # upstream's stability level: an Alpha plugin is refused unless --allow-experimental-plugins is set
+    stability: ClassVar[str] = BETA
+    # a type upstream deprecated: the type that replaces it (loading it logs a DEPRECATION line)
+    replaced_by: ClassVar[str] = ""
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name or self.type_name
@@ -210,6 +221,61 @@ class SaturationDetector:
         raise NotImplementedError
 
 
+class InFlightLoad:
+    """Per endpoint, the requests and prompt tokens this EPP has sent and not yet seen finish
+    (inflight-load-producer); scorers, filters and detectors read it."""
+
+    def load(self, address: str) -> tuple[int, int]:
+        """(requests, tokens) in flight to the endpoint."""
+        raise NotImplementedError
+
+    def uncached_tokens(self, state: CycleState, request: LLMRequest, endpoint: Endpoint) -> int:
+        """The tokens of this request's prompt the endpoint would have to compute (not cached there)."""
+        raise NotImplementedError
+
+
+class InFlightLoadConsumer:
+    """Reads an in-flight load producer. When a consumer names none and none is configured, the
+    loader adds upstream's default inflight-load-producer (as upstream's runner does)."""
+
+    def wants_inflight_load(self) -> bool:
+        return False
+
+
+class TokenizedPromptConsumer:
+    """Reads the prompt's tokens from a token-producer. When none is configured the loader adds
+    upstream's default one (the estimate backend: no tokenizer, ~4 bytes per token)."""
+
+
+class Parser(Plugin):
+    """Claims request paths (suffix match, in requestHandler.parsers order; none claimed = every path)
+    and maps each to the body grammar request control reads it with."""
+
+    # path suffix (no slashes at either end) -> grammar; empty: a catch-all that forwards bodies as they are
+    routes: ClassVar[dict[str, str]] = {}
+
+
+class DataSource(Plugin):
+    """A dataLayer source (e.g. metrics-data-source): what the data layer polls or listens to."""
+
+
+class DataExtractor(Plugin):
+    """A dataLayer extractor (e.g. core-metrics-extractor): what it takes out of a source's data."""
+
+
+class Discovery(Plugin):
+    """dataLayer.discovery: where the pool's endpoints come from instead of Kubernetes (file-discovery)."""
+
+
+class Admitter(Plugin):
+    """Decides, once the candidates are known and before scheduling, whether a request is admitted;
+    request control answers a refusal with 500 "request cannot be admitted: <reason>" (upstream's)."""
+
+    def admit(self, request: LLMRequest, endpoints: Sequence[Endpoint]) -> str | None:
+        """None to admit, else the reason for refusing."""
+        raise NotImplementedError
+
+
 REGISTRY: dict[str, type[Plugin]] = {}   # type name (and aliases) -> class, filled by @register
 
 # what the framework adds where a config leaves it out (upstream's defaults), by type name: the
@@ -217,6 +283,11 @@ REGISTRY: dict[str, type[Plugin]] = {}   # type name (and aliases) -> class, fil
 DEFAULT_PICKER = "max-score-picker"
 DEFAULT_HANDLER = "single-profile-handler"
 DEFAULT_PRODUCER = "approx-prefix-cache-producer"
+DEFAULT_INFLIGHT = "inflight-load-producer"
+DEFAULT_TOKENS = "token-producer"
+DEFAULT_PARSERS = ("openai-parser", "anthropic-parser", "vllmhttp-parser")
+DEFAULT_DETECTOR = "utilization-detector"
+DEFAULT_METRICS_SOURCE, DEFAULT_METRICS_EXTRACTOR = "metrics-data-source", "core-metrics-extractor"
 
 
 def register(cls: type[Plugin]) -> type[Plugin]:

@@ -69,7 +69,7 @@ class Profile:
         targets = self.picker.pick(state, request, endpoints, totals)
         if observe:
             observe("Picker", self.picker, perf_counter() - t)
-        return ProfileResult(targets=targets, scores=table, filtered=filtered,
+        return ProfileResult(targets=targets, scores=table, filtered=filtered, candidates=endpoints, totals=totals,
                              raw=(endpoints, raw, totals) if raw is not None else None)
 
     def _run_traced(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint],

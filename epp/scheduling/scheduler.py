@@ -11,7 +11,7 @@ from .. import tracing
 from ..datalayer.endpoint import Endpoint
 from ..datalayer.store import EndpointStore
 from ..metrics import EPPMetrics
-from .framework import (DEFAULT_HANDLER, REGISTRY, BackgroundTask, EndpointLifecycle, HasSubPlugins, IndexSize, Plugin, PrepareRequest,
+from .framework import (DEFAULT_HANDLER, REGISTRY, Admitter, BackgroundTask, EndpointLifecycle, HasSubPlugins, IndexSize, Plugin, PrepareRequest,
                         PreRequest, ProfileHandler, ResponseComplete, ResponseHeaders)
 from .plugins import load_all
 from .profile import Profile
@@ -38,6 +38,7 @@ class Scheduler:
         self._response_complete = [p for p in self.plugins if isinstance(p, ResponseComplete)]
         self._lifecycle = [p for p in self.plugins if isinstance(p, EndpointLifecycle)]
         self._preparers = [p for p in self.plugins if isinstance(p, PrepareRequest) and p.prepares]
+        self._admitters = [p for p in self.plugins if isinstance(p, Admitter)]
         self._observe = self._observe_plugin if metrics else None
         self._hist_children: dict[tuple, object] = {}
 
@@ -57,9 +58,24 @@ class Scheduler:
             return []
         return [w for p in self._preparers if (w := p.prepare(request)) is not None]
 
+    def admit(self, request: LLMRequest, candidates: Sequence[Endpoint]) -> str | None:
+        """The first admitter's reason for refusing the request, or None when all admit it."""
+        for a in self._admitters:
+            t = perf_counter()
+            reason = a.admit(request, candidates)
+            if self._observe:
+                self._observe("Admission", a, perf_counter() - t)
+            if reason:
+                return f"{a.name}: {reason}" if not reason.startswith(a.type_name) else reason
+        return None
+
     def background_jobs(self, store: EndpointStore) -> list[tuple[str, Awaitable[None]]]:
         """(name, coroutine) of every plugin's background work, for the composition root to run."""
         return [(f"plugin {p.name}", p.run_background(store)) for p in self.plugins if isinstance(p, BackgroundTask)]
+
+    def index_sizes(self) -> list[tuple[str, str, int]]:
+        """(plugin name, plugin type, entries) of every prefix index the plugins keep."""
+        return [(p.name, p.type_name, p.index_size()) for p in self.plugins if isinstance(p, IndexSize)]
 
     def index_size(self) -> int | None:
         """Entries in the prefix indexes the plugins keep; None when none keeps one."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from ..datalayer.endpoint import Endpoint
 
@@ -20,11 +20,16 @@ class LLMRequest:
     cache_salt: str = ""
     stream: bool = False
     tokenization: list | None = None   # the token-producer's [ids, rest of text, position], if it ran
+    # what plugins publish about this request for each other (a session id) or keep between its hooks
+    # (what a producer counted in flight); created on first use
+    attrs: dict[str, Any] | None = None
 
 
 DEFER = "defer"  # cycle-state key: a call_soon-like function for work the answer need not wait for
 HIT_RATIO = "prefix/hit-ratio"  # cycle-state key: the prefix hit ratio of the primary pick, for its metric
 PREDICTION = "prefix/prediction"  # cycle-state key: the prefix producer's CachePrediction for the pick
+SERVED_ATTR = "destination-endpoint-served"  # request attribute: the proxy's report of the endpoint that served
+HIT_SOURCE = "prefix/hit-source"  # cycle-state key: (plugin name, plugin type) of the producer that set it
 
 
 class CycleState(dict):
@@ -40,6 +45,15 @@ class ProfileResult:
     # recording (the web view): (candidates scored, [(scorer name, its scores)], weighted totals), aligned lists
     # kept as computed, so a record costs no per-candidate work on the request path
     raw: tuple[list[Endpoint], list[tuple[str, tuple[float, ...]]], list[float]] | None = None
+    # the candidates the picker chose from and their weighted score totals (for --emit-endpoint-scores)
+    candidates: Sequence[Endpoint] | None = None
+    totals: list[float] | None = None
+
+    def endpoint_scores(self) -> dict[str, float]:
+        """address -> weighted score of every candidate this profile scored (upstream's ScoredCandidates)."""
+        if not self.candidates or self.totals is None:
+            return {}
+        return {ep.address: total for ep, total in zip(self.candidates, self.totals)}
 
 
 @dataclass(slots=True)
@@ -62,6 +76,7 @@ class SchedulingResult:
     reasons: dict[str, str] | None = None        # why the handler decided as it did (explaining)
     prefill: str | None = None                   # the P/D handler's prefill profile, when it names one
     prediction: CachePrediction | None = None    # cached tokens a prefix producer expects on the pick
+    destination: str | None = None               # where the proxy sends it, when not the targets' addresses
 
     @property
     def targets(self) -> list[Endpoint]:

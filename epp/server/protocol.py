@@ -7,7 +7,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 
-from ..headers import DEST, LB_NS
+from ..headers import DEST, DEST_SCORES, LB_NS
 
 MAX_CHUNK = 62_000  # bytes per re-emitted body chunk, as GIE: well under any gRPC message limit
 
@@ -89,9 +89,14 @@ def streamed_chunks(body: bytes, end_of_stream: bool, response_side: bool = Fals
     return out
 
 
-def lb_metadata(destination: str) -> Struct:
+def lb_metadata(destination: str, scores: dict[str, float] | None = None) -> Struct:
+    """The envoy.lb dynamic metadata: the destination, and with --emit-endpoint-scores a struct of
+    every scored candidate's "ip:port" -> score (upstream's x-gateway-destination-endpoint-scores)."""
     s = Struct()
-    s.update({LB_NS: {DEST: destination}})
+    fields = {DEST: destination}
+    if scores:
+        fields[DEST_SCORES] = scores
+    s.update({LB_NS: fields})
     return s
 
 

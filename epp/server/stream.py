@@ -234,7 +234,7 @@ class RequestStream:
     def _decided_headers_response(self, d: Decision) -> pb.ProcessingResponse:
         self.headers_answered = True
         return p.request_headers_response(p.common(self._route_mutation(d, False), clear_route_cache=True),
-                                          p.lb_metadata(d.destination))
+                                          p.lb_metadata(d.destination, d.scores))
 
     def _complete_full_duplex(self, eos: bool) -> Replies:
         body = self._body()
@@ -242,7 +242,7 @@ class RequestStream:
         def replies(d: Decision) -> ReplyList:
             out_body = d.body if d.body is not None else body
             return [p.request_headers_response(p.common(self._route_mutation(d, d.body is not None), clear_route_cache=True),
-                                               p.lb_metadata(d.destination)),
+                                               p.lb_metadata(d.destination, d.scores)),
                     *p.streamed_chunks(out_body, eos)]
         return self._decide_then(body, replies)
 
@@ -252,7 +252,7 @@ class RequestStream:
     def _buffered_replies(self, d: Decision) -> ReplyList:
         changed = d.body is not None
         c = p.common(self._route_mutation(d, changed), clear_route_cache=True, body=d.body if changed else None)
-        return [p.request_body_response(c, p.lb_metadata(d.destination))]
+        return [p.request_body_response(c, p.lb_metadata(d.destination, d.scores))]
 
     def _complete_streamed(self) -> Replies:
         return self._decide_then(self._body(), self._streamed_replies)
@@ -280,11 +280,11 @@ class RequestStream:
                     pass
             elif k == "content-type":
                 ctype = p.header_value(hv)
-        self._served(msg)
+        served = self._served(msg)
         d = self.decision
         c = None
         if d is not None:
-            sets = self.control.response_started(d, self.status, "event-stream" in ctype)
+            sets = self.control.response_started(d, self.status, "event-stream" in ctype, served)
             self.usage = d.usage
             if d.explanation is not None:
                 sets = (sets or []) + [(H.DECISION, d.explanation.decode())]
@@ -315,10 +315,17 @@ class RequestStream:
             return p.streamed_chunks(data, eos, response_side=True)
         return [p.response_body_response()]
 
-    def _served(self, msg: pb.ProcessingRequest) -> None:
+    def _served(self, msg: pb.ProcessingRequest) -> str | None:
+        """The proxy's report of the endpoint that served: the address, "" when the envoy.lb metadata
+        came without it, None when there was no envoy.lb metadata."""
         md = msg.metadata_context.filter_metadata.get(H.LB_NS)
-        if md is not None and H.DEST_SERVED in md.fields:
-            self.control.served(md.fields[H.DEST_SERVED].string_value)
+        if md is None:
+            return None
+        if H.DEST_SERVED not in md.fields:
+            return ""
+        served = md.fields[H.DEST_SERVED].string_value
+        self.control.served(served)
+        return served
 
     # ---------------------------------------------------------------- end
 

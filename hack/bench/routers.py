@@ -1,8 +1,9 @@
 """The routers a scenario compares, each started in front of an already running pool.
 
     envoy-rr                  Envoy round robin over the pods (no EPP)
-    epp-random, epp-load-only, epp-approx, epp-prefix-heavy, epp-precise
+    epp-random, epp-load-only, epp-approx, epp-prefix-heavy, epp-precise, epp-sticky
                               Envoy (ext_proc FULL_DUPLEX_STREAMED) + epp with config/<...>.yaml
+                              (epp-sticky: llm-d's "sticky until saturated", config/sticky.yaml)
     epp-approx-pw             the approximate scorer with precise.yaml's weights (a control)
     epp:PATH                  Envoy + epp with any EndpointPickerConfig file
     sglang-cache-aware, sglang-rr                     sglang-router (PyPI `sglang-router`)
@@ -33,7 +34,7 @@ PY = sys.executable
 VENVS = os.path.join(ROOT, "out", "bench-venvs")
 CONFIGS = {"epp-random": "config/random.yaml", "epp-load-only": "config/load-only.yaml",
            "epp-approx": "config/default.yaml", "epp-prefix-heavy": "config/prefix-heavy.yaml",
-           "epp-precise": "config/precise.yaml", "epp-pd": "config/pd.yaml",
+           "epp-precise": "config/precise.yaml", "epp-pd": "config/pd.yaml", "epp-sticky": "config/sticky.yaml",
            # a control: the approximate scorer with precise.yaml's weights (prefix 3, KV 1, queue 1)
            "epp-approx-pw": "hack/bench/configs/approx-precise-weights.yaml"}
 PEERS = {  # name -> (PyPI package, policy)

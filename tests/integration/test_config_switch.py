@@ -60,8 +60,7 @@ def test_config_file_changes_where_a_shared_prefix_goes(tmp_path, pods, config, 
         assert where.most_common(1)[0][1] >= 38, where   # the first request picks; the rest follow it
 
 
-def test_session_affinity_from_config_text(tmp_path, pods):
-    text = """apiVersion: llm-d.ai/v1alpha1
+SESSION_CONFIG = """apiVersion: llm-d.ai/v1alpha1
 kind: EndpointPickerConfig
 plugins:
 - type: session-affinity-scorer
@@ -73,7 +72,11 @@ schedulingProfiles:
   - {pluginRef: session-affinity-scorer, weight: 1}
   - {pluginRef: weighted-random-picker}
 """
-    epp, envoy = run_stack(str(tmp_path), pods, "--config-text", text)
+
+
+def test_session_affinity_from_config_text(tmp_path, pods):
+    # session-affinity-scorer is Alpha upstream: it needs the flag
+    epp, envoy = run_stack(str(tmp_path), pods, "--config-text", SESSION_CONFIG, "--allow-experimental-plugins")
     pool = [p.address for p in pods.pods]
     try:
         body = json.dumps({"model": "m", "prompt": "hello"}).encode()
@@ -98,7 +101,14 @@ def test_bad_config_fails_start_with_the_reason(tmp_path, pods):
                         "--secure-serving=false", "--bind-address", "127.0.0.1"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1   # as upstream: a start-up failure exits 1
-    assert "pluginRef 'queue-scorers' references an undefined plugin" in r.stderr
+    assert "schedulingProfiles[d] references undefined plugin 'queue-scorers'" in r.stderr
+    # an Alpha plugin without --allow-experimental-plugins: refused, as upstream
+    r = subprocess.run([sys.executable, "-m", "epp", "--endpoints-file", str(efile), "--config-text", SESSION_CONFIG,
+                        "--secure-serving=false", "--bind-address", "127.0.0.1"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1   # as upstream: a start-up failure exits 1
+    assert ("plugin 'session-affinity-scorer' (type: 'session-affinity-scorer') has Alpha stability level, but command "
+            "line flag --allow-experimental-plugins is not set") in r.stderr
     r = subprocess.run([sys.executable, "-m", "epp", "--endpoints-file", str(efile), "--config-file", str(cfg),
                         "--config-text", "x"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "cannot be set at the same time" in r.stderr

@@ -243,9 +243,10 @@ def test_data_parallel_ranks_metrics_auth_and_drain_through_envoy(tmp_path):
     try:
         wait_for(lambda: health(epp.ports["health"], "readiness") == "SERVING", what="leader and ready")
         seen = set()
-        for _ in range(30):
-            st, raw, _ = post(port, "/v1/completions", body)
-            assert landed_right(st, raw, body, addresses) is None, raw
+        for i in range(30):   # distinct prompts: a repeated one would stick to one rank (prefix affinity)
+            b = f'{{"model": "m", "prompt": "hello {i}"}}'.encode()
+            st, raw, _ = post(port, "/v1/completions", b)
+            assert landed_right(st, raw, b, addresses) is None, raw
             seen.add(json.loads(raw)["served_by"])
         assert seen == set(addresses)                                       # both ranks take traffic
 

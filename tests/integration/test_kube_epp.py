@@ -89,9 +89,10 @@ def test_pool_discovery_objectives_and_rewrites_through_envoy(tmp_path, cluster)
     try:
         wait_for(lambda: ready(epp.ports["health"]) == "SERVING", what="epp ready")
         body = json.dumps({"model": "m", "prompt": "hello"}).encode()
+        # distinct prompts: the same short prompt is one (partial) prefix block and would stick to one pod
         seen = set()
-        for _ in range(30):
-            st, raw, _ = post(port, "/v1/completions", body)
+        for i in range(30):
+            st, raw, _ = post(port, "/v1/completions", json.dumps({"model": "m", "prompt": f"{i} hello"}).encode())
             assert st == 200, raw
             seen.add(json.loads(raw)["served_by"])
         assert seen <= addresses and len(seen) >= 2
@@ -99,7 +100,8 @@ def test_pool_discovery_objectives_and_rewrites_through_envoy(tmp_path, cluster)
         # a pod turns unready: within a second nothing more goes there
         cluster.set_pod(0, ready=False)
         time.sleep(1.0)
-        after = {json.loads(post(port, "/v1/completions", body)[1])["served_by"] for _ in range(30)}
+        after = {json.loads(post(port, "/v1/completions", json.dumps({"model": "m", "prompt": f"{i} hi"}).encode())[1])[
+            "served_by"] for i in range(30)}
         assert cluster.pods[0].address not in after and after
 
         # an InferenceObjective makes a class of traffic sheddable: refused while the pool is saturated

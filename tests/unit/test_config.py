@@ -34,7 +34,8 @@ def test_older_api_group_and_legacy_prefix_parameters():
              "plugins:\n- type: prefix-cache-scorer\n  parameters: {blockSize: 128, maxPrefixBlocksToMatch: 64, "
              "lruCapacityPerServer: 1000, autoTune: false}\n", "old")
     scorer = c.profiles[0].scorers[0].scorer
-    assert scorer.producer.block_tokens == 32 and scorer.producer.max_blocks == 64
+    # blockSize was characters then (128 -> 32 tokens), raised to the 64-token minimum; the block cap applies
+    assert scorer.producer.block_tokens == 64 and scorer.producer.max_blocks == 64
     assert scorer.producer.index.default_capacity == 1000 and not scorer.producer.auto_tune
     assert "approx-prefix-cache-producer" not in c.plugins                # it carries its own
 
@@ -72,15 +73,16 @@ schedulingProfiles:
     ("plugins:\n- type: prefix-cache-scorer\n  parameters: {matchLengthWeight: 2}\n", "matchLengthWeight must be in"),
     ("plugins:\n- type: load-aware-scorer\n  parameters: {threshold: lots}\n", "threshold must be an integer"),
     ("plugins:\n- type: queue-scorer\nschedulingProfiles:\n- name: a\n  plugins:\n  - pluginRef: queue\n",
-     "pluginRef 'queue' references an undefined plugin"),
+     r"schedulingProfiles\[a\] references undefined plugin 'queue'"),
     ("plugins:\n- type: queue-scorer\nschedulingProfiles:\n- name: a\n  plugins:\n  - {pluginRef: queue-scorer, weight: x}\n",
      "weight must be a number"),
     ("plugins:\n- type: queue-scorer\nschedulingProfiles:\n- {name: a, plugins: [{pluginRef: queue-scorer}]}\n"
-     "- {name: a, plugins: [{pluginRef: queue-scorer}]}\n", "duplicate profile name 'a'"),
+     "- {name: a, plugins: [{pluginRef: queue-scorer}]}\n", r"schedulingProfiles\[1\] has duplicate name 'a'"),
     ("plugins:\n- type: queue-scorer\nschedulingProfiles:\n- {name: a, plugins: [{pluginRef: queue-scorer}]}\n"
      "- {name: b, plugins: [{pluginRef: queue-scorer}]}\n", "2 scheduling profiles but no profile handler"),
     ("plugins:\n- type: random-picker\n- type: max-score-picker\nschedulingProfiles:\n"
-     "- {name: a, plugins: [{pluginRef: random-picker}, {pluginRef: max-score-picker}]}\n", "one picker per profile"),
+     "- {name: a, plugins: [{pluginRef: random-picker}, {pluginRef: max-score-picker}]}\n",
+     "failed to set 'max-score-picker' as picker, already have a registered picker plugin 'random-picker'"),
     ("plugins:\n- type: single-profile-handler\n- {name: h2, type: single-profile-handler}\n", "multiple profile handlers"),
     ("featureGates: [warpDrive]\nplugins:\n- type: queue-scorer\n", "feature gate 'warpDrive' is unknown"),
     ("plugins:\n- type: prefix-cache-scorer\n  parameters: {prefixMatchInfoProducerName: nope}\n",
@@ -116,8 +118,14 @@ def test_saturation_detector_current_and_older_forms():
             "flowControl:\n  saturationDetector: {pluginRef: sd}\n"
             "schedulingProfiles:\n- {name: d, plugins: [{pluginRef: queue-scorer}]}\n")
     assert isinstance(c.saturation, UtilizationDetector) and c.saturation.queue == 9
-    c = cfg("plugins:\n- type: queue-scorer\nsaturationDetector: {queueDepthThreshold: 3, kvCacheUtilThreshold: 0.5}\n")
-    assert c.saturation.queue == 3 and c.saturation.kv == 0.5
+    # the deprecated top-level field names a plugin and moves to flowControl.saturationDetector
+    c = cfg("plugins:\n- type: queue-scorer\n- {name: sd, type: utilization-detector, parameters: "
+            "{queueDepthThreshold: 3}}\nsaturationDetector: {pluginRef: sd}\n"
+            "schedulingProfiles:\n- {name: d, plugins: [{pluginRef: queue-scorer}]}\n")
+    assert c.saturation.queue == 3
+    # thresholds inline were never part of either API: refused, naming the field
+    with pytest.raises(ConfigError, match="saturationDetector: unknown field 'queueDepthThreshold'"):
+        cfg("plugins:\n- type: queue-scorer\nsaturationDetector: {queueDepthThreshold: 3}\n")
     assert cfg("plugins:\n- type: queue-scorer\n").saturation is None
 
 

@@ -476,8 +476,6 @@ BAD = [
     (config("- {type: pd-profile-handler, parameters: {deciderPluginName: ''}}", DECIDER),
      "decider plugin name is not defined"),
     (config("- type: pd-profile-handler"), "deciders.prefill plugin not found: 'prefix-based-pd-decider'"),
-    (config(HANDLER, DECIDER, PROFILES.replace("{pluginRef: decode-filter}", "{pluginRef: prefix-based-pd-decider}")),
-     "'prefix-based-pd-decider' \\(prefix-based-pd-decider\\) is not a filter, scorer or picker"),
 ]
 
 

@@ -10,7 +10,8 @@ from epp.scheduling.plugins import load_all
 HOOKS = [fw.Filter, fw.Scorer, fw.Picker, fw.ProfileHandler, fw.PrepareRequest, fw.PreRequest, fw.ResponseHeaders,
          fw.ResponseComplete, fw.BindsPlugins, fw.HasSubPlugins, fw.EndpointLifecycle, fw.BackgroundTask,
          fw.PrefixMatchProducer, fw.PrefixMatchConsumer, fw.IndexSize, fw.SaturationDetector, fw.StateDumper,
-         fw.KVEventStatus]
+         fw.KVEventStatus, fw.InFlightLoad, fw.InFlightLoadConsumer, fw.TokenizedPromptConsumer, fw.Parser,
+         fw.DataSource, fw.DataExtractor, fw.Discovery, fw.Admitter]
 
 
 def _declared(cls) -> set[str]:

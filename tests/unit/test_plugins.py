@@ -117,6 +117,7 @@ def test_session_affinity_session_id_strategy():
     s = SessionAffinityScorer(strategy="session_id")
     r = req(headers={"x-session-id": "abc"})
     assert s.score(S(), r, eps) == [0.0, 0.0]
+    s.pre_request(S(), r, result(eps[0]))                          # bound when the request is sent
     assert s.response_headers(r, result(eps[0]), 200) is None     # nothing on the response
     assert s.score(S(), r, eps) == [1.0, 0.0]
     with pytest.raises(ValueError, match="strategy"):
@@ -148,9 +149,9 @@ def test_prefix_scorer_match_length_weight():
 
 def test_prefix_producer_records_prefill_pick_and_auto_tunes():
     eps = [endpoint(1), endpoint(2)]
-    eps[0].metrics.num_gpu_blocks, eps[0].metrics.block_size = 2, 16
+    eps[0].metrics.num_gpu_blocks, eps[0].metrics.block_size = 8, 16    # 8 x 16 tokens = 2 of our 64-token blocks
     prod = ApproxPrefixCacheProducer()
-    prompt = b"p" * 64 * 5
+    prompt = b"p" * 256 * 5
     state = S()
     prod.match_info(state, req(prompt))
     prod.pre_request(state, req(prompt), result(eps[0], profile="decode", prefill=[eps[1]]))
@@ -283,20 +284,20 @@ def test_token_producer_local_tokenizer_makes_token_blocks(tmp_path):
     assert tp.token_count(S(), r) == len(ids)
     chat = req(b"", api="chat", body={"messages": [{"role": "user", "content": "hello world " * 50}]})
     assert tp.tokens(S(), chat)
-    prod = ApproxPrefixCacheProducer(blockSizeTokens=16)
+    prod = ApproxPrefixCacheProducer(blockSizeTokens=16)     # raised to upstream's 64-token minimum
     prod.bind({"t": tp})
     info = prod.match_info(S(), r)
-    assert info.total == len(ids) // 16 and info.block_tokens == 16
+    assert info.total == -(-len(ids) // 64) and info.block_tokens == 64   # the last partial block counts
     with pytest.raises(ValueError, match="no tokenizer.json"):
         TokenProducer(local={"path": str(tmp_path)})
     with pytest.raises(ValueError, match="one backend"):
         TokenProducer(vllm={"url": "http://x"}, local={"path": DEFAULT_DIR})
     with pytest.raises(ValueError, match="http:// URL"):
-        TokenProducer(vllm={"url": "https://x"})
+        TokenProducer(modelName="m", vllm={"url": "https://x"})
     with pytest.raises(ValueError, match="unknown field"):
-        TokenProducer(vllm={"uri": "http://x"})
+        TokenProducer(modelName="m", vllm={"uri": "http://x"})
     with pytest.raises(ValueError, match="duration"):
-        TokenProducer(vllm={"timeout": "soon"})
+        TokenProducer(modelName="m", vllm={"timeout": "soon"})
     assert TokenProducer().tokens(S(), r) is None                        # estimate: bytes are the blocks
 
 

@@ -62,10 +62,10 @@ def test_without_tokens_it_falls_back_to_approximate_and_counts(tokens):
     prod.bind({})                                              # no token-producer configured
     before = FALLBACKS.labels("no_tokenizer")._value.get()
     ep = endpoint(1)
-    text = "x" * 640
+    text = "x" * 2560
     state = CycleState()
     info = prod.match_info(state, req(text))
-    assert info.blocks is None and info.total == 10            # approximate blocks of 64 bytes
+    assert info.blocks is None and info.total == 10            # approximate blocks of 64 tokens (256 bytes)
     prod.pre_request(state, req(text), SchedulingResult({"d": ProfileResult([ep])}, "d"))
     prod.fallback.pre_request(state, req(text), SchedulingResult({"d": ProfileResult([ep])}, "d"))
     assert prod.match_info(CycleState(), req(text)).matched == {ep.address: 10}

@@ -25,9 +25,10 @@ def test_xxh64_matches_python_xxhash(data, seed):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=2000), st.integers(1, 130), st.integers(0, 40), st.text(max_size=12))
-def test_block_keys_match_the_python_reference(data, block, max_blocks, seed):
-    assert pi._c_block_keys(seed, data, block, max_blocks) == pi.py_block_keys(seed, data, block, max_blocks)
+@given(st.binary(max_size=2000), st.integers(1, 130), st.integers(0, 40), st.text(max_size=12), st.booleans())
+def test_block_keys_match_the_python_reference(data, block, max_blocks, seed, partial):
+    assert (pi._c_block_keys(seed, data, block, max_blocks, partial)
+            == pi.py_block_keys(seed, data, block, max_blocks, partial))
 
 
 def test_block_keys_accept_any_buffer_and_reject_bad_sizes():

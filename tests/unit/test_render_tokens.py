@@ -70,37 +70,36 @@ async def test_completion_prompt_is_rendered_once_then_cached(renderer):
     other = request(body={"model": "client-name", "prompt": "aa bbb c", "max_tokens": 1}, rid="r2")
     assert tp.prepare(other) is None and list(tp.tokens({}, other)) == [2, 3, 1]   # cache: no await
     assert len(renderer.bodies) == 1
-    tp2 = TokenProducer(vllm={"url": renderer.url})
-    await tokens_of(tp2, request())
-    assert renderer.bodies[-1][1]["model"] == "served"     # no modelName: the (rewritten) target model
+    with pytest.raises(ValueError, match="'modelName' must be specified"):   # as upstream
+        TokenProducer(vllm={"url": renderer.url})
 
 
 async def test_chat_sends_messages_and_template_fields(renderer):
-    tp = TokenProducer(vllm={"url": renderer.url})
+    tp = TokenProducer(modelName="m", vllm={"url": renderer.url})
     msgs = [{"role": "user", "content": "hi there"}]
     body = {"model": "m", "messages": msgs, "tools": [{"type": "function"}], "chat_template_kwargs": {"x": 1},
             "max_tokens": 5, "stream": True}
     assert await tokens_of(tp, request("chat", body)) is not None
     path, sent = renderer.bodies[0]
     assert path == "/v1/chat/completions/render"
-    assert sent == {"model": "served", "messages": msgs, "tools": [{"type": "function"}], "chat_template_kwargs": {"x": 1}}
+    assert sent == {"model": "m", "messages": msgs, "tools": [{"type": "function"}], "chat_template_kwargs": {"x": 1}}
 
 
 async def test_token_id_prompts_need_no_round_trip(renderer):
-    tp = TokenProducer(vllm={"url": renderer.url})
+    tp = TokenProducer(modelName="m", vllm={"url": renderer.url})
     r = request(body={"model": "m", "prompt": [5, 6, 7]})
     assert tp.prepare(r) is None and tp.tokens({}, r) == [5, 6, 7] and not renderer.bodies
 
 
 async def test_unsupported_api_gets_no_tokens(renderer):
-    tp = TokenProducer(vllm={"url": renderer.url})
+    tp = TokenProducer(modelName="m", vllm={"url": renderer.url})
     r = request("responses", {"model": "m", "input": "x"})
     assert tp.prepare(r) is None and tp.tokens({}, r) is None and not renderer.bodies
 
 
 async def test_a_burst_of_one_prompt_is_rendered_once(renderer):
     renderer.gate = asyncio.Event()
-    tp = TokenProducer(vllm={"url": renderer.url})
+    tp = TokenProducer(modelName="m", vllm={"url": renderer.url})
     reqs = [request(rid=f"r{i}") for i in range(5)]
     waits = [tp.prepare(r) for r in reqs]
     assert all(w is not None for w in waits)
@@ -122,7 +121,7 @@ async def test_failures_fall_back_and_are_counted(renderer, case, reason):
         renderer.raw = b'[{"request_id": "x"}]'
     else:
         renderer.delay = 1.0
-    tp = TokenProducer(vllm={"url": renderer.url, "timeout": "100ms"})
+    tp = TokenProducer(modelName="m", vllm={"url": renderer.url, "timeout": "100ms"})
     before = render_total(reason)
     r = request()
     assert await tokens_of(tp, r) is None and tp.failures == 1

@@ -44,7 +44,8 @@ def test_prefix_scorer_learns_from_its_picks():
     assert scorer.score(state, req(prompt), eps) == [0.0, 0.0]
     scorer.producer.pre_request(state, req(prompt), SchedulingResult({"d": ProfileResult([eps[1]])}, "d"))
     state = CycleState()
-    assert scorer.score(state, req(prompt + b"q" * 640), eps) == [0.0, 100 / 110]
+    # 6,400 bytes = 25 blocks of 64 estimated tokens; 7,040 bytes = 27.5 -> 28 (the partial one counts)
+    assert scorer.score(state, req(prompt + b"q" * 640), eps) == [0.0, 25 / 28]
     assert scorer.score(CycleState(), req(prompt, salt="other"), eps) == [0.0, 0.0]
     scorer.producer.endpoints_removed([eps[1].address])
     assert scorer.score(CycleState(), req(prompt), eps) == [0.0, 0.0]

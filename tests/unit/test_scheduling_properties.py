@@ -38,6 +38,8 @@ def pools(draw):
                              running_loras=tuple(draw(st.lists(st.sampled_from("abc"), max_size=2))),
                              max_loras=draw(st.integers(0, 3)), updated=now() if draw(st.booleans()) else 0.0)
         ep.in_flight = draw(st.integers(0, 50))
+        if draw(st.booleans()):
+            ep.metrics.attributes = {"q": draw(number)}
         eps.append(ep)
     return eps
 
@@ -50,9 +52,31 @@ def request(prompt: bytes, model="a") -> LLMRequest:
                       headers={"x-session-token": "ZGVmYXVsdC9wMQ=="})
 
 
+def _token_load_scorer():
+    """Bound to a producer with some endpoints far past the threshold."""
+    from epp.scheduling.plugins.inflight_load_producer import InFlightLoadProducer
+    from epp.scheduling.plugins.token_load_scorer import TokenLoadScorer
+    producer = InFlightLoadProducer()
+    producer._tokens.update({f"10.1.0.{i}:8000": i * 700_000 for i in range(1, 13)})
+    scorer = TokenLoadScorer(queueThresholdTokens=2_000_000)
+    scorer.bind({"inflight-load-producer": producer})
+    return scorer
+
+
+def _header_label_scorer():
+    from epp.scheduling.plugins.header_label_affinity_scorer import HeaderLabelAffinityScorer
+    return HeaderLabelAffinityScorer(headerName="x-session-token", labelKey="llm-d.ai/role")
+
+
+def _attribute_scorer():
+    from epp.scheduling.plugins.endpoint_attribute_scorer import EndpointAttributeScorer
+    return EndpointAttributeScorer(attributeKey="q", algorithm={"type": "linear_lower_is_better"})
+
+
 SCORERS = [QueueScorer(), KVCacheUtilizationScorer(), RunningRequestsSizeScorer(), LoadAwareScorer(),
            ActiveRequestScorer(), LoraAffinityScorer(), SessionAffinityScorer(), PrefixCacheScorer(),
-           NoHitLRUScorer(), ContextLengthAware(), PrecisePrefixCacheScorer()]
+           NoHitLRUScorer(), ContextLengthAware(), PrecisePrefixCacheScorer(), _token_load_scorer(),
+           _header_label_scorer(), _attribute_scorer()]
 
 
 def test_every_scorer_that_skips_clamping_is_checked_here():

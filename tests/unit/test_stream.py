@@ -143,7 +143,7 @@ def test_post_to_api_path_without_body_is_400():
 @pytest.mark.parametrize("path,body,status,fragment", [
     ("/v1/completions", b"{not json", 400, b"not valid JSON"),
     ("/v1/completions", b'{"prompt": "x"}', 400, b"'model' is required"),
-    ("/v1/embeddings", b'{"model": "m", "input": "x"}', 400, b"unsupported path"),
+    ("/v1/audio/speech", b'{"model": "m", "input": "x"}', 400, b"no parser registered matching path suffix"),
 ])
 def test_bad_input_is_an_immediate_response_with_a_json_reason(path, body, status, fragment):
     for mode in (p.FULL_DUPLEX, p.BUFFERED):
@@ -223,7 +223,12 @@ def test_usage_is_counted_from_sse_and_json_answers():
     assert reg.get_sample_value("inference_objective_input_tokens_sum", {"model_name": "m", "target_model_name": "m"}) == 7
     assert reg.get_sample_value("inference_objective_output_tokens_sum", {"model_name": "m", "target_model_name": "m"}) == 3
     assert reg.get_sample_value("inference_objective_prompt_cached_tokens_sum", {"model_name": "m", "target_model_name": "m"}) == 5
-    assert reg.get_sample_value("inference_objective_request_total", {"model_name": "m", "target_model_name": "m"}) == 1
+    assert reg.get_sample_value("inference_objective_request_total",
+                                {"model_name": "m", "target_model_name": "m", "priority": "0"}) == 1
+    assert reg.get_sample_value("llm_d_epp_request_total", {"model_name": "m", "target_model_name": "m",
+                                                            "fairness_id": "default-flow", "priority": "0"}) == 1
+    assert reg.get_sample_value("llm_d_epp_request_input_tokens_sum", {"model_name": "m", "target_model_name": "m",
+                                                                       "fairness_id": "default-flow", "priority": "0"}) == 7
     assert reg.get_sample_value("inference_objective_running_requests", {"model_name": "m"}) == 0
 
 

@@ -8,6 +8,7 @@ from ..framework import Filter, need_bool, need_str, params_error, register
 @register
 class ByLabelFilter(Filter):
     type_name = "by-label"
+    replaced_by = "label-selector-filter"
 
     def __init__(self, name: str | None = None, label: str = "", validValues: list | None = None,
                  allowsNoLabel: bool = False) -> None:

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 @register
 class DisaggHeadersHandler(Plugin, PreRequest, BindsPlugins):
     type_name = "disagg-headers-handler"
+    replaced_by = "disagg-profile-handler"
     aliases = ("prefill-header-handler",)
 
     def __init__(self, name: str | None = None, prefillProfile: str = "prefill", encodeProfile: str = "encode") -> None:

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 @register
 class PdProfileHandler(DisaggProfileHandler):
     type_name = "pd-profile-handler"
+    replaced_by = "disagg-profile-handler"
 
     def __init__(self, name: str | None = None, decodeProfile: str = "decode", prefillProfile: str = "prefill",
                  deciderPluginName: str = "prefix-based-pd-decider", prefixMatchInfoProducerName: str = "",

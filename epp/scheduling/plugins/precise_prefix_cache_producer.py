@@ -62,26 +62,54 @@ class PrecisePrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, Endpoi
                  tokenProducerName: str = "", maxPrefixBlocksToMatch: int = 0) -> None:
         super().__init__(name)
         t = self.type_name
-        tp = _section(t, "tokenProcessorConfig", tokenProcessorConfig, {"blockSize", "hashSeed"})
-        self.block_size = need_int(t, "tokenProcessorConfig.blockSize", tp.get("blockSize", 16), 1)
+        tp = _section(t, "tokenProcessorConfig", tokenProcessorConfig, {"blockSize", "blockSizeTokens", "hashSeed"})
+        # blockSize is the deprecated name of blockSizeTokens; 0 or unset means vLLM's 16
+        self.block_size = need_int(t, "tokenProcessorConfig.blockSizeTokens",
+                                   tp.get("blockSizeTokens") or tp.get("blockSize") or 16, 1)
         self.hash_seed = str(tp.get("hashSeed", ""))
         ev = _section(t, "kvEventsConfig", kvEventsConfig,
-                      {"zmqEndpoint", "topicFilter", "concurrency", "discoverPods", "podDiscoveryConfig"})
+                      {"zmqEndpoint", "topicFilter", "concurrency", "engineType", "discoverPods",
+                       "podDiscoveryConfig"})
         self.zmq_endpoint = ev.get("zmqEndpoint", "tcp://*:5557")
         self.topic_filter = ev.get("topicFilter", "kv@")
+        engine = ev.get("engineType") or "vllm"
+        if engine != "vllm":
+            raise params_error(t, f"kvEventsConfig.engineType {engine!r} is not supported here: only vLLM's KV "
+                                  f"events are read")
         self.discover_pods = need_bool(t, "kvEventsConfig.discoverPods", ev.get("discoverPods", False))
         pd = _section(t, "kvEventsConfig.podDiscoveryConfig", ev.get("podDiscoveryConfig"),
-                      {"socketPort", "replayPort"})
-        self.pod_port = need_int(t, "podDiscoveryConfig.socketPort", pd.get("socketPort", 5557), 1)
-        self.replay_port = need_int(t, "podDiscoveryConfig.replayPort", pd.get("replayPort", 0), 0)
-        idx = _section(t, "indexerConfig", indexerConfig, {"kvBlockIndexConfig", "tokenizersPoolConfig"})
+                      {"podLabelSelector", "podNamespace", "socketPort", "replaySocketPort", "replayPort"})
+        self.pod_port = need_int(t, "podDiscoveryConfig.socketPort", pd.get("socketPort") or 5557, 1)
+        # replayPort: this EPP's older name of replaySocketPort
+        self.replay_port = need_int(t, "podDiscoveryConfig.replaySocketPort",
+                                    pd.get("replaySocketPort", pd.get("replayPort", 0)), -(1 << 31))
+        self.replay_port = max(0, self.replay_port)
+        idx = _section(t, "indexerConfig", indexerConfig,
+                       {"kvBlockIndexConfig", "kvCacheBackendConfigs", "tokenizersPoolConfig"})
+        if idx.get("tokenizersPoolConfig") is not None:
+            # as upstream: this producer reads tokens from a token-producer; it never tokenizes itself
+            raise params_error(t, "indexerConfig.tokenizersPoolConfig is not supported; configure a token-producer "
+                                  "plugin instead")
         kvb = _section(t, "indexerConfig.kvBlockIndexConfig", idx.get("kvBlockIndexConfig"),
-                       {"inMemoryConfig", "enableMetrics", "metricsLoggingInterval"})
+                       {"inMemoryConfig", "redisConfig", "costAwareMemoryConfig", "enableMetrics",
+                        "metricsLoggingInterval"})
+        for other in ("redisConfig", "costAwareMemoryConfig"):
+            if kvb.get(other) is not None:
+                raise params_error(t, f"indexerConfig.kvBlockIndexConfig.{other} is not supported here: the index is "
+                                      f"in memory (inMemoryConfig)")
         mem = _section(t, "kvBlockIndexConfig.inMemoryConfig", kvb.get("inMemoryConfig"), {"size", "podCacheSize"})
         # ~330 bytes per key here: 2M keys (~650 MB) hold a 64-pod pool of 8B-on-H100 GPU caches
         self.max_keys = need_int(t, "inMemoryConfig.size", mem.get("size", 2_000_000), 1)
         self.speculative = need_bool(t, "speculativeIndexing", speculativeIndexing)
         self.speculative_ttl = need_duration(t, "speculativeTTL", speculativeTTL)
+        backends = idx.get("kvCacheBackendConfigs")
+        if backends is not None:
+            if tierWeights is not None:
+                raise params_error(t, "set tier weights once: indexerConfig.kvCacheBackendConfigs or tierWeights")
+            if not isinstance(backends, list) or not all(isinstance(b, dict) and set(b) <= {"name", "weight"}
+                                                         for b in backends):
+                raise params_error(t, "indexerConfig.kvCacheBackendConfigs must be a list of {name, weight}")
+            tierWeights = {str(b.get("name", "")): b.get("weight", 0) for b in backends}
         weights = tierWeights if tierWeights is not None else {"GPU": 1.0, "CPU": 0.8}
         if not isinstance(weights, dict) or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in weights.values()):
             raise params_error(t, "tierWeights must map tier names (GPU, CPU, ...) to weights in [0, 1]")
@@ -96,6 +124,7 @@ class PrecisePrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, Endpoi
         self.subscriber = None
         self._state_key = f"prefix/{self.name}"
         self._checked = 0
+        self._fallbacks, self._next_fallback_log = 0, 0.0
         self.mismatches = 0
         self.lookups = self.hit_blocks = self.total_blocks = 0
 
@@ -119,6 +148,17 @@ class PrecisePrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, Endpoi
 
     # ------------------------------------------------------------------ request path
 
+    def _fell_back(self, reason: str) -> None:
+        """Counted every time, logged at most once a minute (with the count since the last line)."""
+        FALLBACKS.labels(reason).inc()
+        self._fallbacks += 1
+        t = time.monotonic()
+        if t >= self._next_fallback_log:
+            log.warning("%s: %d request(s) scored approximately since the last report (%s); see "
+                        "epp_precise_prefix_fallback_total", self.name, self._fallbacks, reason)
+            self._fallbacks = 0
+            self._next_fallback_log = t + 60.0
+
     def match_info(self, state, request) -> MatchInfo:
         info = state.get(self._state_key)
         if info is not None:
@@ -128,9 +168,9 @@ class PrecisePrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, Endpoi
             limit = self.max_blocks * self.block_size if self.max_blocks else 0
             ids = self.tokens.tokens(state, request, limit)
             if ids is None:
-                FALLBACKS.labels("tokenization_failed").inc()
+                self._fell_back("tokenization_failed")
         else:
-            FALLBACKS.labels("no_tokenizer").inc()
+            self._fell_back("no_tokenizer")
         if ids is None:
             info = self.fallback.match_info(state, request)
             state[self._state_key] = info

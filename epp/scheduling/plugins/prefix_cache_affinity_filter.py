@@ -1,34 +1,45 @@
 """prefix-cache-affinity-filter: when some endpoints hold at least affinityThreshold of the prompt's
 prefix, keep only those ("sticky") - unless that would cost too much waiting: if the best sticky
 endpoint's estimated TTFT exceeds the best other endpoint's by more than maxTTFTPenaltyMs, all stay.
-TTFT is estimated as the endpoint's in-flight prompt tokens / peakPrefillThroughput. With
-explorationProbability, that share of requests skips the filter so other endpoints warm up too."""
+TTFT is estimated as the endpoint's in-flight tokens (inflight-load-producer, named by
+inFlightLoadProducerName or the configured one; the loader adds one when the gate needs it) /
+peakPrefillThroughput. ttftSource latencyPredictor needs llm-d's latency-predictor sidecars, which
+this EPP does not run: it is refused at start. With explorationProbability, that share of requests
+skips the filter so other endpoints warm up too."""
 from __future__ import annotations
 
 import random
 
-from ..framework import BindsPlugins, Filter, PrefixMatchConsumer, need_number, need_str, register
+from ..framework import (BindsPlugins, Filter, InFlightLoadConsumer, PrefixMatchConsumer, need_number, need_str,
+                         params_error, register)
 from .approx_prefix_cache_producer import ApproxPrefixCacheProducer, find_prefix_producer
+from .inflight_load_producer import find_inflight
 
 
 @register
-class PrefixCacheAffinityFilter(Filter, BindsPlugins, PrefixMatchConsumer):
+class PrefixCacheAffinityFilter(Filter, BindsPlugins, PrefixMatchConsumer, InFlightLoadConsumer):
     type_name = "prefix-cache-affinity-filter"
 
     def __init__(self, name: str | None = None, affinityThreshold: float = 0.80, explorationProbability: float = 0.0,
                  maxTTFTPenaltyMs: float = 18000, ttftSource: str = "prefillThroughput",
                  peakPrefillThroughput: float = 15928, prefixMatchInfoProducerName: str = "",
+                 latencyPredictionInfoProducerName: str = "", inFlightLoadProducerName: str = "",
                  rng: random.Random | None = None) -> None:
         super().__init__(name)
         t = self.type_name
-        self.threshold = need_number(t, "affinityThreshold", affinityThreshold)
+        self.threshold = need_number(t, "affinityThreshold", affinityThreshold, None, 1.0)
         self.explore = need_number(t, "explorationProbability", explorationProbability, 0.0, 1.0)
         self.max_penalty_ms = need_number(t, "maxTTFTPenaltyMs", maxTTFTPenaltyMs, 0.0)
         # latencyPredictor needs upstream's trained predictor; prefillThroughput is the model-free estimate
-        need_str(t, "ttftSource", ttftSource, ("prefillThroughput",))
+        if need_str(t, "ttftSource", ttftSource, ("prefillThroughput", "latencyPredictor")) == "latencyPredictor":
+            raise params_error(t, "ttftSource latencyPredictor needs llm-d's latency-predictor sidecars (predicted-"
+                                  "latency-producer), which this EPP does not run; use prefillThroughput")
+        need_str(t, "latencyPredictionInfoProducerName", latencyPredictionInfoProducerName)
         self.peak = need_number(t, "peakPrefillThroughput", peakPrefillThroughput, 1e-9)
         self.producer_name = prefixMatchInfoProducerName
         self.producer = None
+        self.inflight_name = inFlightLoadProducerName
+        self.inflight = None
         self.rng = rng or random.Random()
 
     def match_producer(self):
@@ -37,11 +48,17 @@ class PrefixCacheAffinityFilter(Filter, BindsPlugins, PrefixMatchConsumer):
     def wants_default_producer(self) -> bool:
         return not self.producer_name
 
+    def wants_inflight_load(self) -> bool:
+        return self.max_penalty_ms > 0 and self.threshold > 0   # only the load gate reads it
+
     def bind(self, plugins: dict) -> None:
         self.producer = find_prefix_producer(plugins, self.producer_name)
+        self.inflight = find_inflight(plugins, self.inflight_name)
 
     def _ttft_ms(self, ep) -> float:
-        return ep.in_flight_tokens / self.peak * 1000.0
+        # built in code without a producer: request control's own count of in-flight prompt tokens
+        tokens = self.inflight.load(ep.address)[1] if self.inflight is not None else ep.in_flight_tokens
+        return tokens / self.peak * 1000.0
 
     def filter(self, state, request, endpoints):
         if self.threshold <= 0 or len(endpoints) <= 1:

@@ -6,14 +6,20 @@ w = matchLengthWeight (default 0: the plain ratio, as upstream). A weight above 
 count for more than a short one of the same ratio (GIE #2561): a 50-token prompt matched in full
 saves little prefill, a 6,000-token system prompt matched at 60% saves a lot.
 
-Older configs put the hashing parameters (blockSize, blockSizeTokens, maxPrefixBlocksToMatch,
-lruCapacityPerServer, autoTune) on this scorer: they still work and give it a producer of its own.
+Older (GIE <= v1.2) configs put the hashing parameters (blockSize in characters, blockSizeTokens,
+maxPrefixBlocksToMatch, maxPrefixTokensToMatch, lruCapacityPerServer, autoTune) on this scorer. llm-d
+router v0.10 refuses them and GIE v1.5 ignores them; here they still work, with the meaning they had
+then, and give the scorer a producer of its own (a deviation, logged with a warning).
 """
 from __future__ import annotations
 
+import logging
+
 from ..framework import (BindsPlugins, HasSubPlugins, PrefixMatchConsumer, PrefixMatchProducer, Scorer,
                          need_number, register)
-from .approx_prefix_cache_producer import ApproxPrefixCacheProducer
+from .approx_prefix_cache_producer import ApproxPrefixCacheProducer, find_prefix_producer
+
+log = logging.getLogger(__name__)
 
 _LEGACY = ("autoTune", "blockSize", "blockSizeTokens", "maxPrefixBlocksToMatch", "maxPrefixTokensToMatch",
            "lruCapacityPerServer")
@@ -40,6 +46,15 @@ class PrefixCacheScorer(Scorer, BindsPlugins, HasSubPlugins, PrefixMatchConsumer
             raise ValueError(f"{t}: hashing parameters {sorted(legacy)} belong on the producer "
                              f"{prefixMatchInfoProducerName!r}, not on the scorer")
         self.own_producer = bool(legacy)
+        if legacy:
+            log.warning("%s: hashing parameters %s on the scorer are the pre-v1.3 form (llm-d router v0.10 refuses "
+                        "them); they configure a producer of the scorer's own", self.name, sorted(legacy))
+            if "blockSize" in legacy:   # then in characters, ~4 per token
+                bs = legacy.pop("blockSize")
+                if isinstance(bs, int) and not isinstance(bs, bool) and bs > 0:
+                    legacy.setdefault("blockSizeTokens", max(1, bs // 4))
+            if "maxPrefixBlocksToMatch" in legacy:   # then the block cap was the cap
+                legacy.setdefault("maxPrefixTokensToMatch", 0)
         # a producer of its own until bind() finds the configured one (used as is when built in code)
         self.producer = ApproxPrefixCacheProducer(name=f"{self.name}/producer", **legacy)
 
@@ -56,11 +71,11 @@ class PrefixCacheScorer(Scorer, BindsPlugins, HasSubPlugins, PrefixMatchConsumer
                                  f"produces no prefix match information")
             self.producer = p
             return
-        found = [p for p in plugins.values() if isinstance(p, ApproxPrefixCacheProducer)]
-        if len(found) > 1:
-            raise ValueError("several approx-prefix-cache-producer plugins: set prefixMatchInfoProducerName")
-        if found:  # the loader creates one with upstream's defaults when the config names none
-            self.producer = found[0]
+        # without a name: the default producer (named approx-prefix-cache-producer), which the loader
+        # creates with upstream's defaults when the config declares none by that name
+        found = find_prefix_producer(plugins, "")
+        if found is not None:
+            self.producer = found
 
     def match_producer(self):
         return self.producer

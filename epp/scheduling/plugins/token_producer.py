@@ -1,15 +1,20 @@
 """token-producer: the prompt as token ids, computed once per request for the plugins that count in
 tokens (approximate prefix hashing, context length).
 
-Backends:
-- `estimate` (upstream's default): no tokenizer, ~4 bytes per token.
-- `vllm: {url, timeout, mmTimeout}` (upstream's): the model server's renderer API, the engine's own
-  tokens. It is I/O, so it runs in the prepare step before scheduling (the request waits for it, up
-  to the timeout); see epp/datalayer/render_client.py for its cache, coalescing and breaker. Ours:
-  `cacheTokens` bounds the cache of rendered prompts.
-- `local: {path: DIR}` (ours): a HuggingFace tokenizer.json and chat template read from disk, so
-  prefix blocks are real token blocks without a round trip (GIE #2330).
-A request that cannot be tokenized gets no tokens (consumers fall back to byte hashing); it never fails.
+Backends, exactly one, chosen as llm-d router v0.10 chooses them:
+- `estimate` (the default when nothing is set): no tokenizer, ~4 bytes per token. Its image/video
+  settings are checked as upstream's; they size multimodal placeholders, which this EPP does not count.
+- `vllm: {url, timeout, mmTimeout}`, also selected by `modelName` alone (url http://localhost:8000):
+  the model server's renderer API, the engine's own tokens. It is I/O, so it runs in the prepare step
+  before scheduling (the request waits for it, up to the timeout); see epp/datalayer/render_client.py
+  for its cache, coalescing and breaker. Ours: `cacheTokens` bounds the cache of rendered prompts.
+- `local: {path: DIR}` (ours): a HuggingFace tokenizer.json (and chat template) read from a local
+  path or mounted volume, so prefix blocks are real token blocks without a round trip (GIE #2330).
+- `udsTokenizerConfig` (deprecated upstream): v0.10 refuses it whenever it is enabled (socketFile
+  set): with modelName it counts as a second backend, without it lacks modelName. Refused here the
+  same way, with the message saying what works instead; without socketFile it is ignored (warning).
+A request that cannot be tokenized gets no tokens (consumers fall back to byte hashing, counted in
+epp_token_producer_render_total and logged); it never fails.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import asyncio
 import logging
 import os
 import re
+import time
 from array import array
 from collections import OrderedDict
 from typing import Any
@@ -26,7 +32,7 @@ import xxhash
 from prometheus_client import Counter
 
 from ...datalayer.render_client import RenderClient, RenderError
-from ..framework import BackgroundTask, Plugin, PrepareRequest, need_duration, need_int, params_error, register
+from ..framework import BackgroundTask, Plugin, PrepareRequest, need_duration, need_int, need_str, params_error, register
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,8 @@ RENDERS = Counter("epp_token_producer_render_total",
                   "timeout, http_status, connect, bad_response, breaker_open, unsupported).", ["result"])
 _CHAT_KEYS = ("tools", "documents", "chat_template", "chat_template_kwargs", "add_generation_prompt",
               "continue_final_message")
+LOCAL_FAILURES = Counter("epp_token_producer_local_failures_total",
+                         "Prompts the local tokenizer could not tokenize (they are scored approximately).")
 COMPLETIONS_RENDER = "/v1/completions/render"
 CHAT_RENDER = "/v1/chat/completions/render"
 
@@ -113,18 +121,34 @@ class TokenProducer(Plugin, PrepareRequest, BackgroundTask):
     aliases = ("tokenizer",)
 
     def __init__(self, name: str | None = None, modelName: str = "", estimate: dict | None = None,
-                 local: dict | None = None, vllm: dict | None = None) -> None:
+                 local: dict | None = None, vllm: dict | None = None, udsTokenizerConfig: dict | None = None) -> None:
         super().__init__(name)
-        self.model_name = modelName
+        t = self.type_name
+        self.model_name = need_str(t, "modelName", modelName or "")
         self.tokenizer = None
         self.render: RenderClient | None = None
-        if vllm is not None:
-            if local is not None:
-                raise params_error(self.type_name, "set one backend: vllm or local, not both")
-            self.render = self._render_client(vllm)
+        uds = _uds_enabled(t, udsTokenizerConfig)
+        if estimate is not None:
+            _check_estimate(t, estimate)
+        if local is not None:
+            if vllm is not None or estimate is not None or uds:
+                raise params_error(t, "set one backend: local, vllm, estimate or udsTokenizerConfig, not several")
+        else:
+            use_vllm = vllm is not None or bool(self.model_name)
+            if (estimate is not None and (uds or use_vllm)) or (uds and use_vllm):
+                raise params_error(t, "only one of 'estimate', 'vllm', or 'udsTokenizerConfig' may be set"
+                                   + (" (modelName selects vllm)" if uds and vllm is None else "")
+                                   + ("; the UDS tokenizer sidecar is deprecated: use vllm: {url} (the model "
+                                      "server's /render) or local: {path} (tokenizer.json on a mounted volume)"
+                                      if uds else ""))
+            if (uds or use_vllm) and not self.model_name:
+                raise params_error(t, "'modelName' must be specified")
+            if use_vllm:
+                self.render = self._render_client(vllm if vllm is not None else {})
         self.template, self.specials = None, {}
         self.prefix_ids: list[int] = []
         self.failures = 0  # requests whose prompt could not be tokenized (callers fall back)
+        self._next_failure_log = 0.0
         if local is not None:
             if not isinstance(local, dict) or set(local) - {"path"} or not isinstance(local.get("path"), str):
                 raise params_error(self.type_name, "local must be {path: <directory or tokenizer.json>}")
@@ -173,6 +197,8 @@ class TokenProducer(Plugin, PrepareRequest, BackgroundTask):
     def prepare(self, request: Any):
         """With the vllm backend: the prompt's tokens from the cache (None returned), or an awaitable
         that fetches them. Either way request.tokenization is set before scheduling."""
+        if request.body is None:     # no body read (none sent, or a passthrough path): nothing to render
+            return None
         built = self._render_request(request)
         if built is None:
             if request.tokenization is None:
@@ -258,7 +284,13 @@ class TokenProducer(Plugin, PrepareRequest, BackgroundTask):
                 st = self._start(request)
             except Exception as e:  # a template that rejects the messages, odd content: never fail the request
                 self.failures += 1
-                log.debug("cannot tokenize request %s: %s", getattr(request, "request_id", "?"), e)
+                LOCAL_FAILURES.inc()
+                t = time.monotonic()
+                if t >= self._next_failure_log:   # logged at most once a minute; every one is counted
+                    self._next_failure_log = t + 60.0
+                    log.warning("%s: cannot tokenize request %s (%s); it is scored approximately (see "
+                                "epp_token_producer_local_failures_total)", self.name,
+                                getattr(request, "request_id", "?"), e)
                 st = [None, None, 0]
             state[STATE_TOKENS] = st
             request.tokenization = st
@@ -358,6 +390,50 @@ class TokenProducer(Plugin, PrepareRequest, BackgroundTask):
     def token_count(self, state: dict, request: Any) -> int:
         ids = self.tokens(state, request, 0)
         return len(ids) if ids is not None else (len(request.prompt) + 3) // 4
+
+
+def _uds_enabled(plugin: str, cfg) -> bool:
+    """udsTokenizerConfig as upstream reads it: enabled only when socketFile is set."""
+    if cfg is None:
+        return False
+    if not isinstance(cfg, dict) or set(cfg) - {"socketFile", "useTCP", "modelTokenizerMap"}:
+        raise params_error(plugin, "udsTokenizerConfig takes socketFile, useTCP, modelTokenizerMap")
+    if cfg.get("socketFile"):
+        return True
+    log.warning("%s: udsTokenizerConfig without socketFile is ignored (as upstream)", plugin)
+    return False
+
+
+_ESTIMATE = {
+    "image": {"mode": ("dynamic", "static"), "defaultResolution": {"width": None, "height": None},
+              "static": {"staticToken": None}, "dynamic": {"factor": None}},
+    "video": {"defaultResolution": {"width": None, "height": None}, "defaultDuration": None,
+              "tokensPerFrame": {"mode": ("dynamic", "static"), "static": {"numTokensPerFrame": None},
+                                 "dynamic": {"factor": None}},
+              "frames": {"mode": ("sampled", "strided"), "minFrames": None, "maxFrames": None,
+                         "sampled": {"sampleFPS": None, "temporalPatchSize": None},
+                         "strided": {"defaultSourceFPS": None, "frameStride": None}},
+              "maxVideoTokens": None},
+}
+
+
+def _check_estimate(plugin: str, cfg, schema=None, where: str = "estimate") -> None:
+    """The estimate backend's settings, as strictly as upstream decodes them (modes checked)."""
+    schema = _ESTIMATE if schema is None else schema
+    if not isinstance(cfg, dict):
+        raise params_error(plugin, f"{where} must be a mapping")
+    for key, v in cfg.items():
+        if key not in schema:
+            raise params_error(plugin, f"unknown field {where}.{key}; known: {', '.join(schema)}")
+        sub = schema[key]
+        if isinstance(sub, dict):
+            if v is not None:
+                _check_estimate(plugin, v, sub, f"{where}.{key}")
+        elif isinstance(sub, tuple):
+            if v not in ("", None, *sub):
+                raise params_error(plugin, f"{where}.{key} must be {' or '.join(repr(m) for m in sub)}, got {v!r}")
+        elif v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise params_error(plugin, f"{where}.{key} must be a number, got {v!r}")
 
 
 def ids_bytes(ids: list[int]) -> bytes:
