@@ -7,7 +7,9 @@ DEST = "x-gateway-destination-endpoint"                  # the picked "ip:port" 
 DEST_SERVED = "x-gateway-destination-endpoint-served"    # the proxy's report of the endpoint that answered
 SUBSET_KEY = "x-gateway-destination-endpoint-subset"     # the proxy's hint: the endpoints it may route to
 PREFILLER = "x-prefiller-host-port"                      # P/D: the prefill pod, for the decode pod's sidecar
-ROUTING = (DEST, PREFILLER, SUBSET_KEY, DEST_SERVED)
+DATA_PARALLEL = "x-data-parallel-host-port"              # data-parallel-profile-handler: the rank endpoint
+KV_CACHE_SOURCE = "x-kv-cache-source-host-port"          # p2p-source-producer: where to pull cached blocks from
+ROUTING = (DEST, PREFILLER, SUBSET_KEY, DEST_SERVED, DATA_PARALLEL, KV_CACHE_SOURCE)
 
 # with --emit-endpoint-scores: envoy.lb metadata key of a struct "ip:port" -> score of every scored candidate
 DEST_SCORES = "x-gateway-destination-endpoint-scores"
@@ -31,8 +33,9 @@ SESSION_TOKEN = "x-session-token"                        # session affinity: bas
 SESSION_ID = "x-session-id"                              # session affinity (session_id strategy)
 TEST_ENDPOINT_SELECTION = "test-epp-endpoint-selection"  # conformance: endpoints the test filter keeps
 CONFORMANCE_SERVED = "x-conformance-test-served-endpoint"  # conformance: the endpoint that served, on the response
-DATA_PARALLEL = "x-data-parallel-host-port"              # data-parallel-profile-handler: the rank endpoint
-KV_CACHE_SOURCE = "x-kv-cache-source-host-port"          # p2p-source-producer: where to pull cached blocks from
+
+# on every response, as upstream's EPP adds it (GIE and llm-d)
+WENT_INTO_RESP_HEADERS = "x-went-into-resp-headers"
 
 # ours: the decision explained, on the response (--decision-header)
 DECISION = "x-epp-decision"

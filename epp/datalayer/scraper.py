@@ -119,12 +119,14 @@ class _Target:
 class Scraper:
     def __init__(self, store: EndpointStore, interval: float = 0.05, timeout: float = 1.0,
                  path: str = "/metrics", vllm_names: MetricNames = VLLM, scheme: str = "http", port: int | None = 0,
-                 insecure_skip_verify: bool = True, names_for: Callable[[Endpoint], MetricNames] | None = None) -> None:
+                 insecure_skip_verify: bool = True, names_for: Callable[[Endpoint], MetricNames] | None = None,
+                 ca_cert: str = "", client_cert: str = "", client_key: str = "") -> None:
         """`port` 0 (or None) scrapes each endpoint on its own port (metrics-data-source's port or
         --model-server-metrics-port: metrics served apart from inference); `scheme` https verifies the
         server's certificate unless `insecure_skip_verify` (upstream's default: model servers rarely have
         one that names their pod IP); names_for: the metric names of an endpoint's engine
-        (core-metrics-extractor), else vLLM's (vllm_names) or SGLang's by the engine label."""
+        (core-metrics-extractor), else vLLM's (vllm_names) or SGLang's by the engine label; ca_cert,
+        client_cert/client_key: https's CA and client certificate (files; read at start)."""
         self.store = store
         self.interval = interval
         self.timeout = timeout
@@ -132,10 +134,12 @@ class Scraper:
         self.port = port
         self.tls: ssl.SSLContext | None = None
         if scheme == "https":
-            self.tls = ssl.create_default_context()
+            self.tls = ssl.create_default_context(cafile=ca_cert or None)
             if insecure_skip_verify:
                 self.tls.check_hostname = False
                 self.tls.verify_mode = ssl.CERT_NONE
+            if client_cert:
+                self.tls.load_cert_chain(client_cert, client_key)
         self.vllm_names = vllm_names
         self.names_for = names_for
         self.targets: dict[str, _Target] = {}

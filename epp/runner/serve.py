@@ -65,10 +65,13 @@ def _scraper(cfg: SchedulingConfig, store: EndpointStore, args, vllm_names: Metr
     given = getattr(args, "given", ())
     path = args.model_server_metrics_path if "model-server-metrics-path" in given else source.path
     port = args.model_server_metrics_port if "model-server-metrics-port" in given else source.port
+    scheme = args.model_server_metrics_scheme if "model-server-metrics-scheme" in given else source.scheme
+    insecure = (args.model_server_metrics_https_insecure_skip_verify
+                if "model-server-metrics-https-insecure-skip-verify" in given else source.insecure_skip_verify)
     return Scraper(store, source.scrape_interval(args.refresh_metrics_interval), args.metrics_scrape_timeout,
-                   path=path, vllm_names=vllm_names, names_for=names_for, port=port,
-                   scheme=args.model_server_metrics_scheme,
-                   insecure_skip_verify=args.model_server_metrics_https_insecure_skip_verify)
+                   path=path, vllm_names=vllm_names, names_for=names_for, port=port, scheme=scheme,
+                   insecure_skip_verify=insecure, ca_cert=source.ca_cert, client_cert=source.client_cert,
+                   client_key=source.client_key)
 
 
 def scheduling_config(args) -> SchedulingConfig:

@@ -8,6 +8,7 @@ from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 
 from ..headers import DEST, DEST_SCORES, LB_NS
+from ..headers import WENT_INTO_RESP_HEADERS as _WENT_INTO_NAME
 
 MAX_CHUNK = 62_000  # bytes per re-emitted body chunk, as GIE: well under any gRPC message limit
 
@@ -73,6 +74,10 @@ def response_body_response(c: pb.CommonResponse | None = None) -> pb.ProcessingR
 
 REQUEST_TRAILERS_OK = pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
 RESPONSE_TRAILERS_OK = pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+
+# every response carries it, as upstream's EPP sets it; built once (header_mutation is per call otherwise)
+WENT_INTO = (_WENT_INTO_NAME, "true")
+WENT_INTO_RESP_HEADERS = common(header_mutation([WENT_INTO]))
 
 
 def streamed_chunks(body: bytes, end_of_stream: bool, response_side: bool = False) -> list[pb.ProcessingResponse]:

@@ -282,7 +282,7 @@ class RequestStream:
                 ctype = p.header_value(hv)
         served = self._served(msg)
         d = self.decision
-        c = None
+        c = p.WENT_INTO_RESP_HEADERS
         if d is not None:
             sets = self.control.response_started(d, self.status, "event-stream" in ctype, served)
             self.usage = d.usage
@@ -293,7 +293,7 @@ class RequestStream:
                 self.mapper = d.response_mapper()
                 remove = ("content-length",)  # the client's model name may differ in length
             if sets or remove:
-                c = p.common(p.header_mutation(sets or [], remove))
+                c = p.common(p.header_mutation([*(sets or ()), p.WENT_INTO], remove))
         if rh.end_of_stream or self.resp_mode in (p.NONE, None):
             self._finish()
         return [p.response_headers_response(c)]

@@ -214,6 +214,27 @@ def test_model_server_metrics_from_another_port_path_and_tls_and_ext_proc_port_h
         assert health(epp.ports["grpc"], "envoy.service.ext_proc.v3.ExternalProcessor") == "SERVING"
     finally:
         epp.stop()
+    # llm-d v0.10's way: metrics-data-source in the config's dataLayer, its CA verifying the server
+    _MetricsHandler.paths.clear()
+    cfg = f"""apiVersion: llm-d.ai/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: metrics-data-source
+  parameters: {{scheme: https, port: {mport}, path: /custom/metrics, insecureSkipVerify: false,
+               caCertPath: "{cert_dir / 'tls.crt'}"}}
+- type: core-metrics-extractor
+- type: queue-scorer
+dataLayer:
+  sources:
+  - pluginRef: metrics-data-source
+    extractors: [{{pluginRef: core-metrics-extractor}}]
+"""
+    epp = Epp(str(tmp_path), efile, "--config-text", cfg, "--refresh-prometheus-metrics-interval", "100ms")
+    try:
+        wait_for(lambda: epp.sample("inference_pool_average_queue_size") == 7.0, what="scraped over verified TLS")
+        assert set(_MetricsHandler.paths) == {"/custom/metrics"}
+    finally:
+        epp.stop()
         httpd.shutdown()
 
 

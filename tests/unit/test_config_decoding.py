@@ -50,7 +50,8 @@ def cfg(body: str, **kw):
     ("plugins: [{type: metrics-data-source}]\ndataLayer: {sources: [{pluginRef: metrics-data-source, "
      "extractors: [{pluginRef: nope}]}]}\n", r"extractors\[0\]: the plugin 'nope' is not registered"),
     ("dataLayer: {crossReplicaSyncerPluginRef: s}\n", "the plugin 's' is not a cross-replica syncer"),
-    ("plugins: [{type: metrics-data-source, parameters: {scheme: https}}]\n", "scheme https is not supported"),
+    ("plugins: [{type: metrics-data-source, parameters: {scheme: https, clientCertPath: c}}]\n",
+     "clientCertPath and clientKeyPath must be set together"),
     ("plugins: [{type: metrics-data-source, parameters: {port: 70000}}]\n", "invalid port 70000"),
     ("plugins: [{type: core-metrics-extractor, parameters: {engineConfigs: [{name: x, queuedSpec: q}]}}]\n",
      r"engineConfigs\[0\]: unknown field 'queuedSpec'"),

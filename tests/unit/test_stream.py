@@ -22,7 +22,7 @@ def routed(r, want="10.0.0.1:8000"):
     hs = set_headers(c)
     assert hs[H.DEST] == want
     assert c.clear_route_cache
-    assert set(c.header_mutation.remove_headers) == {H.PREFILLER, H.SUBSET_KEY, H.DEST_SERVED}
+    assert set(c.header_mutation.remove_headers) == set(H.ROUTING[1:])   # a client never steers routing
     assert r.dynamic_metadata.fields[H.LB_NS].struct_value.fields[H.DEST].string_value == want
     return hs
 
@@ -305,3 +305,23 @@ def test_changed_body_gets_a_matching_content_length(mode):
         assert len(out) == 3  # 70 KB: two chunks
     else:
         assert c.body_mutation.body == new
+
+
+def test_every_response_says_it_went_through_the_response_headers_step_as_upstream():
+    s = stream()
+    s.on_message(req_headers())
+    s.on_message(req_body(b'{"model": "m", "prompt": "hi"}'))
+    out = s.on_message(resp_headers())
+    assert set_headers(out[0].response_headers.response)[H.WENT_INTO_RESP_HEADERS] == "true"
+    undecided = stream()          # no decision (e.g. the stream started mid-way): the header still comes
+    assert set_headers(undecided.on_message(resp_headers())[0].response_headers.response) == {
+        H.WENT_INTO_RESP_HEADERS: "true"}
+
+
+def test_client_sent_sidecar_hints_are_removed():
+    s = stream()
+    s.on_message(req_headers(extra={H.KV_CACHE_SOURCE: "6.6.6.6:1", H.DATA_PARALLEL: "6.6.6.6:2"}))
+    out = s.on_message(req_body(b'{"model": "m", "prompt": "hi"}'))
+    c = out[0].request_headers.response
+    assert {H.KV_CACHE_SOURCE, H.DATA_PARALLEL} <= set(c.header_mutation.remove_headers)
+    assert H.KV_CACHE_SOURCE not in set_headers(c) and H.DATA_PARALLEL not in set_headers(c)

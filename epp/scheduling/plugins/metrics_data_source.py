@@ -1,10 +1,10 @@
 """metrics-data-source: where each model server's Prometheus metrics are read (added by default).
 
 scheme (http), path (/metrics), port (the endpoint's own when unset), interval (every
---refresh-metrics-interval tick when unset; else rounded to a multiple of it). The composition root
-hands these to the scraper. This EPP scrapes over plain HTTP only: scheme https (and with it the TLS
-fields insecureSkipVerify, caCertPath, clientCertPath, clientKeyPath) stops the EPP at start rather
-than scrape something else than asked.
+--refresh-metrics-interval tick when unset; else rounded to a multiple of it). With scheme https:
+insecureSkipVerify (true: model servers rarely have a certificate naming their pod IP), caCertPath
+(the CA that signs the servers' certificates), clientCertPath/clientKeyPath (a client certificate).
+The composition root hands these to the scraper.
 """
 from __future__ import annotations
 
@@ -21,19 +21,18 @@ class MetricsDataSource(DataSource):
         super().__init__(name)
         t = self.type_name
         self.scheme = need_str(t, "scheme", scheme, ("http", "https"))
-        if self.scheme == "https":
-            raise params_error(t, "scheme https is not supported: this EPP scrapes model servers over plain HTTP")
         self.path = need_str(t, "path", path) or "/metrics"
         if not self.path.startswith("/"):
             self.path = "/" + self.path
         self.port = None if port is None else need_int(t, "port", port, 1)
         if self.port is not None and self.port > 65535:
             raise params_error(t, f"invalid port {port}: must be between 1 and 65535")
-        need_bool(t, "insecureSkipVerify", insecureSkipVerify)
+        self.insecure_skip_verify = need_bool(t, "insecureSkipVerify", insecureSkipVerify)
         for key, v in (("caCertPath", caCertPath), ("clientCertPath", clientCertPath), ("clientKeyPath", clientKeyPath)):
             need_str(t, key, v)
         if bool(clientCertPath) != bool(clientKeyPath):
             raise params_error(t, "clientCertPath and clientKeyPath must be set together")
+        self.ca_cert, self.client_cert, self.client_key = caCertPath, clientCertPath, clientKeyPath
         self.interval = need_duration(t, "interval", interval) if interval else 0.0
 
     def scrape_interval(self, base: float) -> float:

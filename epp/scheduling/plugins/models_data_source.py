@@ -1,11 +1,11 @@
 """models-data-source: polls each model server's /v1/models for the models it serves, for extractors
 (models-data-extractor). No plugin of llm-d v0.10 that this EPP has reads that list, so the source is
-validated and not polled (a warning says so); scheme https is refused as for metrics-data-source."""
+validated and not polled (a warning says so)."""
 from __future__ import annotations
 
 import logging
 
-from ..framework import DataSource, need_bool, need_duration, need_str, params_error, register
+from ..framework import DataSource, need_bool, need_duration, need_str, register
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +19,7 @@ class ModelsDataSource(DataSource):
                  clientKeyPath: str = "", interval: str = "") -> None:
         super().__init__(name)
         t = self.type_name
-        if need_str(t, "scheme", scheme, ("http", "https")) == "https":
-            raise params_error(t, "scheme https is not supported: this EPP polls model servers over plain HTTP")
+        need_str(t, "scheme", scheme, ("http", "https"))
         self.path = need_str(t, "path", path)
         need_bool(t, "insecureSkipVerify", insecureSkipVerify)
         for key, v in (("caCertPath", caCertPath), ("clientCertPath", clientCertPath), ("clientKeyPath", clientKeyPath)):
