@@ -79,7 +79,7 @@ class KVCache:
         n = upto_tokens // bs
         while len(keys) < n:
             i = len(keys)
-            toks = [req.token_at(j) for j in range(i * bs, (i + 1) * bs)]
+            toks = req.tokens(i * bs, (i + 1) * bs)
             keys.append(block_key(keys[-1] if keys else None, toks, req.lora_id, self.hash_seed))
         return keys[:n]
 
@@ -189,7 +189,7 @@ class KVCache:
                 continue   # same content already cached in another block: keep one copy keyed
             self.block_hash[b] = k
             self.cached[k] = b
-            toks = tuple(req.token_at(j) for j in range(i * self.block_size, (i + 1) * self.block_size))
+            toks = tuple(req.tokens(i * self.block_size, (i + 1) * self.block_size))
             self.block_meta[k] = (keys[i - 1] if i else None, toks, req.lora_id)
             new_keys.append(k)
         if new_keys:
