@@ -20,9 +20,9 @@ from testbed.procstat import cpu_model
 
 from . import ROOT
 from . import loadgen, pool as poolmod, report, routers
-from .scenario import Scenario, stages
+from testbed.scenario import Scenario, stages
 from .sysmon import Monitor
-from .workload import Workload
+from testbed.workload import Workload
 
 
 async def wait_ready(http: aiohttp.ClientSession, url: str, model: str, proc_pids: dict, timeout: float = 60.0) -> None:
