@@ -15,6 +15,14 @@ from dataclasses import dataclass, field, fields
 import yaml
 
 
+# the benchmark's epp routers: the EndpointPickerConfig each runs (paths from the repository root)
+ROUTER_CONFIGS = {"epp-random": "config/random.yaml", "epp-load-only": "config/load-only.yaml",
+                  "epp-approx": "config/default.yaml", "epp-prefix-heavy": "config/prefix-heavy.yaml",
+                  "epp-precise": "config/precise.yaml", "epp-pd": "config/pd.yaml",
+                  # a control: the approximate scorer with precise.yaml's weights (prefix 3, KV 1, queue 1)
+                  "epp-approx-pw": "hack/bench/configs/approx-precise-weights.yaml"}
+
+
 class ScenarioError(ValueError):
     pass
 

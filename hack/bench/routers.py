@@ -25,17 +25,14 @@ from testbed.children import Children
 from testbed.envoy import bootstrap, find_envoy, start_envoy as _start_envoy
 from testbed.epp import start_epp
 from testbed.ports import free_port
+from testbed.scenario import ROUTER_CONFIGS
 from testbed.wait import wait_port
 
 from . import ROOT
 
 PY = sys.executable
 VENVS = os.path.join(ROOT, "out", "bench-venvs")
-CONFIGS = {"epp-random": "config/random.yaml", "epp-load-only": "config/load-only.yaml",
-           "epp-approx": "config/default.yaml", "epp-prefix-heavy": "config/prefix-heavy.yaml",
-           "epp-precise": "config/precise.yaml", "epp-pd": "config/pd.yaml",
-           # a control: the approximate scorer with precise.yaml's weights (prefix 3, KV 1, queue 1)
-           "epp-approx-pw": "hack/bench/configs/approx-precise-weights.yaml"}
+CONFIGS = ROUTER_CONFIGS
 PEERS = {  # name -> (PyPI package, policy)
     "sglang-cache-aware": ("sglang-router", "cache_aware"), "sglang-rr": ("sglang-router", "round_robin"),
     "vllm-router-cache-aware": ("vllm-router", "cache_aware"), "vllm-router-rr": ("vllm-router", "round_robin"),

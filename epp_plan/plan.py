@@ -1,0 +1,142 @@
+"""Running candidates and choosing among them: per candidate its stages' numbers and GPUs, the SLO
+verdict on the judged stage, the Pareto frontier (output tokens/s per GPU against the SLO latencies),
+and the recommendation: the candidate meeting every SLO, with every request answered, at the most
+output tokens/s per GPU."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+from testbed import scenario as scenario_mod
+from testbed.scenario import engine_flags
+
+from . import load as load_mod
+from . import trace as trace_mod
+from .candidates import Candidate
+from .pods import PodSpec, Prompts
+from .sim import Simulation
+from .stack import Stack
+from .stats import summarize
+
+SLO_KEYS = {"ttft_p50": "ttft_p50_s", "ttft_p90": "ttft_p90_s", "itl_p50": "itl_p50_ms", "itl_p90": "itl_p90_ms",
+            "e2e_p50": "e2e_p50_s", "e2e_p90": "e2e_p90_s"}
+
+
+@dataclass
+class Workload:
+    """Where requests come from (picklable: each worker process rebuilds the load from it)."""
+    kind: str                 # scenario | trace
+    path: str
+    quick: bool = False
+    variant: str = ""         # a P/D scenario's variant whose workload this is (they share it)
+    model: str = "sim-model"
+    seed: int = 1
+    drain_timeout_s: float = 600.0
+
+    def scenario(self):
+        if self.kind != "scenario":
+            return None
+        if self.variant:
+            return dict(scenario_mod.variants(self.path, self.quick))[self.variant]
+        try:
+            return scenario_mod.load(self.path, self.quick)
+        except scenario_mod.ScenarioError:
+            v = scenario_mod.variants(self.path, self.quick)     # a P/D file: its variants share the workload
+            return v[0][1]
+
+    def build(self) -> load_mod.Load:
+        if self.kind == "scenario":
+            return load_mod.from_scenario(self.scenario())
+        items, api = trace_mod.read(self.path, self.model, self.seed)
+        return load_mod.from_trace(items, self.model, api, self.path, self.drain_timeout_s)
+
+
+_PROMPTS: Prompts | None = None
+
+
+def run_candidate(c: Candidate, workload: Workload, flag_overrides: list[str], stack: Stack, seed: int = 0,
+                  export_trace: str = "") -> dict:
+    """Simulates one candidate; returns its numbers (JSON-ready)."""
+    global _PROMPTS
+    pod_flags = pod_flags_for(workload, flag_overrides)[0]
+    if _PROMPTS is None:     # one tokenizer and prompt cache per process, shared by its candidates
+        _PROMPTS = Prompts()
+    t0 = time.perf_counter()
+    sim = Simulation([PodSpec(r, pod_flags) for r in c.roles], c.config_text, workload.build(), stack, seed=seed,
+                     config_source=c.config_name, prompts=_PROMPTS).run()
+    wall = time.perf_counter() - t0
+    if export_trace:
+        trace_mod.write(export_trace, [f for st in sim.stages for f in st.flights], sim.load.api)
+    stages = [summarize(st, sim.pods) for st in sim.stages]
+    gpus = sum(p.gpus for p in sim.pods)
+    engine_s = sum(s["engine_s"] for s in stages)
+    return {"name": c.name, "config": c.config_name, "roles": c.role_counts, "settings": c.settings,
+            "gpus": gpus, "stages": stages, "config_text": c.config_text, "pod_flags": pod_flags,
+            "sim": {"wall_s": wall, "engine_s": engine_s, "steps": sim.steps, "events": sim.events,
+                    "speed_x": engine_s / wall if wall else math.nan}}
+
+
+def pod_flags_for(workload: Workload, overrides: list[str]) -> tuple[list[str], str, int]:
+    """(vllm-sim flags, model, block size): the scenario's pool (as its benchmark starts the sims) or
+    a trace's defaults, then the command line's --sim-arg flags."""
+    s = workload.scenario()
+    if s is not None:
+        return engine_flags(s.pool) + overrides, s.pool.model, s.pool.block_size
+    flags = ["--model", workload.model] + overrides
+    from vllm_sim.cli import build_parser
+    args, _ = build_parser().parse_known_args(flags)
+    return flags, workload.model, args.block_size
+
+
+def judge(result: dict, slos: dict[str, float], stage: int) -> None:
+    """Adds the judged stage, the SLO verdict and output tokens/s per GPU to a candidate's result."""
+    st = result["stages"][stage] if result["stages"] else None
+    result["judged_stage"] = stage if stage >= 0 else len(result["stages"]) + stage
+    result["judged"] = st
+    if st is None:
+        result.update(meets_slo=False, why=["no stage"], tok_s_per_gpu=0.0)
+        return
+    why = []
+    for key, limit in slos.items():
+        v = st[SLO_KEYS[key]]
+        if key.startswith("itl"):
+            v = v / 1e3
+        if not v <= limit:      # NaN fails too
+            why.append(f"{key} {v:.3f}s > {limit:g}s")
+    if st["errors"]:
+        why.append(f"{st['errors']} requests not answered")
+    result["meets_slo"] = not why
+    result["why"] = why
+    result["tok_s_per_gpu"] = st["output_tok_per_s"] / result["gpus"] if result["gpus"] else 0.0
+
+
+def pareto(results: list[dict], slos: dict[str, float]) -> list[str]:
+    """Names of the candidates no other beats on tokens/s per GPU and every SLO'd latency at once
+    (TTFT p90 when no SLO is given)."""
+    keys = [SLO_KEYS[k] for k in slos] or ["ttft_p90_s"]
+
+    def point(r):
+        st = r["judged"] or {}
+        return [r["tok_s_per_gpu"]] + [-(st.get(k, math.inf) if st.get(k) == st.get(k) else math.inf) for k in keys]
+
+    pts = {r["name"]: point(r) for r in results}
+    front = []
+    for n, p in pts.items():
+        dominated = any(all(a >= b for a, b in zip(q, p)) and any(a > b for a, b in zip(q, p))
+                        for m, q in pts.items() if m != n)
+        if not dominated:
+            front.append(n)
+    return front
+
+
+def recommend(results: list[dict]) -> dict | None:
+    ok = [r for r in results if r.get("meets_slo")]
+    if not ok:
+        return None
+    # ties (equal throughput per GPU) go to fewer GPUs, then the lower TTFT p90
+    return max(ok, key=lambda r: (round(r["tok_s_per_gpu"], 6), -r["gpus"], -(r["judged"]["ttft_p90_s"] or 0)))
+
+
+def stack_dict(stack: Stack) -> dict:
+    return asdict(stack)
