@@ -62,10 +62,10 @@ def run_candidate(c: Candidate, workload: Workload, flag_overrides: list[str], s
     pod_flags = pod_flags_for(workload, flag_overrides)[0]
     if _PROMPTS is None:     # one tokenizer and prompt cache per process, shared by its candidates
         _PROMPTS = Prompts()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     sim = Simulation([PodSpec(r, pod_flags) for r in c.roles], c.config_text, workload.build(), stack, seed=seed,
                      config_source=c.config_name, prompts=_PROMPTS).run()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if export_trace:
         trace_mod.write(export_trace, [f for st in sim.stages for f in st.flights], sim.load.api)
     stages = [summarize(st, sim.pods) for st in sim.stages]
@@ -73,7 +73,7 @@ def run_candidate(c: Candidate, workload: Workload, flag_overrides: list[str], s
     engine_s = sum(s["engine_s"] for s in stages)
     return {"name": c.name, "config": c.config_name, "roles": c.role_counts, "settings": c.settings,
             "gpus": gpus, "stages": stages, "config_text": c.config_text, "pod_flags": pod_flags,
-            "sim": {"wall_s": wall, "engine_s": engine_s, "steps": sim.steps, "events": sim.events,
+            "sim": {"wall_s": wall, "cpu_s": cpu, "engine_s": engine_s, "steps": sim.steps, "events": sim.events,
                     "speed_x": engine_s / wall if wall else math.nan}}
 
 

@@ -47,7 +47,7 @@ def markdown(doc: dict) -> str:
     rec = doc.get("recommended")
     lines = [f"# epp-plan: {doc['workload']['path']}", "",
              f"{len(doc['candidates'])} candidates simulated in {doc['wall_s']:.1f} s "
-             f"({doc['engine_s']:.0f} engine s in all); judged on stage {doc['stage']}; SLOs: "
+             f"({doc['engine_s']:.0f} engine s in all, {sum(r['sim']['cpu_s'] for r in doc['candidates']):.1f} s of CPU); judged on stage {doc['stage']}; SLOs: "
              + (", ".join(f"{k} <= {v:g} s" for k, v in doc["slos"].items()) or "none"), "",
              f"stack: {', '.join(f'{k} {v:g}' for k, v in doc['stack'].items())}", ""]
     if rec:

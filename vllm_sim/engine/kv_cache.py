@@ -118,6 +118,10 @@ class KVCache:
 
     def allocate(self, req: Request, total_tokens: int, hits: list[int] = ()) -> bool:
         """Give the request enough blocks for `total_tokens`, first taking the hit blocks."""
+        if not hits:    # the common case in a decode step: the blocks it holds already suffice
+            held = self.req_blocks.get(req.request_id)
+            if held is not None and len(held) * self.block_size >= total_tokens:
+                return True
         if not self.can_allocate(req, total_tokens, hits):
             return False
         blocks = self.req_blocks.setdefault(req.request_id, [])
