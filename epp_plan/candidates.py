@@ -125,19 +125,19 @@ def parse_weights(specs: list[str]) -> list[tuple[str, list[float]]]:
     return out
 
 
-def expand(bases: list[tuple[str, str, list[str], object]], pds: list[str], non_cached: list[int],
+def expand(bases: list[tuple], pds: list[str], non_cached: list[int],
            weights: list[tuple[str, list[float]]], model: str, block_size: int) -> list[Candidate]:
-    """Every combination: (label, config text, roles, workload) bases x P:D role counts x nonCachedTokens x weights."""
+    """Every combination: (label, config text, roles, workload, origin) bases x P:D role counts x nonCachedTokens x weights."""
     out = []
     weight_axes = [[(name, w) for w in ws] for name, ws in weights]
-    for label, text, roles, workload in bases:
+    for label, text, roles, workload, origin in bases:
         text = adapt(text, model, block_size)
         for pd in pds or [None]:
             r = parse_pd(pd) if pd else roles
             for nct in non_cached or [None]:
                 for combo in itertools.product(*weight_axes) if weight_axes else [()]:
                     t = text
-                    settings: dict = {}
+                    settings: dict = dict(origin)
                     parts = [label]
                     if pd:
                         settings["pd"] = pd

@@ -46,13 +46,14 @@ class Load:
         return self.factory()
 
 
-def from_scenario(s: Scenario) -> Load:
+def from_scenario(s: Scenario, max_stages: int = 0) -> Load:
     ld = s.load
+    levels = stages(s)[:max_stages or None]
 
     def make() -> Load:
         plans = [StagePlan(level=lvl, mode=ld.mode, duration_s=ld.duration_s, drain_timeout_s=ld.drain_timeout_s,
                            seed=s.workload.seed + i, max_requests=ld.max_requests)
-                 for i, lvl in enumerate(stages(s))]
+                 for i, lvl in enumerate(levels)]
         out = Load(plans, Workload(s), s.pool.model, s.workload.api, s.name)
         out.factory = make
         return out

@@ -33,6 +33,7 @@ class Workload:
     model: str = "sim-model"
     seed: int = 1
     drain_timeout_s: float = 600.0
+    max_stages: int = 0       # 0: all (a stage never depends on later ones, so a prefix of them is exact)
 
     def scenario(self):
         if self.kind != "scenario":
@@ -47,7 +48,7 @@ class Workload:
 
     def build(self) -> load_mod.Load:
         if self.kind == "scenario":
-            return load_mod.from_scenario(self.scenario())
+            return load_mod.from_scenario(self.scenario(), self.max_stages)
         items, api = trace_mod.read(self.path, self.model, self.seed)
         return load_mod.from_trace(items, self.model, api, self.path, self.drain_timeout_s)
 
@@ -73,7 +74,7 @@ def run_candidate(c: Candidate, workload: Workload, flag_overrides: list[str], s
     engine_s = sum(s["engine_s"] for s in stages)
     return {"name": c.name, "config": c.config_name, "roles": c.role_counts, "settings": c.settings,
             "gpus": gpus, "stages": stages, "config_text": c.config_text, "pod_flags": pod_flags,
-            "sim": {"wall_s": wall, "cpu_s": cpu, "engine_s": engine_s, "steps": sim.steps, "events": sim.events,
+            "sim": {"wall_s": wall, "cpu_s": cpu, "engine_s": engine_s, "steps": sim.steps, "events": sim.events, "kv_pulls": sim.pulls,
                     "speed_x": engine_s / wall if wall else math.nan}}
 
 

@@ -43,6 +43,18 @@ from .vtime import VirtualClock
 API_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 
 
+def _seed_plugins(plugins, rng: random.Random) -> None:
+    """Plugins that break ties or sample at random (pickers, filters) each keep a random.Random seeded
+    from the OS; the config loader offers no seed, so the generators they hold (as an attribute or
+    behind a bound method) are reseeded from the run's seed: same inputs, same picks."""
+    for p in sorted(plugins, key=lambda p: (p.type_name, p.name)):
+        for attr in sorted(vars(p)):
+            v = getattr(p, attr)
+            gen = v if isinstance(v, random.Random) else getattr(v, "__self__", None)
+            if isinstance(gen, random.Random):
+                gen.seed(rng.getrandbits(64))
+
+
 class Flight:
     """One client request on its way through the stack."""
 
@@ -96,12 +108,14 @@ class Simulation:
         self.sinks = [p for p in self.scheduler.plugins
                       if callable(getattr(p, "apply", None)) and callable(getattr(p, "reset", None))]
         self.rng = random.Random(seed)
+        _seed_plugins(self.scheduler.plugins, self.rng)
         self.heap: list = []
         self.seq = itertools.count()
         self.ids = itertools.count(1)
         self.flights_by_rid: dict[str, tuple[Flight, bool]] = {}   # engine request id -> (flight, is prefill leg)
         self.stages: list[StageRun] = []
         self.pull_ok: dict[str, bool] = {}
+        self.pulls = {"ok": 0, "failed": 0}
         self.finished = False
         self.steps = 0
         self.events = 0
@@ -422,7 +436,9 @@ class Simulation:
 
     def _pull_done(self, arg) -> None:
         pod, req = arg
-        pod.engine.finish_remote_load(req.request_id, self.pull_ok.pop(req.request_id, False), self.now)
+        ok = self.pull_ok.pop(req.request_id, False)
+        self.pulls["ok" if ok else "failed"] += 1
+        pod.engine.finish_remote_load(req.request_id, ok, self.now)
         self._kick(pod)
 
     # ------------------------------------------------------------------ answers
