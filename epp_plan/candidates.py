@@ -134,7 +134,9 @@ def expand(bases: list[tuple], pds: list[str], non_cached: list[int],
         text = adapt(text, model, block_size)
         for pd in pds or [None]:
             r = parse_pd(pd) if pd else roles
-            for nct in non_cached or [None]:
+            # without prefill pods the decider's threshold changes nothing: one candidate, not one per value
+            no_prefill = "prefill" not in r
+            for nct in (non_cached[:1] if no_prefill else non_cached) or [None]:
                 for combo in itertools.product(*weight_axes) if weight_axes else [()]:
                     t = text
                     settings: dict = dict(origin)
@@ -144,8 +146,9 @@ def expand(bases: list[tuple], pds: list[str], non_cached: list[int],
                     parts.append(f"P:D {sum(x == 'prefill' for x in r)}:{sum(x != 'prefill' for x in r)}")
                     if nct is not None:
                         t = set_non_cached(t, nct)
-                        settings["nonCachedTokens"] = nct
-                        parts.append(f"nonCached {nct}")
+                        if not no_prefill:
+                            settings["nonCachedTokens"] = nct
+                            parts.append(f"nonCached {nct}")
                     for name, w in combo:
                         t = set_weight(t, name, w)
                         settings.setdefault("weights", {})[name] = w

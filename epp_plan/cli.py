@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = ap.add_argument_group("run")
     g.add_argument("--jobs", type=int, default=1, help="candidates simulated in parallel (processes)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--export-trace", default="", help="write the first candidate's requests as a JSONL trace")
+    g.add_argument("--export-trace", default="", help="write the first candidate's requests as a JSONL trace "
+                                                          "(arrival, prompt and output tokens)")
+    g.add_argument("--export-text", action="store_true", help="the exported trace carries the prompts' text too")
     g.add_argument("--no-plots", action="store_true")
     g.add_argument("--json", action="store_true", help="print results.json instead of the table")
     return ap
@@ -185,7 +187,8 @@ def _main(a) -> int:
     bar = _progress(len(jobs))
     if a.jobs > 1 and len(jobs) > 1:
         with concurrent.futures.ProcessPoolExecutor(max_workers=a.jobs) as pool:
-            futs = {pool.submit(run_candidate, c, wl, flags_overrides, stack, a.seed, a.export_trace if i == 0 else ""): i
+            futs = {pool.submit(run_candidate, c, wl, flags_overrides, stack, a.seed,
+                               a.export_trace if i == 0 else "", a.export_text): i
                     for i, (c, wl) in enumerate(jobs)}
             for fut in concurrent.futures.as_completed(futs):
                 results[futs[fut]] = fut.result()
@@ -195,7 +198,8 @@ def _main(a) -> int:
         for i, (c, wl) in enumerate(jobs):
             if bar:
                 bar.set_description(c.name[:40])
-            results[i] = run_candidate(c, wl, flags_overrides, stack, a.seed, a.export_trace if i == 0 else "")
+            results[i] = run_candidate(c, wl, flags_overrides, stack, a.seed, a.export_trace if i == 0 else "",
+                                       a.export_text)
             if bar:
                 bar.update(1)
     if bar:
@@ -203,7 +207,7 @@ def _main(a) -> int:
     for r in results:
         judge(r, slos, a.stage)
     front = pareto(results, slos)
-    rec = recommend(results)
+    rec = recommend(results, slos)
     name = os.path.splitext(os.path.basename(a.workload))[0]
     outdir = a.out or os.path.join("out", "plan", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(outdir, exist_ok=True)

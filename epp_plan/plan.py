@@ -57,7 +57,7 @@ _PROMPTS: Prompts | None = None
 
 
 def run_candidate(c: Candidate, workload: Workload, flag_overrides: list[str], stack: Stack, seed: int = 0,
-                  export_trace: str = "") -> dict:
+                  export_trace: str = "", export_text: bool = False) -> dict:
     """Simulates one candidate; returns its numbers (JSON-ready)."""
     global _PROMPTS
     pod_flags = pod_flags_for(workload, flag_overrides)[0]
@@ -68,7 +68,7 @@ def run_candidate(c: Candidate, workload: Workload, flag_overrides: list[str], s
                      config_source=c.config_name, prompts=_PROMPTS).run()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if export_trace:
-        trace_mod.write(export_trace, [f for st in sim.stages for f in st.flights], sim.load.api)
+        trace_mod.write(export_trace, [f for st in sim.stages for f in st.flights], sim.load.api, export_text)
     stages = [summarize(st, sim.pods) for st in sim.stages]
     gpus = sum(p.gpus for p in sim.pods)
     engine_s = sum(s["engine_s"] for s in stages)
@@ -131,12 +131,19 @@ def pareto(results: list[dict], slos: dict[str, float]) -> list[str]:
     return front
 
 
-def recommend(results: list[dict]) -> dict | None:
+TIE = 0.02      # throughputs per GPU this close are a tie (below saturation they all equal the offered load)
+
+
+def recommend(results: list[dict], slos: dict[str, float] | None = None) -> dict | None:
+    """The candidate meeting the SLOs at the most output tokens/s per GPU; within TIE of the best, the one
+    on fewer GPUs, then the lowest value of the first SLO'd latency (TTFT p90 without SLOs)."""
     ok = [r for r in results if r.get("meets_slo")]
     if not ok:
         return None
-    # ties (equal throughput per GPU) go to fewer GPUs, then the lower TTFT p90
-    return max(ok, key=lambda r: (round(r["tok_s_per_gpu"], 6), -r["gpus"], -(r["judged"]["ttft_p90_s"] or 0)))
+    best = max(r["tok_s_per_gpu"] for r in ok)
+    tied = [r for r in ok if r["tok_s_per_gpu"] >= best * (1 - TIE)]
+    key = SLO_KEYS[next(iter(slos or {}), "ttft_p90")]
+    return min(tied, key=lambda r: (r["gpus"], r["judged"][key], -r["tok_s_per_gpu"], r["name"]))
 
 
 def stack_dict(stack: Stack) -> dict:

@@ -103,14 +103,17 @@ def read(path: str, model: str, seed: int = 1) -> tuple[list[tuple[float, TraceI
     return [(t - t0, it) for t, it in items], apis.pop()
 
 
-def write(path: str, flights, api: str) -> int:
-    """A simulated run's requests as a trace (send time, prompt text, output length)."""
+def write(path: str, flights, api: str, with_text: bool = False) -> int:
+    """A simulated run's requests as a trace: send time, prompt length (the pods' token count), output
+    length, and with_text the prompt itself (needed where prompts share prefixes)."""
     n = 0
     with open(path, "w") as fh:
         for f in flights:
             b = orjson.loads(f.item.body)
             d = {"t": round(f.t_send, 6), "output_tokens": b.get("max_tokens") or DEFAULT_OUTPUT}
-            if api == "chat":
+            if not with_text:
+                d["prompt_tokens"] = f.eng.num_prompt_tokens if f.eng is not None else f.prompt_tokens
+            elif api == "chat":
                 d["api"] = "chat"
                 d["prompt"] = "".join(m.get("content") or "" for m in b["messages"])
             else:

@@ -103,7 +103,7 @@ def test_command_line_sweeps_a_trace_and_writes_a_config_epp_loads(tmp_path, cap
                    "--no-plots", "--export-trace", str(tmp_path / "again.jsonl")])
     assert rc == 0
     doc = json.loads((out / "results.json").read_text())
-    assert len(doc["candidates"]) == 4 and doc["recommended"]
+    assert len(doc["candidates"]) == 3 and doc["recommended"]     # 0:2 runs once: no prefill pod, no threshold
     assert all(c["stages"][0]["completed"] == 40 for c in doc["candidates"])
     pd = [c for c in doc["candidates"] if c["roles"].get("prefill")]
     share = {c["settings"]["nonCachedTokens"]: c["stages"][0]["disaggregated_share"] for c in pd}
@@ -120,3 +120,12 @@ def test_command_line_reports_bad_input(tmp_path, capsys):
     assert cli.main([str(tmp_path / "missing.jsonl"), "--no-plots", "--out", str(tmp_path)]) == 2
     assert "epp-plan:" in capsys.readouterr().err
     assert cli.main([str(tmp_path / "x.jsonl"), "--slo", "ttft=1"]) == 2
+
+
+def test_near_ties_go_to_fewer_gpus_then_lower_latency():
+    rs = [_result("big", 1000, 4, 0.5), _result("small", 745, 3, 0.9), _result("quick", 985, 4, 0.3)]
+    for r in rs:
+        judge(r, {"ttft_p90": 1.0}, -1)
+    assert recommend(rs, {"ttft_p90": 1.0})["name"] == "small"        # 248 vs 250 per GPU: a tie, 3 GPUs
+    rs = rs[0::2]
+    assert recommend(rs, {"ttft_p90": 1.0})["name"] == "quick"
