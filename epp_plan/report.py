@@ -65,9 +65,34 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def short_label(r: dict) -> str:
+    """P:D, then what the sweep set (n = nonCachedTokens), for crowded plots."""
+    roles = r["roles"]
+    parts = [f"{roles.get('prefill', 0)}:{sum(v for k, v in roles.items() if k != 'prefill')}"]
+    st = r.get("settings") or {}
+    if "nonCachedTokens" in st:
+        parts.append(f"n{st['nonCachedTokens']}")
+    for k, w in (st.get("weights") or {}).items():
+        parts.append(f"{k.split('-')[0]}x{w:g}")
+    if st.get("router") and st.get("variant"):
+        parts.insert(0, st["variant"])
+    return " ".join(parts)
+
+
+def frontier_2d(points: list[tuple[float, float, dict]]) -> list[tuple[float, float, dict]]:
+    """The points no other beats on both plotted axes (lower x, higher y), by rising x."""
+    out, best = [], -math.inf
+    for x, y, r in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            out.append((x, y, r))
+            best = y
+    return out
+
+
 def plot(doc: dict, outdir: str) -> list[str]:
-    """pareto.png: tokens/s per GPU against the first SLO'd latency (TTFT p90 without SLOs), the frontier
-    joined, the recommendation circled. Needs matplotlib (pip install 'epp[plan]')."""
+    """pareto.png: tokens/s per GPU against the first SLO'd latency (TTFT p90 without SLOs), log scale;
+    green where every SLO is met; the frontier of the two plotted axes joined; the recommendation
+    circled. Needs matplotlib (pip install -e '.[plan]')."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -75,26 +100,30 @@ def plot(doc: dict, outdir: str) -> list[str]:
     key = next(iter(doc["slos"]), "ttft_p90")
     metric = SLO_KEYS[key]
     scale = 1e-3 if metric.endswith("_ms") else 1.0
-    rs = [r for r in doc["candidates"] if r["judged"]]
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for r in rs:
-        x, y = r["judged"][metric] * scale, r["tok_s_per_gpu"]
-        ax.scatter([x], [y], color="tab:green" if r.get("meets_slo") else "tab:gray", zorder=3)
-        ax.annotate(r["name"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    front = sorted((r for r in rs if r["name"] in doc["pareto"]), key=lambda r: r["judged"][metric])
+    pts = [(r["judged"][metric] * scale, r["tok_s_per_gpu"], r) for r in doc["candidates"]
+           if r["judged"] and r["judged"][metric] == r["judged"][metric]]
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for x, y, r in pts:
+        ax.scatter([x], [y], color="tab:green" if r.get("meets_slo") else "tab:gray", zorder=3, s=28)
+        ax.annotate(short_label(r), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    front = frontier_2d(pts)
     if len(front) > 1:
-        ax.plot([r["judged"][metric] * scale for r in front], [r["tok_s_per_gpu"] for r in front], "--",
-                color="tab:blue", label="Pareto frontier", zorder=2)
-    rec = next((r for r in rs if r["name"] == doc.get("recommended")), None)
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", linestyle="--", color="tab:blue",
+                label=f"frontier (tok/s/GPU vs {key})", zorder=2)
+    rec = next(((x, y) for x, y, r in pts if r["name"] == doc.get("recommended")), None)
     if rec:
-        ax.scatter([rec["judged"][metric] * scale], [rec["tok_s_per_gpu"]], s=220, facecolors="none",
-                   edgecolors="tab:red", linewidths=2, label="recommended", zorder=4)
+        ax.scatter([rec[0]], [rec[1]], s=260, facecolors="none", edgecolors="tab:red", linewidths=2,
+                   label="recommended", zorder=4)
     if key in doc["slos"]:
-        ax.axvline(doc["slos"][key], color="tab:red", linestyle=":", label=f"SLO {key}")
+        ax.axvline(doc["slos"][key], color="tab:red", linestyle=":", label=f"SLO {key} {doc['slos'][key]:g} s")
+    if pts and max(p[0] for p in pts) > 20 * max(1e-9, min(p[0] for p in pts)):
+        ax.set_xscale("log")
     ax.set_xlabel(f"{key} (s)")
     ax.set_ylabel("output tokens/s per GPU")
-    ax.set_title("epp-plan: candidates (green: SLOs met)")
-    ax.grid(alpha=0.3)
+    others = ", ".join(k for k in doc["slos"] if k != key)
+    ax.set_title("epp-plan candidates: green = every SLO met" + (f" (also {others})" if others else "")
+                 + "; labels P:D, n = nonCachedTokens", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", fontsize=8)
     path = os.path.join(outdir, "pareto.png")
     fig.tight_layout()
