@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = ap.add_argument_group("run")
     g.add_argument("--jobs", type=int, default=1, help="candidates simulated in parallel (processes)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--repeats", type=int, default=1,
+                   help="simulate each candidate this many times (seeds seed, seed+1, ...): medians and ranges")
     g.add_argument("--export-trace", default="", help="write the first candidate's requests as a JSONL trace "
                                                           "(arrival, prompt and output tokens)")
     g.add_argument("--export-text", action="store_true", help="the exported trace carries the prompts' text too")
@@ -188,7 +190,7 @@ def _main(a) -> int:
     if a.jobs > 1 and len(jobs) > 1:
         with concurrent.futures.ProcessPoolExecutor(max_workers=a.jobs) as pool:
             futs = {pool.submit(run_candidate, c, wl, flags_overrides, stack, a.seed,
-                               a.export_trace if i == 0 else "", a.export_text): i
+                               a.export_trace if i == 0 else "", a.export_text, a.repeats): i
                     for i, (c, wl) in enumerate(jobs)}
             for fut in concurrent.futures.as_completed(futs):
                 results[futs[fut]] = fut.result()
@@ -199,7 +201,7 @@ def _main(a) -> int:
             if bar:
                 bar.set_description(c.name[:40])
             results[i] = run_candidate(c, wl, flags_overrides, stack, a.seed, a.export_trace if i == 0 else "",
-                                       a.export_text)
+                                       a.export_text, a.repeats)
             if bar:
                 bar.update(1)
     if bar:

@@ -46,7 +46,7 @@ def reference(path: str, scenario_path: str) -> dict:
     return out
 
 
-def simulate(ref: dict, max_stages: int = 0) -> list[dict]:
+def simulate(ref: dict, max_stages: int = 0, repeats: int = 5) -> list[dict]:
     """Runs the planner for every run of a reference; returns rows of (run, stage, bench, plan)."""
     rows = []
     stack_base = None
@@ -60,10 +60,12 @@ def simulate(ref: dict, max_stages: int = 0) -> list[dict]:
         with open(config_path(run["router"])) as fh:
             text = adapt(fh.read(), s.pool.model, s.pool.block_size)
         c = Candidate(run["router"], run["router"], text, roles, workload=wl)
-        got = run_candidate(c, wl, [], stack_base)
+        got = run_candidate(c, wl, [], stack_base, repeats=repeats)
         for b, p in zip(run["stages"], got["stages"]):
             rows.append({"variant": run["variant"], "router": run["router"], "level": b["level"],
-                         "bench": b, "plan": {k: p[k] for k in METRICS + INFO}, "cpu_s": got["sim"]["cpu_s"]})
+                         "bench": b, "plan": {k: p[k] for k in METRICS + INFO},
+                         "range": {k: p["spread"][k] for k in METRICS} if "spread" in p else {},
+                         "cpu_s": got["sim"]["cpu_s"]})
     return rows
 
 
@@ -83,7 +85,9 @@ def markdown(rows: list[dict]) -> list[str]:
         def cell(k, fmt, scale=1.0, unit=""):
             d = deviation(p[k], b[k])
             dv = "" if d != d else f" ({d:+.0%})"
-            return f"{b[k] * scale:{fmt}}{unit} / {p[k] * scale:{fmt}}{unit}{dv}"
+            rng = r.get("range", {}).get(k)
+            inside = "" if not rng or abs(d) <= 0.10 else (" in range" if rng[0] <= b[k] <= rng[1] else "")
+            return f"{b[k] * scale:{fmt}}{unit} / {p[k] * scale:{fmt}}{unit}{dv}{inside}"
         cpu = " (CPU-bound)" if b.get("cpu_bound") else ""
         lines.append(f"| {r['variant'] or '-'} | {r['router']} | {r['level']:g}{cpu} | {cell('output_tok_per_s', '.0f')} | "
                      f"{cell('ttft_p50_s', '.0f', 1e3, ' ms')} | {cell('ttft_p90_s', '.0f', 1e3, ' ms')} | "
@@ -96,6 +100,7 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="SCENARIO=BENCH_RESULTS.json pairs")
     ap.add_argument("--out", default="", help="write the references (for tests/data/plan_fidelity.json)")
+    ap.add_argument("--repeats", type=int, default=5, help="planner runs per config (seeds): medians and ranges")
     a = ap.parse_args(argv)
     refs, all_rows = [], []
     for spec in a.runs:
@@ -104,7 +109,7 @@ def main(argv=None) -> int:
             ap.error(f"{spec!r}: want SCENARIO=RESULTS.json")
         ref = reference(res, scen)
         refs.append(ref)
-        rows = simulate(ref)
+        rows = simulate(ref, repeats=a.repeats)
         all_rows += rows
         print(f"\n{scen} (bench {res}; stack router_ms {ref['router_ms']:.1f} from it)\n")
         print("\n".join(markdown(rows)))

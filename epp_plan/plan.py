@@ -5,6 +5,7 @@ output tokens/s per GPU."""
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass
 
@@ -56,26 +57,48 @@ class Workload:
 _PROMPTS: Prompts | None = None
 
 
+SPREAD = ("output_tok_per_s", "ttft_p50_s", "ttft_p90_s", "itl_p50_ms", "itl_p90_ms", "e2e_p50_s", "e2e_p90_s",
+          "hit_rate")
+
+
 def run_candidate(c: Candidate, workload: Workload, flag_overrides: list[str], stack: Stack, seed: int = 0,
-                  export_trace: str = "", export_text: bool = False) -> dict:
-    """Simulates one candidate; returns its numbers (JSON-ready)."""
+                  export_trace: str = "", export_text: bool = False, repeats: int = 1) -> dict:
+    """Simulates one candidate (`repeats` times, seeds seed, seed+1, ...: what varies is what varies
+    between two real runs of the same requests, the scrape phases and the plugins' random tie-breaks);
+    returns its numbers (JSON-ready), per stage the median over the repeats and their range."""
     global _PROMPTS
     pod_flags = pod_flags_for(workload, flag_overrides)[0]
     if _PROMPTS is None:     # one tokenizer and prompt cache per process, shared by its candidates
         _PROMPTS = Prompts()
     t0, c0 = time.perf_counter(), time.process_time()
-    sim = Simulation([PodSpec(r, pod_flags) for r in c.roles], c.config_text, workload.build(), stack, seed=seed,
-                     config_source=c.config_name, prompts=_PROMPTS).run()
+    runs, steps, events, pulls, gpus = [], 0, 0, {"ok": 0, "failed": 0}, 0
+    for k in range(max(1, repeats)):
+        sim = Simulation([PodSpec(r, pod_flags) for r in c.roles], c.config_text, workload.build(), stack,
+                         seed=seed + k, config_source=c.config_name, prompts=_PROMPTS).run()
+        if export_trace and k == 0:
+            trace_mod.write(export_trace, [f for st in sim.stages for f in st.flights], sim.load.api, export_text)
+        runs.append([summarize(st, sim.pods) for st in sim.stages])
+        steps, events, gpus = steps + sim.steps, events + sim.events, sum(p.gpus for p in sim.pods)
+        pulls = {k2: pulls[k2] + v for k2, v in sim.pulls.items()}
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    if export_trace:
-        trace_mod.write(export_trace, [f for st in sim.stages for f in st.flights], sim.load.api, export_text)
-    stages = [summarize(st, sim.pods) for st in sim.stages]
-    gpus = sum(p.gpus for p in sim.pods)
-    engine_s = sum(s["engine_s"] for s in stages)
+    stages = runs[0] if len(runs) == 1 else [_median_stage([r[i] for r in runs]) for i in range(len(runs[0]))]
+    engine_s = sum(s["engine_s"] for r in runs for s in r)
     return {"name": c.name, "config": c.config_name, "roles": c.role_counts, "settings": c.settings,
             "gpus": gpus, "stages": stages, "config_text": c.config_text, "pod_flags": pod_flags,
-            "sim": {"wall_s": wall, "cpu_s": cpu, "engine_s": engine_s, "steps": sim.steps, "events": sim.events, "kv_pulls": sim.pulls,
-                    "speed_x": engine_s / wall if wall else math.nan}}
+            "repeats": len(runs),
+            "sim": {"wall_s": wall, "cpu_s": cpu, "engine_s": engine_s, "steps": steps, "events": events,
+                    "kv_pulls": pulls, "speed_x": engine_s / wall if wall else math.nan}}
+
+
+def _median_stage(stages: list[dict]) -> dict:
+    """One stage over several seeds: each number the median, the headline ones with their range."""
+    out = dict(stages[0])
+    for k, v in out.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            vals = [s[k] for s in stages if s[k] == s[k]]
+            out[k] = statistics.median(vals) if vals else math.nan
+    out["spread"] = {k: [min(s[k] for s in stages), max(s[k] for s in stages)] for k in SPREAD}
+    return out
 
 
 def pod_flags_for(workload: Workload, overrides: list[str]) -> tuple[list[str], str, int]:

@@ -110,3 +110,32 @@ def test_drain_timeout_cuts_and_counts_errors(tmp_path):
     st = _run(path, roles=("decode",))["stages"][0]
     assert st["errors"] > 0 and st["error_kinds"].get("not finished at drain timeout") == st["errors"]
     assert st["engine_s"] < 1.5
+
+
+def test_same_outputs_across_processes_and_hash_seeds(tiny, tmp_path):
+    """Nothing depends on set or dict order of strings (PYTHONHASHSEED) or on the process."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    digests = []
+    for hs in ("1", "2"):
+        out = tmp_path / f"o{hs}"
+        r = subprocess.run([sys.executable, "-m", "epp_plan.cli", tiny, "--config", "epp-approx", "--weight",
+                            "queue-scorer=1,2", "--jobs", "2", "--no-plots", "--out", str(out), "--json"],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONHASHSEED": hs})
+        assert r.returncode == 0, r.stderr[-2000:]
+        doc = json.loads(r.stdout)
+        digests.append(hashlib.sha256(json.dumps([[c["name"], c["stages"]] for c in doc["candidates"]],
+                                                 sort_keys=True).encode()).hexdigest())
+    assert digests[0] == digests[1]
+
+
+def test_repeats_give_medians_and_ranges(tiny):
+    s = load(tiny)
+    wl = Workload("scenario", tiny)
+    c = Candidate("a", "a", _cfg("epp-load-only"), ["decode", "decode"], workload=wl)
+    r = run_candidate(c, wl, [], Stack(), repeats=3)
+    st = r["stages"][0]
+    lo, hi = st["spread"]["ttft_p90_s"]
+    assert r["repeats"] == 3 and lo <= st["ttft_p90_s"] <= hi
