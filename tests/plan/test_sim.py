@@ -105,11 +105,11 @@ def test_path_latency_lands_in_client_ttft(tiny):
 
 def test_drain_timeout_cuts_and_counts_errors(tmp_path):
     path = write_scenario(tmp_path / "over.yaml", pool={"count": 1, "gpu_blocks": 400},
-                          workload={"type": "random", "input_min": 2000, "input_max": 2000, "output_len": 64},
-                          load={"rates": [200], "duration_s": 1, "drain_timeout_s": 0.2})
+                          workload={"type": "random", "input_min": 1000, "input_max": 1000, "output_len": 64},
+                          load={"rates": [100], "duration_s": 0.5, "drain_timeout_s": 0.2})
     st = _run(path, roles=("decode",))["stages"][0]
     assert st["errors"] > 0 and st["error_kinds"].get("not finished at drain timeout") == st["errors"]
-    assert st["engine_s"] < 1.5
+    assert st["engine_s"] < 1.0
 
 
 def test_same_outputs_across_processes_and_hash_seeds(tiny, tmp_path):
