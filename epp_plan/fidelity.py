@@ -19,7 +19,7 @@ import sys
 
 from .candidates import Candidate, adapt, config_path
 from .cli import calibrated_router_ms
-from .plan import Workload, pod_flags_for, run_candidate
+from .plan import Workload, run_candidate
 from .stack import Stack
 
 METRICS = ("output_tok_per_s", "ttft_p50_s", "ttft_p90_s")

@@ -41,23 +41,13 @@ class Load:
     def wants_text(self) -> bool:
         return self.source.wants_text()
 
-    def fresh(self) -> "Load":
-        """The same load from its start (every candidate replays it from scratch)."""
-        return self.factory()
-
 
 def from_scenario(s: Scenario, max_stages: int = 0) -> Load:
     ld = s.load
-    levels = stages(s)[:max_stages or None]
-
-    def make() -> Load:
-        plans = [StagePlan(level=lvl, mode=ld.mode, duration_s=ld.duration_s, drain_timeout_s=ld.drain_timeout_s,
-                           seed=s.workload.seed + i, max_requests=ld.max_requests)
-                 for i, lvl in enumerate(levels)]
-        out = Load(plans, Workload(s), s.pool.model, s.workload.api, s.name)
-        out.factory = make
-        return out
-    return make()
+    plans = [StagePlan(level=lvl, mode=ld.mode, duration_s=ld.duration_s, drain_timeout_s=ld.drain_timeout_s,
+                       seed=s.workload.seed + i, max_requests=ld.max_requests)
+             for i, lvl in enumerate(stages(s)[:max_stages or None])]
+    return Load(plans, Workload(s), s.pool.model, s.workload.api, s.name)
 
 
 class _TraceSource:
@@ -73,9 +63,5 @@ class _TraceSource:
 
 def from_trace(items: list[tuple[float, Item]], model: str, api: str, name: str,
                drain_timeout_s: float = 600.0) -> Load:
-    def make() -> Load:
-        out = Load([StagePlan(level=0.0, mode="trace", drain_timeout_s=drain_timeout_s, trace=items)],
-                   _TraceSource(), model, api, name)
-        out.factory = make
-        return out
-    return make()
+    return Load([StagePlan(level=0.0, mode="trace", drain_timeout_s=drain_timeout_s, trace=items)],
+                _TraceSource(), model, api, name)

@@ -40,9 +40,6 @@ from .pods import Pod, PodSpec, Prompts
 from .stack import Stack
 from .vtime import VirtualClock
 
-API_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
-
-
 def _seed_plugins(plugins, rng: random.Random) -> None:
     """Plugins that break ties or sample at random (pickers, filters) each keep a random.Random seeded
     from the OS; the config loader offers no seed, so the generators they hold (as an attribute or

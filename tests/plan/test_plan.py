@@ -1,6 +1,5 @@
 """Candidates, SLO judging, the Pareto frontier, the recommendation, traces and the command line."""
 import json
-import math
 import os
 
 import pytest

@@ -3,10 +3,10 @@ import json
 import time
 
 import pytest
-import yaml
 
 from epp.datalayer.metrics_parse import MetricNames, parse_metrics
 from epp_plan.candidates import Candidate, adapt, config_path
+from epp_plan.load import from_scenario
 from epp_plan.pods import Pod, PodSpec
 from epp_plan.plan import Workload, run_candidate
 from epp_plan.sim import Simulation
@@ -90,8 +90,7 @@ def test_pd_short_prompts_stay_on_the_decode_pod(tmp_path):
 def test_precise_index_hears_the_pods_kv_events(tiny):
     s = load(tiny)
     text = adapt(_cfg("epp-precise"), s.pool.model, s.pool.block_size)
-    sim = Simulation([PodSpec("decode", engine_flags(s.pool))] * 2, text,
-                     __import__("epp_plan.load", fromlist=["x"]).from_scenario(s)).run()
+    sim = Simulation([PodSpec("decode", engine_flags(s.pool))] * 2, text, from_scenario(s)).run()
     producer = next(p for p in sim.scheduler.plugins if p.type_name == "precise-prefix-cache-producer")
     assert producer.index.stats()["entries"] > 0
     assert producer.lookups > 0 and producer.hit_blocks > 0          # matched real token blocks, not bytes
@@ -132,7 +131,6 @@ def test_same_outputs_across_processes_and_hash_seeds(tiny, tmp_path):
 
 
 def test_repeats_give_medians_and_ranges(tiny):
-    s = load(tiny)
     wl = Workload("scenario", tiny)
     c = Candidate("a", "a", _cfg("epp-load-only"), ["decode", "decode"], workload=wl)
     r = run_candidate(c, wl, [], Stack(), repeats=3)
