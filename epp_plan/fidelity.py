@@ -23,7 +23,7 @@ from .plan import Workload, run_candidate
 from .stack import Stack
 
 METRICS = ("output_tok_per_s", "ttft_p50_s", "ttft_p90_s")
-INFO = ("itl_p50_ms", "hit_rate")
+INFO = ("itl_p50_ms", "hit_rate", "server_ttft_mean_s")
 
 
 def reference(path: str, scenario_path: str) -> dict:
@@ -41,7 +41,7 @@ def reference(path: str, scenario_path: str) -> dict:
             out["runs"].append({
                 "variant": variant, "router": router, "roles": pool["roles"], "count": pool["count"],
                 "quick": run["scenario"].get("quick", False),
-                "stages": [{"level": s["level"], **{k: s[k] for k in METRICS + INFO},
+                "stages": [{"level": s["level"], **{k: s.get(k, math.nan) for k in METRICS + INFO},
                             "cpu_bound": bool(s.get("cpu", {}).get("cpu_bound"))} for s in r["stages"]]})
     return out
 
@@ -77,8 +77,8 @@ def deviation(plan: float, bench: float) -> float:
 
 def markdown(rows: list[dict]) -> list[str]:
     lines = ["| variant | router | rate | out tok/s bench / plan | TTFT p50 bench / plan | TTFT p90 bench / plan "
-             "| ITL p50 bench / plan | hit rate bench / plan |",
-             "|---|---|---:|---|---|---|---|---|"]
+             "| ITL p50 bench / plan | hit rate bench / plan | sims' mean TTFT bench / plan |",
+             "|---|---|---:|---|---|---|---|---|---|"]
     for r in rows:
         b, p = r["bench"], r["plan"]
 
@@ -91,7 +91,8 @@ def markdown(rows: list[dict]) -> list[str]:
         cpu = " (CPU-bound)" if b.get("cpu_bound") else ""
         lines.append(f"| {r['variant'] or '-'} | {r['router']} | {r['level']:g}{cpu} | {cell('output_tok_per_s', '.0f')} | "
                      f"{cell('ttft_p50_s', '.0f', 1e3, ' ms')} | {cell('ttft_p90_s', '.0f', 1e3, ' ms')} | "
-                     f"{cell('itl_p50_ms', '.1f', 1, ' ms')} | {b['hit_rate'] * 100:.1f}% / {p['hit_rate'] * 100:.1f}% |")
+                     f"{cell('itl_p50_ms', '.1f', 1, ' ms')} | {b['hit_rate'] * 100:.1f}% / {p['hit_rate'] * 100:.1f}% | "
+                     f"{cell('server_ttft_mean_s', '.0f', 1e3, ' ms')} |")
     return lines
 
 

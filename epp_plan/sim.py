@@ -56,12 +56,12 @@ class Flight:
     """One client request on its way through the stack."""
 
     __slots__ = ("i", "stage", "item", "t_send", "request", "result", "tokens", "pod", "prefill", "prefill_open",
-                 "rid", "pre_rid", "eng", "status", "error", "t_first", "t_done", "itl", "out_tokens",
+                 "rid", "pre_rid", "eng", "pre_eng", "status", "error", "t_first", "t_done", "itl", "out_tokens",
                  "prompt_tokens", "cached_tokens", "open", "reported_cached")
 
     def __init__(self, i: int, stage: "StageRun", item, t: float) -> None:
         self.i, self.stage, self.item, self.t_send = i, stage, item, t
-        self.request = self.result = self.pod = self.prefill = self.eng = None
+        self.request = self.result = self.pod = self.prefill = self.eng = self.pre_eng = None
         self.prefill_open = False
         self.rid = self.pre_rid = ""
         self.status, self.error = 0, ""
@@ -309,7 +309,7 @@ class Simulation:
         if not f.open:
             return
         req = self._engine_request(f, True, None)
-        f.pre_rid = req.request_id
+        f.pre_rid, f.pre_eng = req.request_id, req
         f.prefill.engine.add_request(req)
         self._kick(f.prefill)
 

@@ -35,6 +35,11 @@ def summarize(st, pods) -> dict:
             k = f.error.split(":")[0] if f.error else f"http {f.status}"
             errors[k] = errors.get(k, 0) + 1
     pd = sum(1 for f in ok if f.prefill is not None)
+    # what the sims' own histograms hold (vllm:time_to_first_token_seconds, request_queue_time_seconds):
+    # every engine request, prefill legs included, on the engine clock, with no proxy in it
+    eng_reqs = [r for f in ok for r in (f.eng, f.pre_eng) if r is not None and r.first_token_time is not None]
+    eng_ttft = [r.first_token_time - r.arrival_time for r in eng_reqs]
+    eng_queue = [r.first_scheduled_time - r.arrival_time for r in eng_reqs if r.first_scheduled_time is not None]
     return {
         "mode": st.plan.mode, "level": st.plan.level, "sent": len(st.flights), "completed": len(ok),
         "errors": len(st.flights) - len(ok), "error_kinds": errors, "drained": st.drained, "engine_s": eng,
@@ -49,4 +54,6 @@ def summarize(st, pods) -> dict:
         "pod_requests": per_pod, "imbalance": max(per_pod) / mean if per_pod and mean else math.nan,
         "preemptions": sum(d["preemptions"] for d in deltas),
         "disaggregated_share": pd / len(ok) if ok else math.nan,
+        "server_ttft_mean_s": sum(eng_ttft) / len(eng_ttft) if eng_ttft else math.nan,
+        "server_queue_mean_s": sum(eng_queue) / len(eng_queue) if eng_queue else math.nan,
     }
