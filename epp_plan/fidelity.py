@@ -76,7 +76,7 @@ def deviation(plan: float, bench: float) -> float:
 
 
 def markdown(rows: list[dict]) -> list[str]:
-    lines = ["| variant | router | rate | out tok/s bench / plan | TTFT p50 bench / plan | TTFT p90 bench / plan "
+    lines = ["| variant | router | rate | out tok/s bench / plan | TTFT p50 bench / plan [range] | TTFT p90 bench / plan [range] "
              "| ITL p50 bench / plan | hit rate bench / plan | sims' mean TTFT bench / plan |",
              "|---|---|---:|---|---|---|---|---|---|"]
     for r in rows:
@@ -86,8 +86,9 @@ def markdown(rows: list[dict]) -> list[str]:
             d = deviation(p[k], b[k])
             dv = "" if d != d else f" ({d:+.0%})"
             rng = r.get("range", {}).get(k)
-            inside = "" if not rng or abs(d) <= 0.10 else (" in range" if rng[0] <= b[k] <= rng[1] else "")
-            return f"{b[k] * scale:{fmt}}{unit} / {p[k] * scale:{fmt}}{unit}{dv}{inside}"
+            span = f" [{rng[0] * scale:{fmt}}-{rng[1] * scale:{fmt}}]" if rng and k != "output_tok_per_s" else ""
+            inside = " in range" if rng and abs(d) > 0.10 and rng[0] <= b[k] <= rng[1] else ""
+            return f"{b[k] * scale:{fmt}}{unit} / {p[k] * scale:{fmt}}{unit}{span}{dv}{inside}"
         cpu = " (CPU-bound)" if b.get("cpu_bound") else ""
         lines.append(f"| {r['variant'] or '-'} | {r['router']} | {r['level']:g}{cpu} | {cell('output_tok_per_s', '.0f')} | "
                      f"{cell('ttft_p50_s', '.0f', 1e3, ' ms')} | {cell('ttft_p90_s', '.0f', 1e3, ' ms')} | "

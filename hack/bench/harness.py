@@ -85,7 +85,7 @@ async def run_router(s: Scenario, name: str, kids: Children, opts) -> dict:
     ld = s.load
     out: dict = {"status": "ok", "stages": []}
     t0 = time.time()
-    pool = poolmod.start(kids, s.pool, name)
+    pool = poolmod.start(kids, s.pool, routers.file_label(name))
     running = None
     try:
         running = routers.start(kids, name, pool, install=opts.install, envoy_concurrency=opts.envoy_concurrency)

@@ -49,6 +49,11 @@ class Running:
         self.name, self.url, self.pids, self.info, self.epp_metrics = name, url, pids, info, epp_metrics
 
 
+def file_label(name: str) -> str:
+    """A router's name as it appears in log and file names (epp:PATH names carry a path)."""
+    return name.replace("/", "_")
+
+
 def check(name: str) -> None:
     if name not in KNOWN and not name.startswith("epp:"):
         raise ValueError(f"unknown router {name!r}; known: {', '.join(KNOWN)}, or epp:PATH")
@@ -235,7 +240,7 @@ def start(kids: Children, name: str, pool, install: bool = True, envoy_concurren
         return start_peer(kids, name, pool, install)
     port = free_port()
     if name == "envoy-rr":
-        p = start_envoy(kids, name, round_robin_bootstrap(port, pool.addresses), port, envoy_concurrency)
+        p = start_envoy(kids, file_label(name), round_robin_bootstrap(port, pool.addresses), port, envoy_concurrency)
         return Running(name, f"http://127.0.0.1:{port}", {"envoy": p.pid}, {"lb": "Envoy ROUND_ROBIN"})
     cfg = epp_config(name, pool, kids.logdir)
     grpc, mport = free_port(), free_port()
@@ -243,9 +248,9 @@ def start(kids: Children, name: str, pool, install: bool = True, envoy_concurren
     ts = pool.spec.time_scale
     epp = start_epp(kids, pool.endpoints_file, grpc, f"{50 / ts:.0f}ms",
                     extra=["--metrics-port", str(mport), "--config-file", cfg,
-                           "--metrics-staleness-threshold", f"{2000 / ts:.0f}ms"], name=f"{name}-epp")
+                           "--metrics-staleness-threshold", f"{2000 / ts:.0f}ms"], name=f"{file_label(name)}-epp")
     wait_port(mport, 30, epp, "epp metrics")
-    env = start_envoy(kids, name, bootstrap(free_port(), {"FULL_DUPLEX_STREAMED": port}, epp_port=grpc), port,
+    env = start_envoy(kids, file_label(name), bootstrap(free_port(), {"FULL_DUPLEX_STREAMED": port}, epp_port=grpc), port,
                       envoy_concurrency)
     return Running(name, f"http://127.0.0.1:{port}", {"envoy": env.pid, "epp": epp.pid},
                    {"config": os.path.relpath(cfg, ROOT) if cfg.startswith(ROOT) else cfg}, epp_metrics=mport)
