@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--profile", default="llama-8b-h100")
     g.add_argument("--model", default="sim-model")
     g.add_argument("--sim-arg", action="append", default=[], help="any vllm-sim engine flag, e.g. --sim-arg=--num-gpu-blocks-override=2000")
+    g.add_argument("--role-arg", action="append", default=[],
+                   help="ROLE=FLAG: a vllm-sim flag for that role's pods only, e.g. --role-arg=prefill=--profile=llama-70b-4xh100")
     g = ap.add_argument_group("goals")
     g.add_argument("--slo", action="append", default=[], help=f"KEY=SECONDS, KEY one of {', '.join(SLO_KEYS)}; repeatable")
     g.add_argument("--stage", type=int, default=-1, help="the stage the SLOs judge (default the last: highest load)")
@@ -169,7 +171,13 @@ def _main(a) -> int:
     for i, b in enumerate(bases):      # a trace without --pd uses --pods aggregated pods
         if kind == "trace":
             bases[i] = (b[0], b[1], pods_default, *b[3:])
-    flags_overrides = list(a.sim_arg) + (["--profile", a.profile] if kind == "trace" else [])
+    flags_overrides = (["--profile", a.profile] if kind == "trace" else []) + list(a.sim_arg)
+    role_flags: dict[str, list[str]] = {}
+    for spec in a.role_arg:
+        role, sep, flag = spec.partition("=")
+        if not sep or role not in ("prefill", "decode") or not flag.startswith("--"):
+            raise CandidateError(f"--role-arg {spec!r}: want prefill=--FLAG=VALUE or decode=--FLAG=VALUE")
+        role_flags.setdefault(role, []).append(flag)
     flags, model, block_size = pod_flags_for(workload, flags_overrides)
     pds = [x for x in a.pd.split(",") if x]
     nct = [int(x) for x in a.non_cached_tokens.split(",") if x]
@@ -190,7 +198,7 @@ def _main(a) -> int:
     if a.jobs > 1 and len(jobs) > 1:
         with concurrent.futures.ProcessPoolExecutor(max_workers=a.jobs) as pool:
             futs = {pool.submit(run_candidate, c, wl, flags_overrides, stack, a.seed,
-                               a.export_trace if i == 0 else "", a.export_text, a.repeats): i
+                               a.export_trace if i == 0 else "", a.export_text, a.repeats, role_flags): i
                     for i, (c, wl) in enumerate(jobs)}
             for fut in concurrent.futures.as_completed(futs):
                 results[futs[fut]] = fut.result()
@@ -201,7 +209,7 @@ def _main(a) -> int:
             if bar:
                 bar.set_description(c.name[:40])
             results[i] = run_candidate(c, wl, flags_overrides, stack, a.seed, a.export_trace if i == 0 else "",
-                                       a.export_text, a.repeats)
+                                       a.export_text, a.repeats, role_flags)
             if bar:
                 bar.update(1)
     if bar:
@@ -225,7 +233,8 @@ def _main(a) -> int:
                      f"# pool roles: {json.dumps(rec['roles'])}; {rec['tok_s_per_gpu']:.0f} output tok/s per GPU\n")
             fh.write(rec["config_text"])
         with open(os.path.join(outdir, "recommended-pool.json"), "w") as fh:
-            json.dump({"roles": rec["roles"], "gpus": rec["gpus"], "pod_flags": rec["pod_flags"], "settings": rec["settings"]},
+            json.dump({"roles": rec["roles"], "gpus": rec["gpus"], "pod_flags": rec["pod_flags"],
+                       "role_flags": rec["role_flags"], "settings": rec["settings"]},
                       fh, indent=1)
     if a.no_plots:
         doc["plots_note"] = "skipped (--no-plots)"

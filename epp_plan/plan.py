@@ -62,10 +62,12 @@ SPREAD = ("output_tok_per_s", "ttft_p50_s", "ttft_p90_s", "itl_p50_ms", "itl_p90
 
 
 def run_candidate(c: Candidate, workload: Workload, flag_overrides: list[str], stack: Stack, seed: int = 0,
-                  export_trace: str = "", export_text: bool = False, repeats: int = 1) -> dict:
+                  export_trace: str = "", export_text: bool = False, repeats: int = 1,
+                  role_flags: dict[str, list[str]] | None = None) -> dict:
     """Simulates one candidate (`repeats` times, seeds seed, seed+1, ...: what varies is what varies
     between two real runs of the same requests, the scrape phases and the plugins' random tie-breaks);
-    returns its numbers (JSON-ready), per stage the median over the repeats and their range."""
+    returns its numbers (JSON-ready), per stage the median over the repeats and their range.
+    role_flags: more vllm-sim flags for the pods of one role (a prefill fleet on other GPUs)."""
     global _PROMPTS
     pod_flags = pod_flags_for(workload, flag_overrides)[0]
     if _PROMPTS is None:     # one tokenizer and prompt cache per process, shared by its candidates
@@ -73,7 +75,8 @@ def run_candidate(c: Candidate, workload: Workload, flag_overrides: list[str], s
     t0, c0 = time.perf_counter(), time.process_time()
     runs, steps, events, pulls, gpus = [], 0, 0, {"ok": 0, "failed": 0}, 0
     for k in range(max(1, repeats)):
-        sim = Simulation([PodSpec(r, pod_flags) for r in c.roles], c.config_text, workload.build(), stack,
+        pods = [PodSpec(r, pod_flags + list((role_flags or {}).get(r, ()))) for r in c.roles]
+        sim = Simulation(pods, c.config_text, workload.build(), stack,
                          seed=seed + k, config_source=c.config_name, prompts=_PROMPTS).run()
         if export_trace and k == 0:
             trace_mod.write(export_trace, [f for st in sim.stages for f in st.flights], sim.load.api, export_text)
@@ -85,6 +88,7 @@ def run_candidate(c: Candidate, workload: Workload, flag_overrides: list[str], s
     engine_s = sum(s["engine_s"] for r in runs for s in r)
     return {"name": c.name, "config": c.config_name, "roles": c.role_counts, "settings": c.settings,
             "gpus": gpus, "stages": stages, "config_text": c.config_text, "pod_flags": pod_flags,
+            "role_flags": role_flags or {},
             "repeats": len(runs),
             "sim": {"wall_s": wall, "cpu_s": cpu, "engine_s": engine_s, "steps": steps, "events": events,
                     "kv_pulls": pulls, "speed_x": engine_s / wall if wall else math.nan}}

@@ -128,3 +128,15 @@ def test_near_ties_go_to_fewer_gpus_then_lower_latency():
     assert recommend(rs, {"ttft_p90": 1.0})["name"] == "small"        # 248 vs 250 per GPU: a tie, 3 GPUs
     rs = rs[0::2]
     assert recommend(rs, {"ttft_p90": 1.0})["name"] == "quick"
+
+
+def test_role_args_shape_one_role_and_count_its_gpus(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("\n".join(json.dumps({"t": i * 0.1, "prompt_tokens": 1200, "output_tokens": 8}) for i in range(10)) + "\n")
+    out = tmp_path / "out"
+    assert cli.main([str(trace), "--config", "epp-pd", "--pd", "1:1", "--role-arg=prefill=--profile=llama-70b-4xh100",
+                     "--sim-arg=--num-gpu-blocks-override=2000", "--out", str(out), "--no-plots"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    c = doc["candidates"][0]
+    assert c["gpus"] == 4 + 1 and c["stages"][0]["completed"] == 10       # a 4-GPU prefill pod, a 1-GPU decode pod
+    assert cli.main([str(trace), "--role-arg=prefill", "--out", str(out)]) == 2
