@@ -32,7 +32,7 @@ def reference(path: str, scenario_path: str) -> dict:
         res = json.load(fh)
     runs = res.items() if "routers" not in res else [("", res)]
     out = {"scenario": scenario_path, "bench": os.path.relpath(path), "router_ms": calibrated_router_ms(path, Stack().return_ms),
-           "runs": []}
+           "epp": _commit(), "runs": []}
     for variant, run in runs:
         pool = run["scenario"]["pool"]
         for router, r in run["routers"].items():
@@ -44,6 +44,16 @@ def reference(path: str, scenario_path: str) -> dict:
                 "stages": [{"level": s["level"], **{k: s.get(k, math.nan) for k in METRICS + INFO},
                             "cpu_bound": bool(s.get("cpu", {}).get("cpu_bound"))} for s in r["stages"]]})
     return out
+
+
+def _commit() -> str:
+    """The checkout's commit: the references hold for the routing of that epp."""
+    import subprocess
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def simulate(ref: dict, max_stages: int = 0, repeats: int = 5) -> list[dict]:

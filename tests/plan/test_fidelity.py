@@ -2,7 +2,11 @@
 benchmark run per scenario are kept in tests/data/plan_fidelity.json (python -m epp_plan.fidelity
 writes them); the planner simulates the same scenarios and configs, its stack calibrated from those
 runs, and must land within 10% on throughput and on TTFT p50 / p90. Rows where a larger gap remains
-are listed with their bound and the reason the docs give (the benchmark machine, not the model)."""
+are listed with their bound and the reason the docs give (the benchmark machine, not the model).
+
+The references are the routing of the epp they were measured with (their "epp" field): a change to a
+plugin's behaviour changes the wall-clock numbers too, and this test then says so; rerun the three
+benchmarks and re-record them (docs/planner.md, "Fidelity")."""
 import json
 import os
 
