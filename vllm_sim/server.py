@@ -11,8 +11,8 @@ import uuid
 import orjson
 from aiohttp import web
 
-from . import openai_api
-from .engine import Engine, EngineConfig, Request, ScaledClock
+from . import engine_setup, openai_api
+from .engine import Request, ScaledClock
 from .errors import APIError, bad_request, model_not_found
 from .failures import FailureInjector
 from .kv_events import KVEventPublisher, parse_kv_events_config
@@ -37,26 +37,8 @@ class SimServer:
         self.served_names = list(args.served_model_name or [args.model])
         self.model_name = self.served_names[0]
         self.tok = tokmod.load(args.tokenizer)
-        overrides = {k: getattr(args, k, None) for k in profiles.OVERRIDABLE}
-        if args.max_model_len is not None:
-            overrides["max_model_len"] = args.max_model_len
-        self.profile = profiles.get(args.profile, **overrides)
-        num_blocks = args.num_gpu_blocks_override or self.profile.num_gpu_blocks * 16 // args.block_size
-        if self.profile.max_model_len > num_blocks * args.block_size:
-            # vLLM refuses to start when one max-length sequence cannot fit in the KV cache; a simulator
-            # with a deliberately tiny cache is more useful serving shorter sequences
-            log.warning("max_model_len %d exceeds the KV cache (%d tokens); capping it",
-                        self.profile.max_model_len, num_blocks * args.block_size)
-            self.profile = profiles.replace_field(self.profile, max_model_len=num_blocks * args.block_size)
         self.lora = LoraRegistry(args.enable_lora, parse_modules(args.lora_modules))
-        cfg = EngineConfig(num_gpu_blocks=num_blocks, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
-                           max_num_batched_tokens=args.max_num_batched_tokens,
-                           max_model_len=self.profile.max_model_len, offload_blocks=args.kv_offload_blocks,
-                           hash_seed=args.seed, pin_timeout_s=args.kv_transfer_timeout,
-                           max_loras=args.max_loras if args.enable_lora else 0,
-                           enable_prefix_caching=args.enable_prefix_caching,
-                           vocab_ids=self.tok.word_token_ids())
-        self.engine = Engine(cfg, self.profile, seed=args.seed)
+        self.engine, self.profile = engine_setup.build(args, self.tok.word_token_ids())
         self.clock = ScaledClock(args.time_scale)
         self.metrics = SimMetrics(self.engine, self.model_name, lora_enabled=args.enable_lora,
                                   max_loras=args.max_loras)

@@ -62,7 +62,9 @@ def main(argv=None) -> int:
     stop_on_signals()
 
     if a.cmd == "list":
-        from . import routers, scenario
+        from testbed import scenario
+
+        from . import routers
         for path in sorted(glob.glob(os.path.join(HERE, "scenarios", "*.yaml"))):
             s = scenario.load(path)
             print(f"{os.path.relpath(path, ROOT)}: {s.description.strip().splitlines()[0] if s.description else ''}")
@@ -76,7 +78,9 @@ def main(argv=None) -> int:
         from . import overhead
         return overhead.main(a)
 
-    from . import harness, report, scenario
+    from testbed import scenario
+
+    from . import harness, report
     path = a.scenario
     if not os.path.exists(path):
         path = os.path.join(HERE, "scenarios", a.scenario + ("" if a.scenario.endswith(".yaml") else ".yaml"))

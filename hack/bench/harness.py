@@ -20,9 +20,9 @@ from testbed.procstat import cpu_model
 
 from . import ROOT
 from . import loadgen, pool as poolmod, report, routers
-from .scenario import Scenario, stages
+from testbed.scenario import Scenario, stages
 from .sysmon import Monitor
-from .workload import Workload
+from testbed.workload import Workload
 
 
 async def wait_ready(http: aiohttp.ClientSession, url: str, model: str, proc_pids: dict, timeout: float = 60.0) -> None:
@@ -85,7 +85,7 @@ async def run_router(s: Scenario, name: str, kids: Children, opts) -> dict:
     ld = s.load
     out: dict = {"status": "ok", "stages": []}
     t0 = time.time()
-    pool = poolmod.start(kids, s.pool, name)
+    pool = poolmod.start(kids, s.pool, routers.file_label(name))
     running = None
     try:
         running = routers.start(kids, name, pool, install=opts.install, envoy_concurrency=opts.envoy_concurrency)

@@ -21,7 +21,7 @@ import subprocess
 import yaml
 
 from . import routers
-from .scenario import Scenario, stages
+from testbed.scenario import Scenario, stages
 
 
 def base_python() -> str:

@@ -16,7 +16,7 @@ import time
 import aiohttp
 import orjson
 
-from .workload import Item, Workload
+from testbed.workload import Item, Workload
 
 perf = time.perf_counter
 

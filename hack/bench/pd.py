@@ -16,37 +16,14 @@ import json
 import os
 import sys
 
-import yaml
+from testbed import scenario
 
-from . import ROOT
-from . import harness, scenario
+from . import ROOT, harness
 from .report import f
 
 COLS = [("output_tok_per_s", "out tok/s", ".0f"), ("ttft_p50_s", "TTFT p50 s", ".3f"), ("ttft_p90_s", "TTFT p90 s", ".3f"),
         ("itl_p50_ms", "ITL p50 ms", ".1f"), ("itl_p90_ms", "ITL p90 ms", ".1f"), ("e2e_p50_s", "E2E p50 s", ".2f"),
         ("e2e_p90_s", "E2E p90 s", ".2f")]
-
-
-def variants(path: str, quick: bool, only: list[str]) -> list[tuple[str, scenario.Scenario]]:
-    with open(path) as fh:
-        doc = yaml.safe_load(fh)
-    if quick:
-        q = doc.get("quick") or {}
-        doc = scenario.merge(doc, q)
-        if "variants" in q:       # the quick run's variants replace the full list
-            doc["variants"] = q["variants"]
-    table = doc.pop("variants", None)
-    doc.pop("quick", None)
-    if not isinstance(table, dict) or not table:
-        raise scenario.ScenarioError(f"{path}: a P/D scenario needs `variants: {{name: overrides}}`")
-    out = []
-    for name, over in table.items():
-        if only and name not in only:
-            continue
-        d = scenario.merge(doc, over or {})
-        d["name"] = f"{doc['name']}-{name.replace(':', 'to')}"
-        out.append((name, scenario.from_dict(d, f"{os.path.relpath(path)} [{name}]")))
-    return out
 
 
 def rows(results: dict[str, dict]) -> list[str]:
@@ -90,7 +67,7 @@ def main(argv=None) -> int:
     outdir = a.out or os.path.join(ROOT, "out", "bench", f"pd-{stamp}")
     os.makedirs(outdir, exist_ok=True)
     results = {}
-    for name, s in variants(a.scenario, a.quick, [v for v in a.variants.split(",") if v]):
+    for name, s in scenario.variants(a.scenario, a.quick, [v for v in a.variants.split(",") if v]):
         print(f"## variant {name}: roles {s.pool.roles}, {s.pool.count} pods, routers {s.routers}", flush=True)
         opts = argparse.Namespace(out=os.path.join(outdir, name.replace(":", "to")), routers=[], install=False,
                                   plots="never", envoy_concurrency=2, quick=a.quick, client="bench")

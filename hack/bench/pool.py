@@ -12,7 +12,7 @@ from testbed.children import Children
 from testbed.ports import free_listen_port, free_range
 from testbed.wait import wait_file
 
-from .scenario import Pool as PoolSpec
+from testbed.scenario import Pool as PoolSpec, engine_flags
 
 PY = sys.executable
 
@@ -49,18 +49,12 @@ class PoolHandle:
 
 
 def sim_flags(spec: PoolSpec, kv_port: int) -> list[str]:
-    args = ["--model", spec.model, "--profile", spec.profile, "--time-scale", str(spec.time_scale),
-            "--block-size", str(spec.block_size), "--max-num-seqs", str(spec.max_num_seqs),
-            "--max-num-batched-tokens", str(spec.max_num_batched_tokens)]
-    if spec.gpu_blocks:
-        args += ["--num-gpu-blocks-override", str(spec.gpu_blocks)]
-    if spec.offload_blocks:
-        args += ["--kv-offload-blocks", str(spec.offload_blocks)]
+    args = ["--time-scale", str(spec.time_scale)]
     if spec.kv_events:
         args += ["--kv-events-config", json.dumps({
             "enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://127.0.0.1:{kv_port}",
             "topic": "kv@127.0.0.1:{port}@" + spec.model})]
-    return args + [str(a) for a in spec.sim_args]
+    return args + engine_flags(spec)
 
 
 def start(kids: Children, spec: PoolSpec, name: str, timeout: float = 90.0) -> PoolHandle:

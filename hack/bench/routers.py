@@ -26,17 +26,14 @@ from testbed.children import Children
 from testbed.envoy import bootstrap, find_envoy, start_envoy as _start_envoy
 from testbed.epp import start_epp
 from testbed.ports import free_port
+from testbed.scenario import ROUTER_CONFIGS
 from testbed.wait import wait_port
 
 from . import ROOT
 
 PY = sys.executable
 VENVS = os.path.join(ROOT, "out", "bench-venvs")
-CONFIGS = {"epp-random": "config/random.yaml", "epp-load-only": "config/load-only.yaml",
-           "epp-approx": "config/default.yaml", "epp-prefix-heavy": "config/prefix-heavy.yaml",
-           "epp-precise": "config/precise.yaml", "epp-pd": "config/pd.yaml", "epp-sticky": "config/sticky.yaml",
-           # a control: the approximate scorer with precise.yaml's weights (prefix 3, KV 1, queue 1)
-           "epp-approx-pw": "hack/bench/configs/approx-precise-weights.yaml"}
+CONFIGS = ROUTER_CONFIGS
 PEERS = {  # name -> (PyPI package, policy)
     "sglang-cache-aware": ("sglang-router", "cache_aware"), "sglang-rr": ("sglang-router", "round_robin"),
     "vllm-router-cache-aware": ("vllm-router", "cache_aware"), "vllm-router-rr": ("vllm-router", "round_robin"),
@@ -51,6 +48,11 @@ class Unavailable(Exception):
 class Running:
     def __init__(self, name: str, url: str, pids: dict[str, int], info: dict, epp_metrics: int | None = None):
         self.name, self.url, self.pids, self.info, self.epp_metrics = name, url, pids, info, epp_metrics
+
+
+def file_label(name: str) -> str:
+    """A router's name as it appears in log and file names (epp:PATH names carry a path)."""
+    return name.replace("/", "_")
 
 
 def check(name: str) -> None:
@@ -239,7 +241,7 @@ def start(kids: Children, name: str, pool, install: bool = True, envoy_concurren
         return start_peer(kids, name, pool, install)
     port = free_port()
     if name == "envoy-rr":
-        p = start_envoy(kids, name, round_robin_bootstrap(port, pool.addresses), port, envoy_concurrency)
+        p = start_envoy(kids, file_label(name), round_robin_bootstrap(port, pool.addresses), port, envoy_concurrency)
         return Running(name, f"http://127.0.0.1:{port}", {"envoy": p.pid}, {"lb": "Envoy ROUND_ROBIN"})
     cfg = epp_config(name, pool, kids.logdir)
     grpc, mport = free_port(), free_port()
@@ -247,9 +249,9 @@ def start(kids: Children, name: str, pool, install: bool = True, envoy_concurren
     ts = pool.spec.time_scale
     epp = start_epp(kids, pool.endpoints_file, grpc, f"{50 / ts:.0f}ms",
                     extra=["--metrics-port", str(mport), "--config-file", cfg,
-                           "--metrics-staleness-threshold", f"{2000 / ts:.0f}ms"], name=f"{name}-epp")
+                           "--metrics-staleness-threshold", f"{2000 / ts:.0f}ms"], name=f"{file_label(name)}-epp")
     wait_port(mport, 30, epp, "epp metrics")
-    env = start_envoy(kids, name, bootstrap(free_port(), {"FULL_DUPLEX_STREAMED": port}, epp_port=grpc), port,
+    env = start_envoy(kids, file_label(name), bootstrap(free_port(), {"FULL_DUPLEX_STREAMED": port}, epp_port=grpc), port,
                       envoy_concurrency)
     return Running(name, f"http://127.0.0.1:{port}", {"envoy": env.pid, "epp": epp.pid},
                    {"config": os.path.relpath(cfg, ROOT) if cfg.startswith(ROOT) else cfg}, epp_metrics=mport)

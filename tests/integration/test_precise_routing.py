@@ -94,7 +94,7 @@ def run(tmp, pool, config_text: str, name: str, *extra: str, samples=()) -> tupl
         # one request, then a moment for that backlog (and the subscription) to drain before measuring
         warm = json.dumps({"model": "m", "prompt": "warm-up " * 40, "max_tokens": 1}).encode()
         assert post(envoy.ports[MODE], "/v1/completions", warm)[0] == 200
-        if "precise" in config_text:
+        if "precise-prefix-cache-producer" in config_text:
             settle(epp, pool)
         prompt = cached = 0
         where = {}

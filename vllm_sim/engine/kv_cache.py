@@ -79,7 +79,7 @@ class KVCache:
         n = upto_tokens // bs
         while len(keys) < n:
             i = len(keys)
-            toks = [req.token_at(j) for j in range(i * bs, (i + 1) * bs)]
+            toks = req.tokens(i * bs, (i + 1) * bs)
             keys.append(block_key(keys[-1] if keys else None, toks, req.lora_id, self.hash_seed))
         return keys[:n]
 
@@ -118,6 +118,10 @@ class KVCache:
 
     def allocate(self, req: Request, total_tokens: int, hits: list[int] = ()) -> bool:
         """Give the request enough blocks for `total_tokens`, first taking the hit blocks."""
+        if not hits:    # the common case in a decode step: the blocks it holds already suffice
+            held = self.req_blocks.get(req.request_id)
+            if held is not None and len(held) * self.block_size >= total_tokens:
+                return True
         if not self.can_allocate(req, total_tokens, hits):
             return False
         blocks = self.req_blocks.setdefault(req.request_id, [])
@@ -189,7 +193,7 @@ class KVCache:
                 continue   # same content already cached in another block: keep one copy keyed
             self.block_hash[b] = k
             self.cached[k] = b
-            toks = tuple(req.token_at(j) for j in range(i * self.block_size, (i + 1) * self.block_size))
+            toks = tuple(req.tokens(i * self.block_size, (i + 1) * self.block_size))
             self.block_meta[k] = (keys[i - 1] if i else None, toks, req.lora_id)
             new_keys.append(k)
         if new_keys:

@@ -67,6 +67,16 @@ class Request:
         p = len(self.prompt_token_ids)
         return self.prompt_token_ids[i] if i < p else self.output_token_ids[i - p]
 
+    def tokens(self, lo: int, hi: int) -> list[int]:
+        """Token ids [lo, hi) of prompt + output, by slicing (blocks are keyed and written every step:
+        a per-token loop was most of a step's cost)."""
+        p = len(self.prompt_token_ids)
+        if hi <= p:
+            return self.prompt_token_ids[lo:hi]
+        if lo >= p:
+            return self.output_token_ids[lo - p:hi - p]
+        return self.prompt_token_ids[lo:] + self.output_token_ids[:hi - p]
+
     def rng(self) -> random.Random:
         if self._rng is None:
             self._rng = random.Random(self.seed if self.seed is not None else self.request_id)

@@ -367,7 +367,7 @@ class Engine:
     # ---- block content (for P/D transfers) -------------------------------------------------------------
     def _write_block(self, r: Request, idx: int, b: int) -> None:
         bs = self.cfg.block_size
-        toks = [r.token_at(j) for j in range(idx * bs, min((idx + 1) * bs, r.num_computed_tokens))]
+        toks = r.tokens(idx * bs, min((idx + 1) * bs, r.num_computed_tokens))
         toks += [0] * (bs - len(toks))
         struct.pack_into(f"<{bs}I", self.kv_data, b * bs * 4, *toks)
 

@@ -15,6 +15,14 @@ from dataclasses import dataclass, field, fields
 import yaml
 
 
+# the benchmark's epp routers: the EndpointPickerConfig each runs (paths from the repository root)
+ROUTER_CONFIGS = {"epp-random": "config/random.yaml", "epp-load-only": "config/load-only.yaml",
+                  "epp-approx": "config/default.yaml", "epp-prefix-heavy": "config/prefix-heavy.yaml",
+                  "epp-precise": "config/precise.yaml", "epp-pd": "config/pd.yaml", "epp-sticky": "config/sticky.yaml",
+                  # a control: the approximate scorer with precise.yaml's weights (prefix 3, KV 1, queue 1)
+                  "epp-approx-pw": "hack/bench/configs/approx-precise-weights.yaml"}
+
+
 class ScenarioError(ValueError):
     pass
 
@@ -80,6 +88,18 @@ class Scenario:
     path: str = ""
 
 
+def engine_flags(p: Pool) -> list[str]:
+    """The vllm-sim flags that shape each pod's engine (model, profile, cache, batch limits, then
+    sim_args): what the benchmark's pool starts with and what the planner builds its engines from."""
+    args = ["--model", p.model, "--profile", p.profile, "--block-size", str(p.block_size),
+            "--max-num-seqs", str(p.max_num_seqs), "--max-num-batched-tokens", str(p.max_num_batched_tokens)]
+    if p.gpu_blocks:
+        args += ["--num-gpu-blocks-override", str(p.gpu_blocks)]
+    if p.offload_blocks:
+        args += ["--kv-offload-blocks", str(p.offload_blocks)]
+    return args + [str(a) for a in p.sim_args]
+
+
 def _build(cls, doc: dict, where: str):
     if doc is None:
         doc = {}
@@ -138,3 +158,26 @@ def validate(s: Scenario) -> None:
 def stages(s: Scenario) -> list[float]:
     """The stage levels in order: rates (engine req/s) or concurrencies."""
     return [float(x) for x in (s.load.rates if s.load.mode == "poisson" else s.load.concurrency)]
+
+
+def variants(path: str, quick: bool = False, only: list[str] = ()) -> list[tuple[str, Scenario]]:
+    """A P/D scenario file (a scenario plus `variants: {name: overrides}`) as one scenario per variant."""
+    with open(path) as fh:
+        doc = yaml.safe_load(fh)
+    if quick:
+        q = doc.get("quick") or {}
+        doc = merge(doc, q)
+        if "variants" in q:       # the quick run's variants replace the full list
+            doc["variants"] = q["variants"]
+    table = doc.pop("variants", None)
+    doc.pop("quick", None)
+    if not isinstance(table, dict) or not table:
+        raise ScenarioError(f"{path}: a P/D scenario needs `variants: {{name: overrides}}`")
+    out = []
+    for name, over in table.items():
+        if only and name not in only:
+            continue
+        d = merge(doc, over or {})
+        d["name"] = f"{doc['name']}-{name.replace(':', 'to')}"
+        out.append((name, from_dict(d, f"{os.path.relpath(path)} [{name}]")))
+    return out
