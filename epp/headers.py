@@ -14,9 +14,19 @@ LB_NS = "envoy.lb"
 SUBSET_NS = "envoy.lb.subset_hint"
 
 # request headers the EPP reads
-OBJECTIVE = "x-gateway-inference-objective"              # names an InferenceObjective (its priority)
+OBJECTIVE = "x-gateway-inference-objective"              # names an InferenceObjective (its priority); llm-d's alias
+OBJECTIVE_LLMD = "x-llm-d-inference-objective"           # the same, llm-d's current name (read first)
+FAIRNESS_ID = "x-llm-d-inference-fairness-id"            # flow control: the tenant (flow) of the request
+FAIRNESS_ID_OLD = "x-gateway-inference-fairness-id"      # its older (GIE) name, read when the first is absent
+DEFAULT_FAIRNESS_ID = "default-flow"                     # the flow of a request that names none
 REWRITE = "x-gateway-model-name-rewrite"                 # the model name the server is asked for
 REQUEST_ID = "x-request-id"
+
+# on an answer the EPP gives itself (ImmediateResponse): why the request was not served (flow control,
+# no endpoints); a client's own value is removed from what it sends
+DROPPED_REASON = "x-llm-d-request-dropped-reason"
+# control headers read by the EPP and removed before the request goes to the model server
+CONTROL = (OBJECTIVE_LLMD, OBJECTIVE, FAIRNESS_ID, FAIRNESS_ID_OLD, DROPPED_REASON)
 
 # ours: the decision explained, on the response (--decision-header)
 DECISION = "x-epp-decision"

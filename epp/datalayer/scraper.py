@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 from .address import host_port
 from .endpoint import Endpoint, now
@@ -82,8 +83,11 @@ class _Target:
         except (HTTPError, MetricsParseError, ValueError) as e:
             self.fail(e)
             return
-        self.scraper.scrapes += 1
+        s = self.scraper
+        s.scrapes += 1
         self.ep.scrape_errors = 0
+        for fn in s.listeners:
+            fn()
         if self.failing:
             log.info("metrics from %s (%s) are back", self.ep.name, self.ep.address)
             self.failing = False
@@ -121,6 +125,7 @@ class Scraper:
         self.targets: dict[str, _Target] = {}
         self.scrapes = 0
         self.errors = 0
+        self.listeners: list[Callable[[], None]] = []   # called after each successful scrape (new metrics)
         self._timer: asyncio.TimerHandle | None = None
         store.on_change(self._on_change)
 

@@ -1,5 +1,9 @@
 """Turns one request into a routing decision: parse, admit, pick candidates, schedule, and the
-response-side accounting once the answer is through."""
+response-side accounting once the answer is through.
+
+Admission: with flow control (feature gate flowControl) every request passes through its queue
+before candidates are chosen (FlowAdmission: at once while the pool is not saturated, else it waits);
+without it, the legacy path sheds sheddable requests (priority < 0) when the candidates are saturated."""
 from __future__ import annotations
 
 import asyncio
@@ -13,12 +17,13 @@ import orjson
 from ..datalayer.address import canonical
 from ..datalayer.endpoint import Endpoint, now
 from ..datalayer.store import EndpointStore
-from ..headers import OBJECTIVE, REQUEST_ID, REWRITE
+from ..headers import DROPPED_REASON, OBJECTIVE, OBJECTIVE_LLMD, REQUEST_ID, REWRITE
 from ..metrics import EPPMetrics
 from ..scheduling.config import default_saturation_detector
 from ..scheduling.framework import SaturationDetector
 from ..scheduling.scheduler import Scheduler
 from ..scheduling.types import HIT_RATIO, LLMRequest, SchedulingResult
+from .admission import NO_ENDPOINTS, SATURATED, FlowAdmission, eviction_error
 from .errors import EPPError, bad_request
 from .interface import Decision, Subset
 from .parse import api_for_path, parse_body
@@ -57,7 +62,8 @@ class Director:
 
     def __init__(self, store: EndpointStore, scheduler: Scheduler, metrics: EPPMetrics | None = None,
                  staleness: float = 2.0, objectives: dict[str, int] | None = None, explain: bool = False,
-                 saturation: SaturationDetector | None = None, rewrites: Rewrites | None = None) -> None:
+                 saturation: SaturationDetector | None = None, rewrites: Rewrites | None = None,
+                 admission: FlowAdmission | None = None) -> None:
         self.store = store
         self.scheduler = scheduler
         self.metrics = metrics
@@ -71,7 +77,10 @@ class Director:
         self._ids = itertools.count(1)
         self._warned_stale = False
         self._by_model: dict[tuple[str, str], _Series] = {}
+        self.admission = admission   # flow control, when its feature gate is on
         store.on_change(lambda added, removed: scheduler.endpoints_removed([e.address for e in removed]))
+        if admission is not None:
+            admission.set_desired_priorities(set(self.objectives.values()))
 
     # ---------------------------------------------------------------- request path
 
@@ -89,11 +98,34 @@ class Director:
             self._count_error(e)
             raise
         hint = parse_subset(subset)
+        if self.admission is not None:
+            try:
+                queued = self.admission.admit(request, len(raw_body) if raw_body else 0)
+            except EPPError as e:
+                e.model = request.model
+                self._count_error(e)
+                raise
+            if queued is not None:   # a future, so the transport can cancel it when the client leaves
+                return asyncio.ensure_future(self._decide_after_queue(queued, request, new_body, hint))
         if request.body is not None:
             waits = self.scheduler.prepare(request)
             if waits:
                 return self._decide_later(waits, request, new_body, hint)
         return self._counted_schedule(request, new_body, hint)
+
+    async def _decide_after_queue(self, queued: Awaitable[None], request: LLMRequest, new_body: bytes | None,
+                                  subset: list[str] | None) -> Decision:
+        try:
+            await queued
+        except EPPError as e:
+            e.model = request.model
+            self._count_error(e)
+            raise
+        if request.body is not None:
+            waits = self.scheduler.prepare(request)
+            if waits:
+                return await self._decide_later(waits, request, new_body, subset)
+        return self._counted_schedule(request, new_body, subset)
 
     def validate_body(self, path: str, body: bytes) -> None:
         api = api_for_path(path)
@@ -155,7 +187,8 @@ class Director:
         model, target, prompt = request.model, request.target_model, request.prompt
         try:
             candidates = self._candidates(subset)
-            if request.priority < 0 and self.saturation.saturation(candidates) >= 1.0:
+            # legacy admission; with flow control sheddable requests wait in their band instead
+            if self.admission is None and request.priority < 0 and self.saturation.saturation(candidates) >= 1.0:
                 raise EPPError(429, "system saturated, sheddable request dropped")
             try:
                 defer = asyncio.get_running_loop().call_soon
@@ -166,7 +199,7 @@ class Director:
             if not targets:
                 # upstream answers ResourceExhausted: no endpoint can take it now
                 raise EPPError(429, f"no endpoint passed the filters of scheduling profile {result.primary!r} "
-                                    f"({len(candidates)} candidates)")
+                                    f"({len(candidates)} candidates)", [(DROPPED_REASON, SATURATED)])
         except EPPError as e:
             e.model = model
             raise
@@ -191,16 +224,26 @@ class Director:
                       decision.explanation.decode() if decision.explanation else "")
         if self.metrics and model:
             self._series(request).running.inc()
+        if self.admission is not None and self.admission.evicts:
+            self.admission.dispatched(id(decision), request.priority, lambda: self._evict(decision))
         return decision
+
+    @staticmethod
+    def _evict(decision: Decision) -> None:
+        """Flow control revokes this in-flight request: its stream ends now with 429 `evicted`."""
+        if decision.revoke is not None:
+            decision.revoke(eviction_error())
 
     def set_objectives(self, priorities: dict[str, int]) -> None:
         """From the InferenceObjective watch: the cluster's objectives over the --objective flags."""
         merged = dict(self.static_objectives)
         merged.update(priorities)
         self.objectives = merged
+        if self.admission is not None:
+            self.admission.set_desired_priorities(set(merged.values()))
 
     def _priority(self, headers: dict[str, str]) -> int:
-        name = headers.get(OBJECTIVE)
+        name = headers.get(OBJECTIVE_LLMD) or headers.get(OBJECTIVE)
         return self.objectives.get(name, 0) if name else 0
 
     def _candidates(self, subset: list[str] | None) -> list[Endpoint]:
@@ -209,9 +252,10 @@ class Director:
             endpoints = _subset_filter(endpoints, subset)
             if not endpoints:
                 raise EPPError(503, "no ready endpoint in the proxy's subset hint"
-                               + (f" {subset[:8]}" if subset else " (the hint is empty)"))
+                               + (f" {subset[:8]}" if subset else " (the hint is empty)"),
+                               [(DROPPED_REASON, NO_ENDPOINTS)])
         if not endpoints:
-            raise EPPError(503, "no ready endpoint in the pool")
+            raise EPPError(503, "no ready endpoint in the pool", [(DROPPED_REASON, NO_ENDPOINTS)])
         t = now()
         oldest = t - self.staleness  # Metrics.fresh, inlined: this runs per candidate per request
         fresh = [ep for ep in endpoints if ep.metrics.updated >= oldest and ep.metrics.updated > 0.0]
@@ -268,6 +312,8 @@ class Director:
         self.prefill_done(decision)
         if decision.result is not None:
             self.scheduler.response_complete(decision.request, decision.result, status, usage)
+        if self.admission is not None:
+            self.admission.done(id(decision))
         if not self.metrics:
             return
         req = decision.request

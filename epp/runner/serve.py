@@ -16,9 +16,15 @@ from ..datalayer.file_source import EndpointsFile
 from ..datalayer.metrics_parse import MetricNames
 from ..datalayer.scraper import Scraper
 from ..datalayer.store import EndpointStore
+from ..flowcontrol.config import FEATURE_GATE, IGNORED_WARNING, check_shape, settings_ignored
+from ..flowcontrol.config import decode as decode_flow_control
+from ..flowcontrol.controller import FlowController
+from ..flowcontrol.metrics import FlowMetrics
 from ..metrics import EPPMetrics
+from ..requestcontrol.admission import FlowAdmission
 from ..requestcontrol.director import Director
 from ..scheduling.config import DEFAULT_CONFIG, SchedulingConfig, default_saturation_detector
+from ..scheduling.framework import SaturationDetector
 from ..scheduling.config import load as load_config
 from ..scheduling.scheduler import from_config
 from ..server.extproc import ExternalProcessor
@@ -52,9 +58,33 @@ def scheduling_config(args) -> SchedulingConfig:
     return load_config(DEFAULT_CONFIG, "default config", args.max_num_of_endpoints)
 
 
+def flow_control(args, cfg: SchedulingConfig, saturation: SaturationDetector, store: EndpointStore,
+                 pool_name: str) -> FlowController | None:
+    """The flow controller when the flowControl feature gate is on (a bad section raises ConfigError);
+    None for the legacy path, which ignores the section but its saturation detector, and says so."""
+    if not cfg.feature_gates.get(FEATURE_GATE):
+        if cfg.flow_control is not None:
+            check_shape(cfg.flow_control, cfg.source)
+        if settings_ignored(cfg.flow_control):
+            log.warning(IGNORED_WARNING)
+        return None
+    fc = decode_flow_control(cfg.flow_control, cfg.plugins, cfg.source)
+    # how long a confirmed eviction takes to show in the detector's reading (upstream's derivation):
+    # in-flight counts move at once; scraped metrics need a scrape past the staleness window
+    if saturation.type_name == "concurrency-detector":
+        grace = 0.01
+    else:
+        grace = args.refresh_metrics_interval + args.metrics_staleness_threshold + 0.25
+    log.info("flow control: %s; saturation detector %s", fc.describe(), saturation.name)
+    return FlowController(fc, saturation, store.snapshot, FlowMetrics(pool_name), eviction_grace=grace)
+
+
 async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.Event | None = None) -> int:
     cfg = scheduling_config(args)  # a bad config is fatal at start: raises with the reason
     store = store or EndpointStore()
+    pool_name = args.pool_name or os.path.basename(args.endpoints_file or "") or args.endpoint_selector
+    saturation = cfg.saturation or default_saturation_detector(args.metrics_staleness_threshold)
+    flow = flow_control(args, cfg, saturation, store, pool_name)
     source = None
     if args.endpoints_file:
         source = EndpointsFile(args.endpoints_file, store)
@@ -62,22 +92,25 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
 
     metrics = EPPMetrics()
     scheduler = from_config(cfg, metrics)
-    saturation = cfg.saturation or default_saturation_detector(args.metrics_staleness_threshold)
     director = Director(store, scheduler, metrics, staleness=args.metrics_staleness_threshold,
-                        objectives=dict(args.objective or []), explain=args.decision_header, saturation=saturation)
+                        objectives=dict(args.objective or []), explain=args.decision_header, saturation=saturation,
+                        admission=FlowAdmission(flow) if flow is not None else None)
     log.info("scheduling: %s", cfg.describe())
     kube = None
     if source is None:
         from .kube import KubernetesSources
         kube = KubernetesSources(args, store, director)
         await kube.start()  # no credentials or kubeconfig is fatal at start
-    REGISTRY.register(PoolCollector(store, args.pool_name or os.path.basename(args.endpoints_file or "")
-                                    or args.endpoint_selector,
-                                    args.metrics_staleness_threshold, scheduler.index_size))
+    REGISTRY.register(PoolCollector(store, pool_name, args.metrics_staleness_threshold, scheduler.index_size))
     names = MetricNames(waiting=args.total_queued_requests_metric, running=args.total_running_requests_metric,
                         kv_usage=(args.kv_cache_usage_percentage_metric, "vllm:gpu_cache_usage_perc"),
                         lora_info=args.lora_info_metric, cache_info=args.cache_info_metric)
     scraper = Scraper(store, args.refresh_metrics_interval, args.metrics_scrape_timeout, vllm_names=names)
+    if flow is not None:
+        # queued requests are released as capacity frees: new metrics, or a changed pool (completions
+        # are reported by request control)
+        scraper.listeners.append(flow.kick)
+        store.on_change(lambda added, removed: flow.kick())
 
     max_msg = max(args.max_request_body_bytes + (1 << 20), 4 << 20)
     target = host_port(args.bind_address, args.grpc_port)
@@ -142,6 +175,8 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
     stopping = True
     ready_task.cancel()
     await health.set(live=True, ready=False)
+    if flow is not None:
+        flow.stop()   # queued requests are answered now (503 rejected-shutting-down), not left to the grace
     await server.stop(args.shutdown_grace_period)
     watcher.cancel()
     for task in background:

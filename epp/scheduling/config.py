@@ -9,8 +9,9 @@ Defaults as upstream: name = type; weight 1; no profiles -> one "default" profil
 scorer and picker (in file order); a profile without a picker gets the first configured picker, else
 max-score-picker; one profile and no handler -> single-profile-handler. Unknown keys, types and
 plugin references are errors that say where they are. The sections that configure machinery this
-EPP runs differently (dataLayer, flowControl, requestHandler) are checked for shape and otherwise
-only the saturation detector is taken from them.
+EPP runs differently (dataLayer, requestHandler) are checked for shape and otherwise ignored;
+flowControl is checked for shape here and handed over raw (with the plugins) to epp/flowcontrol,
+which decodes it; the saturation detector is resolved here (request control uses it either way).
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from typing import Any
 
 import yaml
 
-from .framework import (DEFAULT_HANDLER, DEFAULT_PICKER, DEFAULT_PRODUCER, REGISTRY, BindsPlugins, Filter, Picker,
-                        Plugin, PrefixMatchConsumer, ProfileHandler, SaturationDetector, Scorer)
+from .framework import (DEFAULT_HANDLER, DEFAULT_INFLIGHT_PRODUCER, DEFAULT_PICKER, DEFAULT_PRODUCER, REGISTRY,
+                        BindsPlugins, Filter, InFlightLoadConsumer, Picker, Plugin, PrefixMatchConsumer, ProfileHandler,
+                        SaturationDetector, Scorer)
 from .plugins import load_all
 from .profile import Profile, WeightedScorer
 
@@ -45,8 +47,7 @@ _FLOW = {"maxBytes", "maxRequests", "defaultRequestTTL", "noEndpointRequestTTL",
 _OLD_SATURATION = {"queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold", "headroom"}
 # machinery the EPP has built in: referencing it by type is accepted (it names what we already do)
 BUILT_IN_TYPES = {"openai-parser", "anthropic-parser", "vllmhttp-parser", "passthrough-parser",
-                  "metrics-data-source", "core-metrics-extractor", "fcfs-ordering-policy",
-                  "global-strict-fairness-policy", "static-usage-limit-policy", "edf-ordering-policy"}
+                  "metrics-data-source", "core-metrics-extractor"}
 
 
 class ConfigError(ValueError):
@@ -62,6 +63,8 @@ class SchedulingConfig:
     handler: ProfileHandler
     saturation: SaturationDetector | None = None
     feature_gates: dict[str, bool] = field(default_factory=dict)
+    flow_control: dict | None = None   # the raw flowControl section, for epp/flowcontrol to decode
+    source: str = "config"
 
     def describe(self) -> str:
         parts = []
@@ -254,12 +257,16 @@ def load(text: str, source: str = "config", max_num_of_endpoints: int = 1) -> Sc
 
     saturation = _saturation(doc, plugins, source)
     return SchedulingConfig(plugins=plugins, profiles=profiles, handler=handlers[0], saturation=saturation,
-                            feature_gates=gates)
+                            feature_gates=gates, flow_control=doc.get("flowControl"), source=source)
 
 
 def _create_missing_producers(plugins: dict[str, Plugin]) -> None:
     """As upstream's runner: a plugin that consumes approximate prefix matches without naming a
-    producer gets the default one (unless an older-style prefix scorer already carries its own)."""
+    producer gets the default one (unless an older-style prefix scorer already carries its own);
+    one that reads in-flight load without naming a producer gets the default in-flight producer."""
+    if DEFAULT_INFLIGHT_PRODUCER not in plugins and any(
+            isinstance(p, InFlightLoadConsumer) and p.wants_default_inflight_producer() for p in plugins.values()):
+        plugins[DEFAULT_INFLIGHT_PRODUCER] = REGISTRY[DEFAULT_INFLIGHT_PRODUCER]()
     consumers = [p for p in plugins.values() if isinstance(p, PrefixMatchConsumer)]
     if not any(c.wants_default_producer() for c in consumers):
         return
@@ -300,6 +307,12 @@ def _saturation(doc: dict, plugins: dict[str, Plugin], source: str) -> Saturatio
     if not isinstance(plugin, SaturationDetector):
         raise ConfigError(f"{source}: saturation detector {ref!r} ({plugin.type_name}) is not a saturation detector")
     return plugin
+
+
+def create_default(type_name: str) -> Plugin:
+    """A plugin of a registered type with its defaults, named by its type (what upstream auto-registers)."""
+    load_all()
+    return REGISTRY[type_name]()
 
 
 def default_saturation_detector(staleness: float) -> SaturationDetector:

@@ -16,6 +16,10 @@ Lifecycle of a configured plugin: __init__(parameters) -> bind(all plugins) -> [
 validate(profiles) -> the scheduler collects its hooks (sub-plugins included) -> run_background
 started by the composition root -> per request: prepare, filter/score/pick, pre_request, then
 response_headers and response_complete.
+
+Flow control (epp/flowcontrol, with the flowControl feature gate) holds requests in the EPP while the
+pool is saturated; its policies are plugins too (OrderingPolicy, FairnessPolicy, UsageLimitPolicy,
+with a SaturationDetector), configured like the others and called on the event loop, without I/O.
 """
 from __future__ import annotations
 
@@ -187,9 +191,61 @@ class IndexSize:
 
 class SaturationDetector:
     """How saturated a set of endpoints is: >= 1.0 means saturated (sheddable requests are dropped,
-    flow control queues)."""
+    flow control queues). A detector that scores endpoints with missing or stale metrics as saturated
+    sets `stale_endpoints` to how many it found in its last call (flow control exports it)."""
+
+    stale_endpoints: int | None = None
 
     def saturation(self, endpoints: Sequence[Endpoint]) -> float:
+        raise NotImplementedError
+
+
+class InFlightLoadProducer:
+    """Counts the requests (and their estimated tokens) this EPP has in flight to each endpoint, from
+    the request-path hooks; saturation detectors and scorers read it (upstream's InFlightLoad data)."""
+
+    def inflight_load(self, address: str) -> tuple[int, int]:
+        """(requests, tokens) in flight to the endpoint at `address`."""
+        raise NotImplementedError
+
+
+class InFlightLoadConsumer:
+    """Reads an in-flight load producer. When a consumer names none and no plugin is named like the
+    default producer type, the loader adds one (as upstream's data-dependency graph does)."""
+
+    def wants_default_inflight_producer(self) -> bool:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- flow control policies
+# Used by epp/flowcontrol through these classes only. Items, flow queues and bands are handed to them
+# as the views declared in scheduling/types.py (QueueItemView, FlowQueueView, BandView).
+
+class OrderingPolicy(Plugin):
+    """Which request of a flow is dispatched first: the item with the smallest order_key."""
+
+    def order_key(self, item) -> tuple:
+        raise NotImplementedError
+
+
+class FairnessPolicy(Plugin):
+    """Which flow of a priority band is served next (a flow = one fairness id in one band)."""
+
+    def new_band_state(self) -> Any:
+        """Per-band state this policy keeps between picks (e.g. a round-robin cursor); None if none."""
+        return None
+
+    def pick_flow(self, band, state: Any):
+        """A flow queue of `band` with items, or None to dispatch nothing from this band now."""
+        raise NotImplementedError
+
+
+class UsageLimitPolicy(Plugin):
+    """A dispatch ceiling per priority band: a band is gated (and every band below it) while the
+    pool's saturation is at or above its ceiling."""
+
+    def compute_limits(self, saturation: float, priorities: Sequence[int]) -> list[float]:
+        """One ceiling per priority, priorities ordered highest first."""
         raise NotImplementedError
 
 
@@ -200,6 +256,12 @@ REGISTRY: dict[str, type[Plugin]] = {}   # type name (and aliases) -> class, fil
 DEFAULT_PICKER = "max-score-picker"
 DEFAULT_HANDLER = "single-profile-handler"
 DEFAULT_PRODUCER = "approx-prefix-cache-producer"
+DEFAULT_INFLIGHT_PRODUCER = "inflight-load-producer"
+# flow control's defaults, created under their type names when a config does not declare them
+DEFAULT_ORDERING_POLICY = "fcfs-ordering-policy"
+DEFAULT_FAIRNESS_POLICY = "global-strict-fairness-policy"
+DEFAULT_USAGE_LIMIT_POLICY = "static-usage-limit-policy"
+DEFAULT_SATURATION_DETECTOR = "utilization-detector"
 
 
 def register(cls: type[Plugin]) -> type[Plugin]:

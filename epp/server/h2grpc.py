@@ -79,9 +79,11 @@ def _error_trailers(code: int, message: str) -> bytes:
 
 class Handler(Protocol):
     """One gRPC call. on_message returns the replies to send, or an awaitable of them (the call's
-    later messages wait until it is done); `closed` ends our side early."""
+    later messages wait until it is done); `closed` ends our side early. The server sets `push`: a
+    function that sends replies the handler produces unasked (e.g. ending the call early)."""
 
     closed: bool
+    push: Callable[[list], None] | None
 
     def on_message(self, msg): ...
 
@@ -344,6 +346,7 @@ class _Connection(asyncio.Protocol):
                                    + _error_trailers(GRPC_UNIMPLEMENTED, f"unknown method {path.decode(errors='replace')}")))
             return
         st = self.streams[sid] = _Stream(sid, self.srv.factory(), self.peer_initial_window)
+        st.handler.push = lambda replies, st=st: self._push(st, replies)
         if flags & END_STREAM:
             self._remote_end(st)
 
@@ -436,6 +439,13 @@ class _Connection(asyncio.Protocol):
             st.backlog = []
         if st.remote_done and not st.waiting and not st.backlog:
             self._remote_end(st)
+        self._flush()
+
+    def _push(self, st: _Stream, replies: list) -> None:
+        """Replies the handler sends unasked, outside any frame we are reading."""
+        if self.closed or self.streams.get(st.sid) is not st or st.local_done:
+            return
+        self._reply(st, replies)
         self._flush()
 
     def _remote_end(self, st: _Stream) -> None:

@@ -9,7 +9,8 @@ from epp.scheduling.plugins import load_all
 # every hook class of the contract, and the methods it declares
 HOOKS = [fw.Filter, fw.Scorer, fw.Picker, fw.ProfileHandler, fw.PrepareRequest, fw.PreRequest, fw.ResponseHeaders,
          fw.ResponseComplete, fw.BindsPlugins, fw.HasSubPlugins, fw.EndpointLifecycle, fw.BackgroundTask,
-         fw.PrefixMatchProducer, fw.PrefixMatchConsumer, fw.IndexSize, fw.SaturationDetector]
+         fw.PrefixMatchProducer, fw.PrefixMatchConsumer, fw.IndexSize, fw.SaturationDetector, fw.InFlightLoadProducer,
+         fw.InFlightLoadConsumer, fw.OrderingPolicy, fw.FairnessPolicy, fw.UsageLimitPolicy]
 
 
 def _declared(cls) -> set[str]:
