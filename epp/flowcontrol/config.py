@@ -105,8 +105,10 @@ def _quantity(v: Any, where: str) -> int:
 
 
 def _duration(v: Any, where: str) -> float:
+    text = str(v).strip()
+    sign = -1.0 if text.startswith("-") else 1.0   # Go's syntax allows a sign; a budget cannot be negative
     try:
-        d = parse_duration(str(v)) if not isinstance(v, bool) else None
+        d = sign * parse_duration(text.lstrip("+-")) if not isinstance(v, bool) else None
     except ValueError:
         d = None
     if d is None:

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 DISPATCH_TICK = 0.001      # upstream's dispatch ticker, used while cycles keep dispatching
 GC_INTERVAL = 30.0
+GAUGE_INTERVAL = 0.005
+FINALIZE_BATCH = 256
 
 
 class FlowController:
@@ -64,6 +66,7 @@ class FlowController:
         self._sweep_at = 0.0
         self._next_gc = now + GC_INTERVAL
         self._children: dict[tuple, tuple] = {}
+        self._gauges_at = 0.0
         self.inflight: InFlight | None = None
         self.reclaimer: Reclaimer | None = None
         if cfg.enable_eviction:
@@ -183,7 +186,11 @@ class FlowController:
         st = self._observe_pool()
         sat, pre, dec = st.saturation(self.detector)
         m = self.metrics
-        if m:
+        t = time.perf_counter()
+        if m and t >= self._gauges_at:
+            # gauges are sampled by Prometheus every few seconds: refreshing them at most every few ms
+            # keeps their cost off the per-request path
+            self._gauges_at = t + GAUGE_INTERVAL
             m.set_saturation("effective", sat)
             m.set_saturation("prefill", pre)
             m.set_saturation("decode", dec)
@@ -306,8 +313,8 @@ class FlowController:
         now = self.clock()
         budget, result, since = self._budget()
         fifo = self._fifo
-        expired = False
-        while fifo:
+        expired = 0
+        while fifo and expired < FINALIZE_BATCH:   # a batch per loop turn (see _finalize_batches)
             item = fifo[0]
             if item.result is not None:
                 fifo.popleft()
@@ -316,7 +323,7 @@ class FlowController:
                 break
             fifo.popleft()
             self._finalize(item, result)
-            expired = True
+            expired += 1
         if len(fifo) > 1024 and len(fifo) > 2 * self.registry.len:
             self._fifo = deque(i for i in fifo if i.result is None)
         self._arm_sweep()
@@ -329,10 +336,11 @@ class FlowController:
         """The priorities the InferenceObjectives use: each gets a band (from the templates)."""
         self.registry.set_desired(priorities, self.clock())
 
-    def stop(self) -> None:
-        """Shutdown: every queued request ends now (EvictedOther: not running); new ones are refused."""
+    def stop(self) -> int:
+        """Shutdown: every queued request ends now (EvictedOther: not running); new ones are refused.
+        Returns how many were queued."""
         if not self.running:
-            return
+            return 0
         self.running = False
         for h in (self._pump, self._sweep):
             if h is not None:
@@ -340,10 +348,19 @@ class FlowController:
         self._pump = self._sweep = None
         items = [i for i in self._fifo if i.result is None]
         self._fifo.clear()
-        for item in items:
-            self._finalize(item, O.SHUTDOWN_QUEUED)
+        self._finalize_batches(items, O.SHUTDOWN_QUEUED)
         if items:
             log.info("flow control stopped: %d queued request(s) answered 503", len(items))
+        return len(items)
+
+    def _finalize_batches(self, items: list[FlowItem], r: O.Result) -> None:
+        """Ends many requests a batch per loop turn: thousands of answers in one turn would keep the
+        loop from reading the proxy's side meanwhile (Envoy closes an ext_proc connection whose peer
+        lets 10,000 of its frames queue up)."""
+        for item in items[:FINALIZE_BATCH]:
+            self._finalize(item, r)
+        if len(items) > FINALIZE_BATCH:
+            asyncio.get_running_loop().call_soon(self._finalize_batches, items[FINALIZE_BATCH:], r)
 
     # eviction bookkeeping, from request control
     def track(self, key, priority: int, evict: Callable[[], None]) -> None:

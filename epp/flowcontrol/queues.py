@@ -89,6 +89,8 @@ class FlowQueue(FlowQueueView):
     def remove(self, item: FlowItem, now: float) -> None:
         """Takes a queued item out (counts at once; its heap entry goes lazily)."""
         self._detach(item, now)
+        if not self.live:
+            return          # _detach emptied the heap
         self.dead += 1
         if self.dead > _COMPACT_MIN and self.dead > self.live:
             self.heap = [e for e in self.heap if e[1].flow is self]
@@ -99,6 +101,9 @@ class FlowQueue(FlowQueueView):
         item.flow = None
         self.live -= 1
         self.bytes -= item.size
+        if not self.live:   # whatever is left in the heap is removed items
+            self.heap.clear()
+            self.dead = 0
         self.last_used = now
         self.band.removed(self, item)
 

@@ -176,7 +176,16 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
     ready_task.cancel()
     await health.set(live=True, ready=False)
     if flow is not None:
-        flow.stop()   # queued requests are answered now (503 rejected-shutting-down), not left to the grace
+        # queued requests are answered now (503 rejected-shutting-down), not left to the grace; the drain
+        # (GOAWAY) waits until the proxy has taken those answers and closed their streams: GOAWAY right
+        # behind thousands of immediate responses made Envoy lose some of the replies to its clients
+        answered = flow.stop()
+        if answered:
+            target = max(0, active() - answered)
+            loop = asyncio.get_running_loop()
+            until = loop.time() + min(5.0, args.shutdown_grace_period)
+            while active() > target and loop.time() < until:
+                await asyncio.sleep(0.02)
     await server.stop(args.shutdown_grace_period)
     watcher.cancel()
     for task in background:
