@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 DISPATCH_TICK = 0.001      # upstream's dispatch ticker, used while cycles keep dispatching
 GC_INTERVAL = 30.0
 GAUGE_INTERVAL = 0.005
+SETTLE_MAX = 0.005         # longest a dispatch may go unreported before the next one ignores it
 FINALIZE_BATCH = 256
 
 
@@ -61,6 +62,10 @@ class FlowController:
         self._empty_since = 0.0          # when that last changed (0: never)
         self._fifo: deque[FlowItem] = deque()    # queued items in enqueue order = expiry order
         self._seq = 0
+        # dispatch times of queued requests released but not yet scheduled: until request control
+        # reports them (settled), the detector has not seen them, and a cycle would release on a stale
+        # reading (a new request's enqueue runs a cycle before the released one is scheduled)
+        self._unsettled: deque[float] = deque()
         self._pump: asyncio.Handle | None = None
         self._sweep: asyncio.Handle | None = None
         self._sweep_at = 0.0
@@ -92,7 +97,7 @@ class FlowController:
             self._finished_now(O.SHUTDOWN_NEW, fid, prio, model, target_model, t0)
             return O.SHUTDOWN_NEW
         room = reg.has_room(band, size)
-        if room and not reg.len:
+        if room and not reg.len and not self._settling(now):
             # nothing waits anywhere: the request passes at once when its band is open (the common,
             # unsaturated case: no queue, no future, no task)
             sat = self._saturation()
@@ -165,6 +170,8 @@ class FlowController:
             log.debug("flow control: request %s dropped: %s", item.request_id, r.outcome)
         fut = item.future
         if fut is not None and not fut.done():
+            if r.outcome == O.DISPATCHED:
+                self._unsettled.append(now)
             fut.set_result(r)
 
     # ---------------------------------------------------------------- saturation and gating
@@ -217,8 +224,23 @@ class FlowController:
 
     # ---------------------------------------------------------------- dispatch
 
+    def _settling(self, now: float) -> bool:
+        u = self._unsettled
+        while u and now - u[0] > SETTLE_MAX:
+            u.popleft()   # never reported (e.g. its client left meanwhile): stop waiting for it
+        return bool(u)
+
+    def settled(self) -> None:
+        """Request control has scheduled (or given up on) a request released from the queue."""
+        if self._unsettled:
+            self._unsettled.popleft()
+        self.kick()
+
     def _cycle(self) -> bool:
         """One dispatch cycle; True when it released a request."""
+        if self._settling(self.clock()):
+            self._pump_settle()
+            return False
         t0 = time.perf_counter()
         reg = self.registry
         sat = self._saturation()
@@ -268,6 +290,12 @@ class FlowController:
         """Capacity may have freed (a scrape, a completion, a pool change): run a cycle soon."""
         if self._pump is None and self.registry.len and self.running:
             self._pump = asyncio.get_running_loop().call_soon(self._run_pump)
+
+    def _pump_settle(self) -> None:
+        """A cycle waits for a release to settle: the report kicks it, or this timer if none comes."""
+        if self._pump is None and self.registry.len and self.running and self._unsettled:
+            wait = max(0.0, self._unsettled[0] + SETTLE_MAX - self.clock())
+            self._pump = asyncio.get_running_loop().call_later(wait, self._run_pump)
 
     def _tick(self) -> None:
         if self._pump is None and self.registry.len and self.running:

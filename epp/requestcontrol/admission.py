@@ -95,6 +95,10 @@ class FlowAdmission:
         if err is not None:
             raise err
 
+    def settled(self) -> None:
+        """A request released from its queue has been scheduled (or failed): the next may go."""
+        self.controller.settled()
+
     def dispatched(self, key, priority: int, evict: Callable[[], None]) -> None:
         """A request went to a model server (eviction tracks it until done())."""
         self.controller.track(key, priority, evict)

@@ -121,11 +121,14 @@ class Director:
             e.model = request.model
             self._count_error(e)
             raise
-        if request.body is not None:
-            waits = self.scheduler.prepare(request)
-            if waits:
-                return await self._decide_later(waits, request, new_body, subset)
-        return self._counted_schedule(request, new_body, subset)
+        try:
+            if request.body is not None:
+                waits = self.scheduler.prepare(request)
+                if waits:
+                    return await self._decide_later(waits, request, new_body, subset)
+            return self._counted_schedule(request, new_body, subset)
+        finally:
+            self.admission.settled()   # scheduled or not: flow control's next release may go
 
     def validate_body(self, path: str, body: bytes) -> None:
         api = api_for_path(path)

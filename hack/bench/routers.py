@@ -3,6 +3,7 @@
     envoy-rr                  Envoy round robin over the pods (no EPP)
     epp-random, epp-load-only, epp-approx, epp-prefix-heavy, epp-precise
                               Envoy (ext_proc FULL_DUPLEX_STREAMED) + epp with config/<...>.yaml
+    epp-flow                  epp with flow control (hack/bench/configs/noisy-neighbor-flow.yaml)
     epp-approx-pw             the approximate scorer with precise.yaml's weights (a control)
     epp:PATH                  Envoy + epp with any EndpointPickerConfig file
     sglang-cache-aware, sglang-rr                     sglang-router (PyPI `sglang-router`)
@@ -33,6 +34,8 @@ VENVS = os.path.join(ROOT, "out", "bench-venvs")
 CONFIGS = {"epp-random": "config/random.yaml", "epp-load-only": "config/load-only.yaml",
            "epp-approx": "config/default.yaml", "epp-prefix-heavy": "config/prefix-heavy.yaml",
            "epp-precise": "config/precise.yaml", "epp-pd": "config/pd.yaml",
+           # flow control sized for the noisy-neighbor scenario's pool (maxConcurrency = its max_num_seqs)
+           "epp-flow": "hack/bench/configs/noisy-neighbor-flow.yaml",
            # a control: the approximate scorer with precise.yaml's weights (prefix 3, KV 1, queue 1)
            "epp-approx-pw": "hack/bench/configs/approx-precise-weights.yaml"}
 PEERS = {  # name -> (PyPI package, policy)
@@ -88,10 +91,19 @@ def _long_requests(cfg: dict) -> dict:
     return cfg
 
 
+def _wide_clusters(cfg: dict) -> dict:
+    """Envoy's circuit breakers default to 1,024 requests per cluster: an overload stage (thousands waiting
+    in a router or in the pods' queues) would otherwise be shed by Envoy itself, not by what is measured."""
+    for c in cfg["static_resources"]["clusters"]:
+        c["circuit_breakers"] = {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000,
+                                                 "max_requests": 100000}]}
+    return cfg
+
+
 def start_envoy(kids: Children, name: str, cfg: dict, port: int, concurrency: int) -> subprocess.Popen:
     path = os.path.join(kids.logdir, f"{name}-envoy.json")
     with open(path, "w") as f:
-        json.dump(_long_requests(cfg), f, indent=1)
+        json.dump(_wide_clusters(_long_requests(cfg)), f, indent=1)
     p = kids.start(f"{name}-envoy", [envoy_binary(), "-c", path, "--use-dynamic-base-id", "--log-level", "warn",
                                      "--concurrency", str(concurrency)])
     wait_port(port, 30, p, "envoy")
@@ -139,6 +151,28 @@ def epp_config(name: str, pool, logdir: str) -> str:
     out = os.path.join(logdir, f"{os.path.basename(path).rsplit('.', 1)[0]}-bench.yaml")
     with open(out, "w") as f:
         yaml.safe_dump(doc, f, sort_keys=False)
+    return out
+
+
+def epp_queue_histograms(port: int) -> dict[str, dict]:
+    """epp's flow-control queue-time histogram per fairness id (wall seconds): {fid: {"le": {bound: cumulative},
+    "sum": s, "count": n}}; empty when flow control is off."""
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, dict] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name != "llm_d_epp_flow_control_request_queue_duration_seconds":
+            continue
+        for smp in fam.samples:
+            h = out.setdefault(smp.labels["fairness_id"], {"le": {}, "sum": 0.0, "count": 0.0})
+            if smp.name.endswith("_bucket"):
+                le = float(smp.labels["le"])
+                h["le"][le] = h["le"].get(le, 0.0) + smp.value
+            elif smp.name.endswith("_sum"):
+                h["sum"] += smp.value
+            elif smp.name.endswith("_count"):
+                h["count"] += smp.value
     return out
 
 
@@ -241,7 +275,8 @@ def start_peer(kids: Children, name: str, pool, install: bool) -> Running:
 
 # ------------------------------------------------------------------ start any
 
-def start(kids: Children, name: str, pool, install: bool = True, envoy_concurrency: int = 2) -> Running:
+def start(kids: Children, name: str, pool, install: bool = True, envoy_concurrency: int = 2,
+          epp_args: list | None = None) -> Running:
     if name in PEERS:
         return start_peer(kids, name, pool, install)
     port = free_port()
@@ -254,7 +289,8 @@ def start(kids: Children, name: str, pool, install: bool = True, envoy_concurren
     ts = pool.spec.time_scale
     epp = start_epp(kids, pool.endpoints_file, grpc, f"{50 / ts:.0f}ms",
                     extra=["--metrics-port", str(mport), "--config-file", cfg,
-                           "--metrics-staleness-threshold", f"{2000 / ts:.0f}ms"], name=f"{name}-epp")
+                           "--metrics-staleness-threshold", f"{2000 / ts:.0f}ms", *(epp_args or [])],
+                    name=f"{name}-epp")
     wait_port(mport, 30, epp, "epp metrics")
     env = start_envoy(kids, name, bootstrap(free_port(), {"FULL_DUPLEX_STREAMED": port}, epp_port=grpc), port,
                       envoy_concurrency)

@@ -333,3 +333,20 @@ async def test_ten_thousand_queued_requests_cost_bounded_memory_and_all_end():
     tracemalloc.stop()
     assert fc.queued == 0 and not fc._fifo
     assert left < 0.1 * queued, f"{left} bytes left of {queued}"
+
+
+async def test_a_release_settles_before_the_next_one():
+    """Released requests are scheduled a loop turn later: until request control reports one, the detector
+    has not counted it, so no cycle (not even a new request's enqueue) may release on that reading."""
+    fc = controller(sat=1.0)
+    a, b = fc.submit("a", "t", 0, 1), fc.submit("b", "t", 0, 1)
+    fc.test_dial.value = 0.0
+    fc.kick()
+    await asyncio.sleep(0)
+    assert a.done() and not b.done()
+    c = fc.submit("c", "t", 0, 1)                 # its enqueue runs a cycle: it must not release b
+    assert isinstance(c, asyncio.Future) and not b.done()
+    fc.settled()                                  # a was scheduled
+    await settle(fc, b.done)
+    await asyncio.sleep(0.02)                     # b is never reported: after SETTLE_MAX c goes anyway
+    assert c.done()
