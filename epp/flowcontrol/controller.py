@@ -72,6 +72,7 @@ class FlowController:
         self._next_gc = now + GC_INTERVAL
         self._children: dict[tuple, tuple] = {}
         self._gauges_at = 0.0
+        self._reading: tuple | None = None   # (saturation, the pool it was read on, valid until)
         self.inflight: InFlight | None = None
         self.reclaimer: Reclaimer | None = None
         if cfg.enable_eviction:
@@ -191,7 +192,11 @@ class FlowController:
 
     def _saturation(self) -> float:
         st = self._observe_pool()
-        sat, pre, dec = st.saturation(self.detector)
+        r = self._reading
+        if r is not None and r[1] is st and self.clock() < r[2]:
+            return r[0]   # nothing the reading depends on has changed (a scraped-metrics detector)
+        sat, pre, dec, until = st.saturation(self.detector)
+        self._reading = (sat, st, until) if until > 0 else None
         m = self.metrics
         t = time.perf_counter()
         if m and t >= self._gauges_at:
@@ -285,6 +290,11 @@ class FlowController:
             m.set_gauge(m.global_util_requests, reg.len / self.cfg.max_requests, pool)
         if self.cfg.max_bytes:
             m.set_gauge(m.global_util_bytes, reg.bytes / self.cfg.max_bytes, pool)
+
+    def metrics_changed(self) -> None:
+        """New metrics were scraped, or the pool changed: the detector must be read again."""
+        self._reading = None
+        self.kick()
 
     def kick(self) -> None:
         """Capacity may have freed (a scrape, a completion, a pool change): run a cycle soon."""

@@ -37,14 +37,21 @@ class Stages:
         self.prefill = prefill
         self.decode = decode
 
-    def saturation(self, detector: SaturationDetector) -> tuple[float, float | None, float | None]:
-        """(effective, prefill or None, decode or None)."""
-        pre = detector.saturation(self.prefill) if self.prefill else None
-        dec = detector.saturation(self.decode) if self.decode else None
+    def saturation(self, detector: SaturationDetector) -> tuple[float, float | None, float | None, float]:
+        """(effective, prefill or None, decode or None, until when the reading may be reused)."""
+        until = float("inf")
+        pre = dec = None
+        if self.prefill:
+            pre = detector.saturation(self.prefill)
+            until = detector.reusable_until()
+        if self.decode:
+            dec = detector.saturation(self.decode)
+            until = min(until, detector.reusable_until())
         if pre is None and dec is None:
-            return detector.saturation(self.pool), None, None
+            sat = detector.saturation(self.pool)
+            return sat, None, None, detector.reusable_until()
         if pre is None:
-            return dec, None, dec
+            return dec, None, dec, until
         if dec is None:
-            return pre, pre, None
-        return max(pre, dec), pre, dec
+            return pre, pre, None, until
+        return max(pre, dec), pre, dec, until

@@ -109,8 +109,8 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
     if flow is not None:
         # queued requests are released as capacity frees: new metrics, or a changed pool (completions
         # are reported by request control)
-        scraper.listeners.append(flow.kick)
-        store.on_change(lambda added, removed: flow.kick())
+        scraper.listeners.append(flow.metrics_changed)
+        store.on_change(lambda added, removed: flow.metrics_changed())
 
     max_msg = max(args.max_request_body_bytes + (1 << 20), 4 << 20)
     target = host_port(args.bind_address, args.grpc_port)

@@ -199,6 +199,12 @@ class SaturationDetector:
     def saturation(self, endpoints: Sequence[Endpoint]) -> float:
         raise NotImplementedError
 
+    def reusable_until(self) -> float:
+        """After saturation(): until when (monotonic seconds) the same endpoints read the same, as long as
+        their metrics are not replaced meanwhile (a detector of scraped metrics: until one turns stale).
+        0: the reading may change at any moment (e.g. in-flight counts), recompute every time."""
+        return 0.0
+
 
 class InFlightLoadProducer:
     """Counts the requests (and their estimated tokens) this EPP has in flight to each endpoint, from

@@ -245,10 +245,10 @@ async def test_bands_are_provisioned_for_objectives_and_unknown_priorities_fall_
 
 async def test_saturation_is_per_stage_and_the_effective_value_is_the_larger():
     from epp.datalayer.endpoint import Endpoint
+    from epp.scheduling.framework import SaturationDetector
 
-    class ByRole:
+    class ByRole(SaturationDetector):
         name = "by-role"
-        stale_endpoints = None
 
         def saturation(self, eps):
             return max((0.9 if ep.labels.get("llm-d.ai/role") == "prefill" else 0.2) for ep in eps) if eps else 1.0
@@ -350,3 +350,24 @@ async def test_a_release_settles_before_the_next_one():
     await settle(fc, b.done)
     await asyncio.sleep(0.02)                     # b is never reported: after SETTLE_MAX c goes anyway
     assert c.done()
+
+
+async def test_a_scraped_metrics_reading_is_reused_until_new_metrics_or_staleness():
+    from epp.datalayer.endpoint import Metrics, now
+    from epp.scheduling.config import instantiate
+    det = instantiate("utilization-detector", "u", {"metricsStalenessThreshold": "50ms"}, "t")
+    eps = __import__("tests.unit.flow_helpers", fromlist=["pool"]).pool(2)
+    for ep in eps:
+        ep.metrics = Metrics(waiting=2, updated=now())
+    fc = controller(endpoints=eps)
+    fc.detector = det
+    calls = []
+    real = det.saturation
+    det.saturation = lambda e: calls.append(1) or real(e)
+    assert fc._saturation() == 0.4 and fc._saturation() == 0.4 and len(calls) == 1
+    for ep in eps:
+        ep.metrics = Metrics(waiting=5, updated=now())   # a scrape
+    fc.metrics_changed()
+    assert fc._saturation() == 1.0 and len(calls) == 2
+    await asyncio.sleep(0.06)                             # the metrics turn stale: read again (fail closed)
+    assert fc._saturation() == 1.0 and len(calls) == 3 and det.stale_endpoints == 2

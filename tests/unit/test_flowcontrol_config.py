@@ -131,3 +131,13 @@ def test_gate_off_checks_the_shape_and_warns_about_ignored_settings(caplog):
     c = load(HEAD + "featureGates: [flowControl=false]\nflowControl: {maxBytes: {a: 1}}\n")
     with pytest.raises(ConfigError, match="not a quantity"):
         flow_control(args, c, c.saturation, EndpointStore(), "p")
+
+
+def test_the_example_config_decodes():
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    c = load(open(os.path.join(root, "config", "flow-control.yaml")).read(), "flow-control.yaml")
+    fc = decode(c.flow_control, c.plugins, c.source)
+    assert c.feature_gates["flowControl"] and fc.default_ttl == 30 and fc.max_bytes == 2 << 30
+    assert fc.template(-1).max_requests == 100 and fc.bands[0].fairness.type_name == "round-robin-fairness-policy"
+    assert c.saturation.type_name == "utilization-detector"

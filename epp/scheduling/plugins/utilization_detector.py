@@ -29,6 +29,7 @@ class UtilizationDetector(Filter, SaturationDetector):
         if self.staleness <= 0:
             raise params_error(t, "metricsStalenessThreshold must be > 0")
         self.headroom = need_number(t, "headroom", headroom, 0.0)
+        self._until = 0.0
 
     def endpoint_saturation(self, ep, t: float) -> float:
         m = ep.metrics
@@ -39,9 +40,10 @@ class UtilizationDetector(Filter, SaturationDetector):
     def saturation(self, endpoints) -> float:
         if not endpoints:
             self.stale_endpoints = 0
+            self._until = float("inf")
             return 1.0
         t, q, kv, staleness = now(), self.queue, self.kv, self.staleness
-        total, stale = 0.0, 0
+        total, stale, oldest = 0.0, 0, float("inf")
         for ep in endpoints:
             m = ep.metrics
             if m.updated <= 0.0 or t - m.updated > staleness:   # Metrics.fresh, inlined (per dispatch)
@@ -50,8 +52,14 @@ class UtilizationDetector(Filter, SaturationDetector):
             else:
                 w, k = m.waiting / q, m.kv_usage / kv
                 total += w if w > k else k
+                if m.updated < oldest:
+                    oldest = m.updated
         self.stale_endpoints = stale
+        self._until = oldest + staleness   # the reading holds until a scrape, or until one turns stale
         return total / len(endpoints)
+
+    def reusable_until(self) -> float:
+        return self._until
 
     def filter(self, state, request, endpoints):
         t = now()
