@@ -25,9 +25,10 @@ OBJECTIVE_OLD = "x-gateway-inference-objective"
 REWRITE = "x-llm-d-model-name-rewrite"                   # the model name the server is asked for
 REWRITE_OLD = "x-gateway-model-name-rewrite"
 REQUEST_ID = "x-request-id"
-# the flow-control fairness key (flow control's headers; read here for metric labels)
+# flow control: the tenant (flow) of the request, llm-d's name first; also a metric label
 FAIRNESS_ID = "x-llm-d-inference-fairness-id"
 FAIRNESS_ID_OLD = "x-gateway-inference-fairness-id"
+DEFAULT_FAIRNESS_ID = "default-flow"                     # the flow of a request that names none
 PROFILE = "epp-profile"                                  # header-profile-handler's default header
 SESSION_TOKEN = "x-session-token"                        # session affinity: base64 "namespace/name" of the pod
 SESSION_ID = "x-session-id"                              # session affinity (session_id strategy)
@@ -36,6 +37,12 @@ CONFORMANCE_SERVED = "x-conformance-test-served-endpoint"  # conformance: the en
 
 # on every response, as upstream's EPP adds it (GIE and llm-d)
 WENT_INTO_RESP_HEADERS = "x-went-into-resp-headers"
+
+# on an answer the EPP gives itself (ImmediateResponse): why the request was not served (flow control,
+# no endpoints); a client's own value is removed from what it sends
+DROPPED_REASON = "x-llm-d-request-dropped-reason"
+# control headers read by the EPP and removed before the request goes to the model server
+CONTROL = (OBJECTIVE, OBJECTIVE_OLD, FAIRNESS_ID, FAIRNESS_ID_OLD, DROPPED_REASON)
 
 # ours: the decision explained, on the response (--decision-header)
 DECISION = "x-epp-decision"

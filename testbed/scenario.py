@@ -19,6 +19,8 @@ import yaml
 ROUTER_CONFIGS = {"epp-random": "config/random.yaml", "epp-load-only": "config/load-only.yaml",
                   "epp-approx": "config/default.yaml", "epp-prefix-heavy": "config/prefix-heavy.yaml",
                   "epp-precise": "config/precise.yaml", "epp-pd": "config/pd.yaml", "epp-sticky": "config/sticky.yaml",
+                  # flow control sized for the noisy-neighbor scenario's pool (maxConcurrency = its max_num_seqs)
+                  "epp-flow": "hack/bench/configs/noisy-neighbor-flow.yaml",
                   # a control: the approximate scorer with precise.yaml's weights (prefix 3, KV 1, queue 1)
                   "epp-approx-pw": "hack/bench/configs/approx-precise-weights.yaml"}
 
@@ -55,12 +57,19 @@ class Workload:
     system_len: int = 1000
     question_len: int = 200
     output_len: int = 64
+    # random / long_input: output length uniform in [output_min, output_max] instead (0: output_len); equal
+    # lengths keep requests that start together finishing together, so a saturated pool frees its slots in bursts
+    output_min: int = 0
+    output_max: int = 0
     # random / long_input: every prompt new; length uniform in [input_min, input_max]
     input_min: int = 512
     input_max: int = 512
     # multi_turn: sessions sharing a system prompt per group, each turn = history + a new question
     sessions: int = 16
     turns: int = 4
+    # tenants (optional): each its own Poisson arrivals at rate_x x the stage's rate (a number, or one per
+    # stage), its requests carrying its headers (fairness id, objective); empty: one anonymous stream
+    tenants: list = field(default_factory=list)
 
 
 @dataclass
@@ -85,6 +94,7 @@ class Scenario:
     load: Load = field(default_factory=Load)
     quick: dict = field(default_factory=dict)     # overrides applied by --quick (same nesting)
     goal: dict = field(default_factory=dict)      # optional: {router, baseline, min_throughput_x, min_ttft_p90_x}
+    epp_args: list = field(default_factory=list)  # extra flags for every epp router (e.g. --objective NAME=PRIORITY)
     path: str = ""
 
 
@@ -153,6 +163,27 @@ def validate(s: Scenario) -> None:
         raise ScenarioError(f"{s.path}: pool.count >= 1 and pool.time_scale > 0")
     if not s.routers:
         raise ScenarioError(f"{s.path}: no routers")
+    n = len(stages(s))
+    for i, t in enumerate(w.tenants):
+        where = f"{s.path}: workload.tenants[{i}]"
+        if not isinstance(t, dict) or set(t) - {"name", "rate_x", "headers"} or not isinstance(t.get("name"), str):
+            raise ScenarioError(f"{where}: a tenant is {{name, rate_x, headers}}")
+        rx = t.get("rate_x", 1.0)
+        if isinstance(rx, list) and len(rx) != n:
+            raise ScenarioError(f"{where}: rate_x has {len(rx)} values for {n} stages")
+        if not isinstance(t.get("headers", {}), dict):
+            raise ScenarioError(f"{where}: headers must be a mapping")
+    if w.tenants and ld.mode != "poisson":
+        raise ScenarioError(f"{s.path}: tenants need load.mode poisson")
+
+
+def tenant_rates(s: Scenario, stage: int) -> dict[str, float]:
+    """Each tenant's share of the stage's rate (rate_x), by name."""
+    out = {}
+    for t in s.workload.tenants:
+        rx = t.get("rate_x", 1.0)
+        out[t["name"]] = float(rx[stage] if isinstance(rx, list) else rx)
+    return out
 
 
 def stages(s: Scenario) -> list[float]:

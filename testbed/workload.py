@@ -31,11 +31,14 @@ def text(rng: random.Random, n: int) -> str:
 
 
 class Item:
-    """One request to send: its body and, for multi-turn, the session it continues."""
-    __slots__ = ("body", "session", "turn", "question")
+    """One request to send: its body and, for multi-turn, the session it continues; with tenants, whose
+    it is and the headers it carries."""
+    __slots__ = ("body", "session", "turn", "question", "tenant", "headers")
 
     def __init__(self, body: bytes, session=None, turn: int = 0, question: str = "") -> None:
         self.body, self.session, self.turn, self.question = body, session, turn, question
+        self.tenant: str = ""
+        self.headers: dict[str, str] = {}
 
 
 class Workload:
@@ -46,6 +49,8 @@ class Workload:
         self.model = s.pool.model
         self.rng = random.Random(self.w.seed)
         self.i = 0
+        self.tenant_headers = {t["name"]: {str(k): str(v) for k, v in (t.get("headers") or {}).items()}
+                               for t in self.w.tenants}
         t = self.w.type
         if t == "shared_prefix":
             self._shared_prefix()
@@ -107,6 +112,13 @@ class Workload:
         return Item(self.body(messages=msgs), s, turn, q)
 
     # ---- iteration -----------------------------------------------------------------------------------
+    def for_tenant(self, name: str) -> Item:
+        """The next request, sent as tenant `name` (its headers from the scenario)."""
+        item = self.next()
+        item.tenant = name
+        item.headers = self.tenant_headers[name]
+        return item
+
     def next(self) -> Item:
         t = self.w.type
         if t == "shared_prefix":
@@ -115,7 +127,8 @@ class Workload:
             item = self._turn()
         else:
             n = self.rng.randint(self.w.input_min, self.w.input_max)
-            item = Item(self.body(text(self.rng, n)))
+            out = self.rng.randint(self.w.output_min, self.w.output_max) if self.w.output_max else None
+            item = Item(self.body(text(self.rng, n), max_tokens=out))
         self.i += 1
         return item
 

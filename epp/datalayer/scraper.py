@@ -88,8 +88,11 @@ class _Target:
         except (HTTPError, MetricsParseError, ValueError) as e:
             self.fail(e)
             return
-        self.scraper.scrapes += 1
+        s = self.scraper
+        s.scrapes += 1
         self.ep.scrape_errors = 0
+        for fn in s.listeners:
+            fn()
         if self.failing:
             log.info("metrics from %s (%s) are back", self.ep.name, self.ep.address)
             self.failing = False
@@ -145,6 +148,7 @@ class Scraper:
         self.targets: dict[str, _Target] = {}
         self.scrapes = 0
         self.errors = 0
+        self.listeners: list[Callable[[], None]] = []   # called after each successful scrape (new metrics)
         self._timer: asyncio.TimerHandle | None = None
         store.on_change(self._on_change)
 

@@ -1,5 +1,9 @@
 """Turns one request into a routing decision: parse, admit, pick candidates, schedule, and the
-response-side accounting once the answer is through."""
+response-side accounting once the answer is through.
+
+Admission: with flow control (feature gate flowControl) every request passes through its queue
+before candidates are chosen (FlowAdmission: at once while the pool is not saturated, else it waits);
+without it, the legacy path sheds sheddable requests (priority < 0) when the candidates are saturated."""
 from __future__ import annotations
 
 import asyncio
@@ -14,12 +18,14 @@ from ..datalayer.address import canonical
 from ..datalayer.endpoint import Endpoint, now
 from ..datalayer.store import EndpointStore
 from .. import tracing
-from ..headers import FAIRNESS_ID, FAIRNESS_ID_OLD, OBJECTIVE, OBJECTIVE_OLD, REQUEST_ID, REWRITE, REWRITE_OLD
+from ..headers import (DEFAULT_FAIRNESS_ID, DROPPED_REASON, FAIRNESS_ID, FAIRNESS_ID_OLD, OBJECTIVE, OBJECTIVE_OLD,
+                       REQUEST_ID, REWRITE, REWRITE_OLD)
 from ..metrics import MODEL_SERVER_ERROR, EPPMetrics, PairChild, capped_fairness_id, capped_model
 from ..scheduling.config import default_parsers, default_saturation_detector
 from ..scheduling.framework import Parser, SaturationDetector
 from ..scheduling.scheduler import Scheduler
 from ..scheduling.types import HIT_RATIO, HIT_SOURCE, SERVED_ATTR, LLMRequest, SchedulingResult
+from .admission import NO_ENDPOINTS, SATURATED, FlowAdmission, eviction_error
 from .errors import EPPError, bad_request
 from .interface import Decision, Subset
 from .parse import NO_MODEL, Routes, parse_body
@@ -32,7 +38,6 @@ _BODY_METHODS = ("POST", "PUT", "PATCH")
 if TYPE_CHECKING:
     from ..observe.observer import Observer as Observe
 
-DEFAULT_FAIRNESS_ID = "default-flow"   # upstream's flow key when the request names none
 
 
 def parse_subset(value: Subset) -> list[str] | None:
@@ -64,11 +69,12 @@ class Director:
                  staleness: float = 2.0, objectives: dict[str, int] | None = None, explain: bool = False,
                  saturation: SaturationDetector | None = None, rewrites: Rewrites | None = None,
                  parsers: list[Parser] | None = None, emit_scores: bool = False, subset_filter: bool = True,
-                 observe: "Observe | None" = None) -> None:
+                 observe: "Observe | None" = None, admission: FlowAdmission | None = None) -> None:
         """parsers: requestHandler.parsers in order (upstream's defaults when None); emit_scores: give the
         proxy every scored candidate's score in the envoy.lb metadata (--emit-endpoint-scores);
         subset_filter: False ignores the proxy's subset hint (--disable-endpoint-subset-filter);
-        observe: the web view's and the prediction-accuracy metric's hooks (epp.observe)."""
+        observe: the web view's and the prediction-accuracy metric's hooks (epp.observe); admission:
+        flow control, when its feature gate is on."""
         self.subset_filter = subset_filter
         self.store = store
         self.scheduler = scheduler
@@ -89,6 +95,9 @@ class Director:
         # epp.observe: the prediction-accuracy metric always; with the web view on, a record of every decision
         self.observe = observe
         self._recording = observe is not None and observe.recording
+        self.admission = admission
+        if admission is not None:
+            admission.set_desired_priorities(set(self.objectives.values()))
         store.on_change(lambda added, removed: scheduler.endpoints_removed([e.address for e in removed]))
 
     # ---------------------------------------------------------------- request path
@@ -132,7 +141,8 @@ class Director:
                 self._end_failed(root, orch, e)
                 raise
             return self._traced_decision(d, root, orch, headers)
-        return later()
+        # a task, as `out` may be: cancelling it (the client left) cancels what it awaits (a queued request)
+        return asyncio.ensure_future(later())
 
     @staticmethod
     def _traced_decision(d: Decision, root, orch, headers: dict[str, str]) -> Decision:
@@ -163,10 +173,35 @@ class Director:
             self._count_error(e, headers, self._priority(headers))
             raise
         hint = parse_subset(subset) if self.subset_filter else None
+        if self.admission is not None:
+            try:
+                queued = self.admission.admit(request, len(raw_body) if raw_body else 0)
+            except EPPError as e:
+                e.model = request.model
+                self._count_error(e, request.headers, request.priority)
+                raise
+            if queued is not None:   # a future, so the transport can cancel it when the client leaves
+                return asyncio.ensure_future(self._decide_after_queue(queued, request, new_body, hint, t0, raw_body))
         waits = self.scheduler.prepare(request)
         if waits:
             return self._decide_later(waits, request, new_body, hint, t0, raw_body)
         return self._counted_schedule(request, new_body, hint, t0, raw_body)
+
+    async def _decide_after_queue(self, queued: Awaitable[None], request: LLMRequest, new_body: bytes | None,
+                                  subset: list[str] | None, t0: float, raw_body: bytes | None) -> Decision:
+        try:
+            await queued
+        except EPPError as e:
+            e.model = request.model
+            self._count_error(e, request.headers, request.priority)
+            raise
+        try:
+            waits = self.scheduler.prepare(request)
+            if waits:
+                return await self._decide_later(waits, request, new_body, subset, t0, raw_body)
+            return self._counted_schedule(request, new_body, subset, t0, raw_body)
+        finally:
+            self.admission.settled()   # scheduled or not: flow control's next release may go
 
     def validate_body(self, path: str, body: bytes) -> None:
         grammar = self.routes.grammar(path)
@@ -253,7 +288,8 @@ class Director:
         model, target, prompt = request.model, request.target_model, request.prompt
         try:
             candidates = self._candidates(subset)
-            if request.priority < 0 and self.saturation.saturation(candidates) >= 1.0:
+            # legacy admission; with flow control sheddable requests wait in their band instead
+            if self.admission is None and request.priority < 0 and self.saturation.saturation(candidates) >= 1.0:
                 raise EPPError(429, "system saturated, sheddable request dropped")
             refused = self.scheduler.admit(request, candidates)
             if refused:   # upstream answers an admission plugin's refusal as an internal error
@@ -268,7 +304,7 @@ class Director:
             if not targets:
                 # upstream answers ResourceExhausted: no endpoint can take it now
                 raise EPPError(429, f"no endpoint passed the filters of scheduling profile {result.primary!r} "
-                                    f"({len(candidates)} candidates)")
+                                    f"({len(candidates)} candidates)", [(DROPPED_REASON, SATURATED)])
         except EPPError as e:
             e.model = model
             raise
@@ -294,7 +330,15 @@ class Director:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("request %s model=%r -> %s %s", request.request_id, model, decision.destination,
                       decision.explanation.decode() if decision.explanation else "")
+        if self.admission is not None and self.admission.evicts:
+            self.admission.dispatched(id(decision), request.priority, lambda: self._evict(decision))
         return decision
+
+    @staticmethod
+    def _evict(decision: Decision) -> None:
+        """Flow control revokes this in-flight request: its stream ends now with 429 `evicted`."""
+        if decision.revoke is not None:
+            decision.revoke(eviction_error())
 
     def _hit_child(self, source):
         child = self._hit_children.get(source)
@@ -307,6 +351,8 @@ class Director:
         merged = dict(self.static_objectives)
         merged.update(priorities)
         self.objectives = merged
+        if self.admission is not None:
+            self.admission.set_desired_priorities(set(merged.values()))
 
     def _priority(self, headers: dict[str, str]) -> int:
         name = headers.get(OBJECTIVE) or headers.get(OBJECTIVE_OLD)
@@ -318,9 +364,10 @@ class Director:
             endpoints = _subset_filter(endpoints, subset)
             if not endpoints:
                 raise EPPError(503, "no ready endpoint in the proxy's subset hint"
-                               + (f" {subset[:8]}" if subset else " (the hint is empty)"))
+                               + (f" {subset[:8]}" if subset else " (the hint is empty)"),
+                               [(DROPPED_REASON, NO_ENDPOINTS)])
         if not endpoints:
-            raise EPPError(503, "no ready endpoint in the pool")
+            raise EPPError(503, "no ready endpoint in the pool", [(DROPPED_REASON, NO_ENDPOINTS)])
         t = now()
         oldest = t - self.staleness  # Metrics.fresh, inlined: this runs per candidate per request
         fresh = [ep for ep in endpoints if ep.metrics.updated >= oldest and ep.metrics.updated > 0.0]
@@ -391,6 +438,8 @@ class Director:
             decision.span = None
         if self.observe is not None:
             self.observe.finished(decision, usage, status)
+        if self.admission is not None:
+            self.admission.done(id(decision))
         m = self.metrics
         if not m:
             return

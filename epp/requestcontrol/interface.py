@@ -4,20 +4,25 @@ A transport turns protocol messages into these calls and the answers back into p
 never parses a request body, never touches the scheduler and never reads metrics. Request control
 never sees a protobuf. One request's life, as a transport drives it:
 
-    decide(headers, path, body, subset)   -> Decision, or an awaitable of one (I/O before scheduling)
+    decide(headers, path, body, subset)   -> Decision, or an awaitable of one (I/O before scheduling, or
+                                             waiting in flow control); if the stream closes meanwhile
+                                             the transport cancels it when it is a future
     [validate_body(path, body)]              body that arrived after an early pick (STREAMED mode)
     response_started(decision, status, sse, served)  -> headers to add to the response
     decision.usage.feed(chunk) ...           response body chunks, for token accounting
     served(address)                          the proxy's report of the endpoint that answered
     done(decision, status)                   exactly once, answered, failed or cancelled
 
-Anything the client should be told is raised as EPPError (status and OpenAI-shaped body).
+Anything the client should be told is raised as EPPError (status and OpenAI-shaped body, and any
+extra response headers such as x-llm-d-request-dropped-reason). A transport that can send a message
+unasked sets Decision.revoke when it holds the decision: request control may then end the request
+early with an EPPError (flow control's in-flight eviction).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Awaitable, Protocol
+from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
 
 from .errors import EPPError
 from .rewrite import ModelNameMapper
@@ -50,6 +55,7 @@ class Decision:
     usage: UsageReader | None = None         # set when the response starts
     span: object | None = None               # --tracing: the request's gateway.request span, ended by done()
     trace: object | None = None              # the web view's record of this decision (epp.observe), when on
+    revoke: Callable[[EPPError], bool] | None = None   # set by the transport: ends the request now
     started: float = field(default_factory=time.perf_counter)   # when the request reached the EPP
     first_byte: float = 0.0                  # when the response started (for TTFT)
 

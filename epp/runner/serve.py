@@ -17,14 +17,20 @@ from ..datalayer.file_source import EndpointsFile
 from ..datalayer.metrics_parse import MetricNames
 from ..datalayer.scraper import Scraper
 from ..datalayer.store import EndpointStore
+from ..flowcontrol.config import FEATURE_GATE, IGNORED_WARNING, check_shape, settings_ignored
+from ..flowcontrol.config import decode as decode_flow_control
+from ..flowcontrol.controller import FlowController
+from ..flowcontrol.metrics import FlowMetrics
 from ..metrics import EPPMetrics
 from ..observe.admin import AdminServer, admin_apps
 from ..observe.observer import Observer
+from ..requestcontrol.admission import FlowAdmission
 from ..requestcontrol.director import Director
 from ..scheduling.config import DEFAULT_CONFIG, SchedulingConfig, default_saturation_detector
 from ..scheduling.config import load as load_config
 from ..scheduling.plugins.core_metrics_extractor import CoreMetricsExtractor
 from ..scheduling.plugins.metrics_data_source import MetricsDataSource
+from ..scheduling.framework import SaturationDetector
 from ..scheduling.scheduler import from_config
 from ..server.extproc import ExternalProcessor
 from ..server.h2grpc import GrpcMethodServer
@@ -101,6 +107,27 @@ def _warn_inapplicable(args, kube) -> None:
                     "--endpoints-file /metrics is served without it, as upstream's file-discovery mode serves it")
 
 
+def flow_control(args, cfg: SchedulingConfig, saturation: SaturationDetector, store: EndpointStore,
+                 pool_name: str) -> FlowController | None:
+    """The flow controller when the flowControl feature gate is on (a bad section raises ConfigError);
+    None for the legacy path, which ignores the section but its saturation detector, and says so."""
+    if not cfg.feature_gates.get(FEATURE_GATE):
+        if cfg.flow_control is not None:
+            check_shape(cfg.flow_control, cfg.source)
+        if settings_ignored(cfg.flow_control):
+            log.warning(IGNORED_WARNING)
+        return None
+    fc = decode_flow_control(cfg.flow_control, cfg.plugins, cfg.source)
+    # how long a confirmed eviction takes to show in the detector's reading (upstream's derivation):
+    # in-flight counts move at once; scraped metrics need a scrape past the staleness window
+    if saturation.type_name == "concurrency-detector":
+        grace = 0.01
+    else:
+        grace = args.refresh_metrics_interval + args.metrics_staleness_threshold + 0.25
+    log.info("flow control: %s; saturation detector %s", fc.describe(), saturation.name)
+    return FlowController(fc, saturation, store.snapshot, FlowMetrics(pool_name), eviction_grace=grace)
+
+
 def _metrics_server(args, kube, others) -> MetricsServer:
     authorize = None
     if kube is not None and args.metrics_endpoint_auth:
@@ -127,6 +154,9 @@ async def serve(args, store: EndpointStore | None = None, ready_event: asyncio.E
 async def _serve(args, store: EndpointStore | None, ready_event: asyncio.Event | None) -> int:
     cfg = scheduling_config(args)  # a bad config is fatal at start: raises with the reason
     store = store or EndpointStore()
+    pool_name = args.pool_name or os.path.basename(args.endpoints_file or "") or args.endpoint_selector
+    saturation = cfg.saturation or default_saturation_detector(args.metrics_staleness_threshold)
+    flow = flow_control(args, cfg, saturation, store, pool_name)   # None: the legacy path
     source = None
     watch_file = True
     discovery = cfg.data_layer.discovery
@@ -141,12 +171,12 @@ async def _serve(args, store: EndpointStore | None, ready_event: asyncio.Event |
 
     metrics = EPPMetrics()
     scheduler = from_config(cfg, metrics)
-    saturation = cfg.saturation or default_saturation_detector(args.metrics_staleness_threshold)
     observer = Observer(REGISTRY, record=args.ui, size=args.ui_decisions, show_prompts=args.ui_show_prompts)
     director = Director(store, scheduler, metrics, staleness=args.metrics_staleness_threshold,
                         objectives=dict(args.objective or []), explain=args.decision_header, saturation=saturation,
                         subset_filter=not args.disable_endpoint_subset_filter, observe=observer,
-                        parsers=cfg.parsers, emit_scores=args.emit_endpoint_scores)
+                        parsers=cfg.parsers, emit_scores=args.emit_endpoint_scores,
+                        admission=FlowAdmission(flow) if flow is not None else None)
     log.info("scheduling: %s", cfg.describe())
     kube = None
     if source is None:
@@ -154,14 +184,18 @@ async def _serve(args, store: EndpointStore | None, ready_event: asyncio.Event |
         kube = KubernetesSources(args, store, director)
         await kube.start()  # no credentials or kubeconfig is fatal at start
     _warn_inapplicable(args, kube)
-    REGISTRY.register(PoolCollector(store, args.pool_name or os.path.basename(args.endpoints_file or "")
-                                    or args.endpoint_selector,
-                                    args.metrics_staleness_threshold, scheduler.index_size, scheduler.index_sizes,
-                                    refresh=args.refresh_prometheus_metrics_interval))
+    REGISTRY.register(PoolCollector(store, pool_name, args.metrics_staleness_threshold, scheduler.index_size,
+                                    scheduler.index_sizes, refresh=args.refresh_prometheus_metrics_interval))
     names = MetricNames(waiting=args.total_queued_requests_metric, running=args.total_running_requests_metric,
                         kv_usage=(args.kv_cache_usage_percentage_metric, "vllm:gpu_cache_usage_perc"),
                         lora_info=args.lora_info_metric, cache_info=args.cache_info_metric)
     scraper = _scraper(cfg, store, args, names)
+    if flow is not None:
+        # queued requests are released as capacity frees: new metrics, or a changed pool (completions
+        # are reported by request control)
+        if scraper is not None:
+            scraper.listeners.append(flow.metrics_changed)
+        store.on_change(lambda added, removed: flow.metrics_changed())
 
     limits = Limits.from_args(args)
     reloader = CertReloader(args.cert_path) if args.secure_serving and args.enable_cert_reload and args.cert_path \
@@ -254,6 +288,17 @@ async def _serve(args, store: EndpointStore | None, ready_event: asyncio.Event |
     if args.drain_timeout > 0:
         await asyncio.sleep(args.drain_timeout)
         log.info("Drain window elapsed, stopping ext_proc server")
+    if flow is not None:
+        # queued requests are answered now (503 rejected-shutting-down), not left to the grace; the stop
+        # (GOAWAY) waits until the proxy has taken those answers and closed their streams: GOAWAY right
+        # behind thousands of immediate responses made Envoy lose some of the replies to its clients
+        answered = flow.stop()
+        if answered:
+            left = max(0, active() - answered)
+            loop = asyncio.get_running_loop()
+            until = loop.time() + min(5.0, args.shutdown_grace_period)
+            while active() > left and loop.time() < until:
+                await asyncio.sleep(0.02)
     log.info("shutting down: no new streams; %d in flight get up to %.1fs", active(), args.shutdown_grace_period)
     await server.stop(args.shutdown_grace_period)
     watcher.cancel()

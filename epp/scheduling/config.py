@@ -61,15 +61,12 @@ _DATA_LAYER = {"injectDefaults", "sources", "discovery", "crossReplicaSyncerPlug
 _FLOW = {"maxBytes", "maxRequests", "defaultRequestTTL", "noEndpointRequestTTL", "defaultPriorityBand",
          "defaultNegativePriorityBand", "priorityBands", "usageLimitPolicyPluginRef", "saturationDetector",
          "enableEviction"}
-# flow control's plugin types (owned by the flow-control layer): accepted by name, nothing to configure here
-BUILT_IN_TYPES = {"fcfs-ordering-policy", "global-strict-fairness-policy", "static-usage-limit-policy",
-                  "edf-ordering-policy"}
 # llm-d router v0.10 types this EPP does not have, and why (docs/unsupported-plugins.md lists the same):
 # a config naming one is refused with the reason, not with "not registered"
 _SIDECAR = "needs llm-d's latency-predictor sidecars (training and prediction servers), which this EPP does not run"
 _MM = "needs a multimodal encoder stage (encoder-cache hashing of images/audio), which this EPP does not have"
 _MULTI = "part of llm-d's multi-cluster routing (pools of peer clusters), which this EPP does not have"
-_FLOW_OWNED = "belongs to flow control, which is not in this EPP yet (being added separately)"
+_FLOW_MISSING = "a flow-control policy this EPP's flow control does not have (docs/flow-control.md)"
 UNSUPPORTED = {
     "predicted-latency-producer": _SIDECAR, "latency-scorer": _SIDECAR, "latency-slo-admitter": _SIDECAR,
     "slo-headroom-tier-filter": _SIDECAR,
@@ -90,13 +87,14 @@ UNSUPPORTED = {
                                          "not watch)",
     "request-attribute-reporter": "evaluates CEL expressions over the response's usage and reports them in "
                                   "response dynamic metadata; this EPP has neither",
-    "agent-identity": "sets the flow-control fairness id from agent session headers; flow control is not in this "
-                      "EPP yet",
-    "concurrency-detector": _FLOW_OWNED, "round-robin-fairness-policy": _FLOW_OWNED,
-    "program-aware-fairness": _FLOW_OWNED,
-    "slo-deadline-ordering-policy": _FLOW_OWNED, "priority-holdback-policy": _FLOW_OWNED,
-    "soft-reflective-ceiling-policy": _FLOW_OWNED, "sheddable-eviction-filter": _FLOW_OWNED,
-    "priority-then-time-eviction-order-policy": _FLOW_OWNED,
+    "agent-identity": "sets the flow-control fairness id from agent session headers (Claude Code, OpenCode, "
+                      "Codex), which this EPP does not read",
+    "program-aware-fairness": _FLOW_MISSING, "slo-deadline-ordering-policy": _FLOW_MISSING,
+    "soft-reflective-ceiling-policy": _FLOW_MISSING,
+    "sheddable-eviction-filter": "upstream's eviction internals, not configurable there either; enableEviction "
+                                 "turns this EPP's eviction on",
+    "priority-then-time-eviction-order-policy": "upstream's eviction internals, not configurable there either; "
+                                                "enableEviction turns this EPP's eviction on",
 }
 
 
@@ -126,7 +124,8 @@ class SchedulingConfig:
     feature_gates: dict[str, bool] = field(default_factory=dict)
     parsers: list[Parser] = field(default_factory=list)
     data_layer: DataLayer = field(default_factory=DataLayer)
-    flow_control: dict | None = None
+    flow_control: dict | None = None   # the raw flowControl section, for epp/flowcontrol to decode
+    source: str = "config"
 
     def describe(self) -> str:
         parts = []
@@ -310,15 +309,12 @@ def _plugins(doc: dict, source: str, allow_experimental: bool) -> dict[str, Plug
         if type_name not in REGISTRY and type_name in UNSUPPORTED:
             raise ConfigError(f"{where}: plugin type {type_name!r} (llm-d router v0.10) is not supported by this EPP: "
                               f"{UNSUPPORTED[type_name]} (docs/unsupported-plugins.md)")
-        if type_name not in REGISTRY and type_name not in BUILT_IN_TYPES:
+        if type_name not in REGISTRY:
             raise ConfigError(f"{where}: plugin type {type_name!r} is not registered; known types: "
-                              f"{', '.join(sorted(set(REGISTRY) | BUILT_IN_TYPES))}")
+                              f"{', '.join(sorted(REGISTRY))}")
         specs.append((name, type_name, spec.get("parameters")))
     for name, type_name, params in specs:
         where = f"{source}: plugin {name!r}"
-        if type_name in BUILT_IN_TYPES:
-            log.info("%s: %s belongs to flow control; nothing to configure here", where, type_name)
-            continue
         plugin = instantiate(type_name, name, params, where)
         if plugin.stability == ALPHA and not allow_experimental:
             raise ConfigError(f"{source}: plugin {name!r} (type: {type_name!r}) has Alpha stability level, but "
@@ -566,7 +562,7 @@ def load(text: str, source: str = "config", max_num_of_endpoints: int = 1,
     flow = doc.get("flowControl")
     return SchedulingConfig(plugins=plugins, profiles=profiles, handler=handler, saturation=saturation,
                             feature_gates=gates, parsers=parsers, data_layer=data_layer,
-                            flow_control=flow if isinstance(flow, dict) else None)
+                            flow_control=flow if isinstance(flow, dict) else None, source=source)
 
 
 def default_saturation_detector(staleness: float) -> SaturationDetector:
@@ -601,3 +597,9 @@ schedulingProfiles:
   - pluginRef: prefix-cache-scorer
     weight: 3
 """
+
+
+def create_default(type_name: str) -> Plugin:
+    """A plugin of a registered type with its defaults, named by its type (what upstream auto-registers)."""
+    load_all()
+    return REGISTRY[type_name]()

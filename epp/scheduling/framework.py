@@ -20,6 +20,10 @@ Lifecycle of a configured plugin: __init__(parameters) -> bind(all plugins) -> [
 validate(profiles) -> the scheduler collects its hooks (sub-plugins included) -> run_background
 started by the composition root -> per request: prepare, filter/score/pick, pre_request, then
 response_headers and response_complete.
+
+Flow control (epp/flowcontrol, with the flowControl feature gate) holds requests in the EPP while the
+pool is saturated; its policies are plugins too (OrderingPolicy, FairnessPolicy, UsageLimitPolicy,
+with a SaturationDetector), configured like the others and called on the event loop, without I/O.
 """
 from __future__ import annotations
 
@@ -215,9 +219,50 @@ class KVEventStatus:
 
 class SaturationDetector:
     """How saturated a set of endpoints is: >= 1.0 means saturated (sheddable requests are dropped,
-    flow control queues)."""
+    flow control queues). A detector that scores endpoints with missing or stale metrics as saturated
+    sets `stale_endpoints` to how many it found in its last call (flow control exports it)."""
+
+    stale_endpoints: int | None = None
 
     def saturation(self, endpoints: Sequence[Endpoint]) -> float:
+        raise NotImplementedError
+
+    def reusable_until(self) -> float:
+        """After saturation(): until when (monotonic seconds) the same endpoints read the same, as long as
+        their metrics are not replaced meanwhile (a detector of scraped metrics: until one turns stale).
+        0: the reading may change at any moment (e.g. in-flight counts), recompute every time."""
+        return 0.0
+
+
+# ---------------------------------------------------------------- flow control policies
+# Used by epp/flowcontrol through these classes only. Items, flow queues and bands are handed to them
+# as the views declared in scheduling/types.py (QueueItemView, FlowQueueView, BandView).
+
+class OrderingPolicy(Plugin):
+    """Which request of a flow is dispatched first: the item with the smallest order_key."""
+
+    def order_key(self, item) -> tuple:
+        raise NotImplementedError
+
+
+class FairnessPolicy(Plugin):
+    """Which flow of a priority band is served next (a flow = one fairness id in one band)."""
+
+    def new_band_state(self) -> Any:
+        """Per-band state this policy keeps between picks (e.g. a round-robin cursor); None if none."""
+        return None
+
+    def pick_flow(self, band, state: Any):
+        """A flow queue of `band` with items, or None to dispatch nothing from this band now."""
+        raise NotImplementedError
+
+
+class UsageLimitPolicy(Plugin):
+    """A dispatch ceiling per priority band: a band is gated (and every band below it) while the
+    pool's saturation is at or above its ceiling."""
+
+    def compute_limits(self, saturation: float, priorities: Sequence[int]) -> list[float]:
+        """One ceiling per priority, priorities ordered highest first."""
         raise NotImplementedError
 
 
@@ -288,6 +333,10 @@ DEFAULT_TOKENS = "token-producer"
 DEFAULT_PARSERS = ("openai-parser", "anthropic-parser", "vllmhttp-parser")
 DEFAULT_DETECTOR = "utilization-detector"
 DEFAULT_METRICS_SOURCE, DEFAULT_METRICS_EXTRACTOR = "metrics-data-source", "core-metrics-extractor"
+# flow control's defaults, created under their type names when a config does not declare them
+DEFAULT_ORDERING_POLICY = "fcfs-ordering-policy"
+DEFAULT_FAIRNESS_POLICY = "global-strict-fairness-policy"
+DEFAULT_USAGE_LIMIT_POLICY = "static-usage-limit-policy"
 
 
 def register(cls: type[Plugin]) -> type[Plugin]:

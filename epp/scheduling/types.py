@@ -118,3 +118,55 @@ class MatchInfo:
     @property
     def total(self) -> int:
         return len(self.keys)
+
+
+# ---------------------------------------------------------------- what flow-control policies see
+# epp/flowcontrol hands its queued items, flow queues and bands to the policy plugins as these views.
+
+class QueueItemView:
+    """A request waiting in flow control."""
+
+    __slots__ = ()
+    request_id: str
+    fairness_id: str
+    priority: int
+    size: int                # request body bytes
+    enqueue_time: float      # monotonic seconds
+    effective_ttl: float     # its queue-wait budget in seconds; 0 = none
+    seq: int                 # arrival order, unique: breaks ties
+
+
+class FlowQueueView:
+    """One flow's queue (a fairness id in one band), ordered by the band's ordering policy."""
+
+    __slots__ = ()
+    fairness_id: str
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def peek(self) -> QueueItemView | None:
+        """The item the ordering policy puts first; None when empty."""
+        raise NotImplementedError
+
+    def head_key(self) -> tuple | None:
+        """The ordering policy's key of that item (comparable across the flows of one band)."""
+        raise NotImplementedError
+
+
+class BandView:
+    """A priority band: its flows."""
+
+    __slots__ = ()
+    priority: int
+
+    def flow_ids(self) -> list[str]:
+        """Every flow registered in the band, with queued items or idle (until garbage-collected)."""
+        raise NotImplementedError
+
+    def flow(self, fairness_id: str) -> FlowQueueView | None:
+        raise NotImplementedError
+
+    def active_flows(self) -> list[FlowQueueView]:
+        """The flows that hold queued items."""
+        raise NotImplementedError

@@ -1,6 +1,7 @@
 """The ExternalProcessor gRPC service: one RequestStream per ext_proc stream."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -22,6 +23,17 @@ class ExternalProcessor(pbg.ExternalProcessorServicer):
     async def Process(self, request_iterator, context):
         stream = RequestStream(self.control, self.max_body)
         self.active += 1
+        pushed: set[asyncio.Task] = set()
+
+        async def write_all(replies) -> None:
+            for resp in replies:
+                await context.write(resp)
+
+        def push(replies) -> None:   # replies sent unasked (an eviction), beside the pending read
+            t = asyncio.ensure_future(write_all(replies))
+            pushed.add(t)
+            t.add_done_callback(pushed.discard)
+        stream.push = push
         try:
             read, write = context.read, context.write
             while (msg := await read()) is not grpc.aio.EOF:

@@ -326,9 +326,11 @@ class Connection(asyncio.Protocol):
         if not sid or sid > self.last_sid:
             raise ValueError("RST_STREAM on an idle stream")
         st = self.streams.get(sid)
-        if st is None or not st.started:
+        if st is not None and not st.started:
             # rapid reset (CVE-2023-44487) opens and cancels calls as fast as it can: what a call
-            # costs before its first message is paid from the glitch budget
+            # costs before its first message is paid from the glitch budget. A reset of a call that is
+            # over is not: Envoy resets every finished ext_proc stream, thousands a second at once when
+            # many calls end together (flow control answering its queue at shutdown)
             self._glitch("resets")
         if st is not None:
             self._forget(st)
@@ -397,6 +399,7 @@ class Connection(asyncio.Protocol):
             self._refuse(sid, flags, GRPC_UNIMPLEMENTED, f"unknown method {path.decode(errors='replace')}")
             return
         st = self.streams[sid] = Stream(sid, self.srv.factory(), self.peer_initial_window)
+        st.handler.push = lambda replies, st=st: self._push(st, replies)
         if flags & END_STREAM:
             self._remote_end(st)
 
@@ -549,6 +552,13 @@ class Connection(asyncio.Protocol):
         if st.recv_unacked >= self.lim.stream_window >> 1 and self.streams.get(st.sid) is st:
             self.out.append(window_update(st.sid, st.recv_unacked))
             st.recv_unacked = 0
+
+    def _push(self, st: Stream, replies: list) -> None:
+        """Replies the handler sends unasked (an eviction), outside any frame we are reading."""
+        if self.closed or self.streams.get(st.sid) is not st or st.local_done:
+            return
+        self._reply(st, replies)
+        self._flush()
 
     def _remote_end(self, st: Stream) -> None:
         st.remote_done = True

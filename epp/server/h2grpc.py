@@ -27,9 +27,11 @@ from .h2limits import Limits
 
 class Handler(Protocol):
     """One gRPC call. on_message returns the replies to send, or an awaitable of them (the call's
-    later messages wait until it is done); `closed` ends our side early."""
+    later messages wait until it is done); `closed` ends our side early. The server sets `push`: a
+    function that sends replies the handler produces unasked (e.g. ending the call early)."""
 
     closed: bool
+    push: Callable[[list], None] | None
 
     def on_message(self, msg): ...
 

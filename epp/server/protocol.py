@@ -105,9 +105,10 @@ def lb_metadata(destination: str, scores: dict[str, float] | None = None) -> Str
     return s
 
 
-def immediate(status: int, body: bytes, details: str) -> pb.ProcessingResponse:
+def immediate(status: int, body: bytes, details: str, headers: list[tuple[str, str]] = (),
+              content_type: str = "application/json") -> pb.ProcessingResponse:
     return pb.ProcessingResponse(immediate_response=pb.ImmediateResponse(
         status=HttpStatus(code=status),
-        headers=header_mutation([("content-type", "application/json")]),
+        headers=header_mutation([("content-type", content_type), *headers]),
         body=body,
         details=details))

@@ -15,10 +15,16 @@ Request body modes:
 It talks to request control only through requestcontrol.interface (decide, validate_body,
 response_started, served, done). When a plugin must do I/O before scheduling (tokenizing through the
 model server), on_message returns an awaitable of the replies instead of a list (`Replies`); the
-transport awaits it and hands this stream no further message until it is done.
+transport awaits it and hands this stream no further message until it is done. If the stream
+closes meanwhile (the client left), close() cancels that awaitable when it is a future (a request
+queued in flow control leaves its queue at once).
+
+A transport that can send a message on its own (not as the reply to one) sets `push`; request control
+can then end a decided request early (flow control's in-flight eviction: Decision.revoke).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Awaitable, Callable, Union
 
@@ -39,7 +45,8 @@ Replies = Union[ReplyList, Awaitable[ReplyList]]
 class RequestStream:
     __slots__ = ("control", "max_body", "req_mode", "resp_mode", "early_body", "headers", "path",
                  "method", "subset", "chunks", "size", "decision", "headers_answered", "pending_acks",
-                 "status", "usage", "finished", "closed", "decided_early", "mapper", "waiting", "abandoned")
+                 "status", "usage", "finished", "closed", "decided_early", "mapper", "waiting", "abandoned",
+                 "pending", "push")
 
     def __init__(self, control: RequestControl, max_body: int) -> None:
         self.control = control
@@ -64,6 +71,8 @@ class RequestStream:
         self.mapper = None             # maps a rewritten model name back in the response body
         self.waiting = False           # a decision is being prepared (awaited by the transport)
         self.abandoned = False         # the stream closed while waiting
+        self.pending: Awaitable[Decision] | None = None   # what is awaited while waiting
+        self.push: Callable[[ReplyList], None] | None = None   # set by a transport that can send unasked
 
     # ---------------------------------------------------------------- dispatch
 
@@ -98,21 +107,38 @@ class RequestStream:
         self.status = e.status
         self._finish()
         self.chunks = []
-        return [p.immediate(e.status, e.body(), f"epp_{e.code}")]
+        return [p.immediate(e.status, e.body(), f"epp_{e.code}", e.headers, e.content_type)]
+
+    def _decided(self, d: Decision) -> None:
+        self.decision = d
+        d.revoke = self._revoke
+
+    def _revoke(self, e: EPPError) -> bool:
+        """Ends the decided request now with `e` (pushed to the proxy); False when it cannot be."""
+        if self.closed or self.finished or self.push is None:
+            return False
+        replies = self._reject(e)
+        self.push(replies)
+        return True
 
     def _decide_then(self, raw: bytes | None, then: Callable[[Decision], ReplyList]) -> Replies:
         """then(decision) gives the replies; when request control must wait (I/O before scheduling),
         an awaitable of them."""
         d = self.control.decide(self.headers, self.path, raw, self.subset)
         if isinstance(d, Decision):
-            self.decision = d
+            self._decided(d)
             return then(d)
         return self._later(d, then)
 
     async def _later(self, pending: Awaitable[Decision], then: Callable[[Decision], ReplyList]) -> ReplyList:
         self.waiting = True
+        self.pending = pending
         try:
             d = await pending
+        except asyncio.CancelledError:
+            if self.abandoned:   # close() cancelled it: the client left, nobody to answer
+                return []
+            raise
         except EPPError as e:
             return [] if self.abandoned else self._reject(e)
         except Exception:
@@ -120,7 +146,8 @@ class RequestStream:
             return [] if self.abandoned else self._reject(EPPError(500, "internal error in the endpoint picker"))
         finally:
             self.waiting = False
-        self.decision = d
+            self.pending = None
+        self._decided(d)
         if self.abandoned:   # the client left meanwhile: the pick is counted in and out, nothing sent
             self.close()
             return []
@@ -166,7 +193,7 @@ class RequestStream:
         mode = self.req_mode
         if mode in (p.BUFFERED, p.BUFFERED_PARTIAL):
             self.headers_answered = True
-            return [p.request_headers_response(p.common(p.header_mutation([], H.ROUTING)))]
+            return [p.request_headers_response(p.common(p.header_mutation([], H.ROUTING + H.CONTROL)))]
         if mode == p.NONE or (mode == p.STREAMED and not self.early_body):
             self.decided_early = True
             return self._decide_then(None, self._headers_replies)
@@ -222,7 +249,7 @@ class RequestStream:
 
     def _route_mutation(self, d: Decision, body_changed: bool) -> pb.HeaderMutation:
         sets = [(H.DEST, d.destination)]
-        remove = H.ROUTING[1:]
+        remove = H.ROUTING[1:] + H.CONTROL
         if d.headers:
             sets.extend(d.headers)
             ours = {k for k, _ in d.headers}
@@ -341,6 +368,8 @@ class RequestStream:
         if self.waiting:   # the decision is still being prepared: released when it arrives (_later)
             self.abandoned = True
             self.chunks = []
+            if isinstance(self.pending, asyncio.Future):
+                self.pending.cancel()   # e.g. leaves flow control's queue now
             return
         self._finish()
         self.chunks = []

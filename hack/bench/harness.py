@@ -20,7 +20,7 @@ from testbed.procstat import cpu_model
 
 from . import ROOT
 from . import loadgen, pool as poolmod, report, routers
-from testbed.scenario import Scenario, stages
+from testbed.scenario import Scenario, stages, tenant_rates
 from .sysmon import Monitor
 from testbed.workload import Workload
 
@@ -80,6 +80,16 @@ async def _inference_perf(s: Scenario, name: str, running, pool, groups: dict, h
     return summaries, (round(sum(a["hits"] - b["hits"] for a, b in zip(after, before)) / q, 4) if q else float("nan"))
 
 
+def _queues(running) -> dict | None:
+    """epp's flow-control queue-time histograms (None for a router without them)."""
+    if not running.epp_metrics:
+        return None
+    try:
+        return routers.epp_queue_histograms(running.epp_metrics)
+    except OSError:
+        return None
+
+
 async def run_router(s: Scenario, name: str, kids: Children, opts) -> dict:
     ts = s.pool.time_scale
     ld = s.load
@@ -88,7 +98,8 @@ async def run_router(s: Scenario, name: str, kids: Children, opts) -> dict:
     pool = poolmod.start(kids, s.pool, routers.file_label(name))
     running = None
     try:
-        running = routers.start(kids, name, pool, install=opts.install, envoy_concurrency=opts.envoy_concurrency)
+        running = routers.start(kids, name, pool, install=opts.install, envoy_concurrency=opts.envoy_concurrency,
+                                epp_args=s.epp_args)
         out["info"] = running.info
         async with loadgen.session(ld.request_timeout_s / ts) as http:
             await wait_ready(http, running.url, s.pool.model, running.pids)
@@ -108,16 +119,20 @@ async def run_router(s: Scenario, name: str, kids: Children, opts) -> dict:
             for i, level in enumerate(stages(s) if opts.client == "bench" else []):
                 mon = Monitor(groups)
                 before = await poolmod.scrape(http, pool.addresses)
+                queue0 = _queues(running) if s.workload.tenants else None
                 snap0 = mon.snapshot()
                 sampler = asyncio.create_task(mon.run())
                 wall_level = level * ts if ld.mode == "poisson" else level
                 st = await loadgen.run_stage(http, url, wl, ld.mode, wall_level, ld.duration_s / ts, ld.max_requests,
                                              ld.drain_timeout_s / ts, s.workload.seed + i,
-                                             f"{name} {'rate' if ld.mode == 'poisson' else 'concurrency'} {level:g}")
+                                             f"{name} {'rate' if ld.mode == 'poisson' else 'concurrency'} {level:g}",
+                                             tenants=tenant_rates(s, i) if s.workload.tenants else None)
                 snap1 = mon.snapshot()
                 sampler.cancel()
                 after = await poolmod.scrape(http, pool.addresses)
                 summary = report.summarize(st, before, after, mon.summary(snap0, snap1), ts, level, ld.mode)
+                if s.workload.tenants:
+                    summary["tenants"] = report.tenants(st, s.workload.tenants, ts, queue0, _queues(running))
                 out["stages"].append(summary)
                 print(f"  {name} {level:g}: {summary['completed']}/{summary['sent']} ok, "
                       f"{summary['output_tok_per_s']:.0f} out tok/s, TTFT p90 {summary['ttft_p90_s']:.3f} s, "

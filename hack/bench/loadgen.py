@@ -23,10 +23,11 @@ perf = time.perf_counter
 
 class Rec:
     __slots__ = ("t_send", "lag", "ttft", "e2e", "itl", "status", "error", "prompt_tokens", "out_tokens",
-                 "cached_tokens", "chunks")
+                 "cached_tokens", "chunks", "tenant", "reason")
 
-    def __init__(self, t_send: float, lag: float) -> None:
-        self.t_send, self.lag = t_send, lag
+    def __init__(self, t_send: float, lag: float, tenant: str = "") -> None:
+        self.t_send, self.lag, self.tenant = t_send, lag, tenant
+        self.reason = ""   # x-llm-d-request-dropped-reason of a refused request
         self.ttft = self.e2e = math.nan
         self.itl: list[float] = []
         self.status, self.error = 0, ""
@@ -54,9 +55,10 @@ async def one(http: aiohttp.ClientSession, url: str, item: Item, rec: Rec, want_
     last = None
     parts: list[str] = []
     try:
-        async with http.post(url, data=item.body, headers={"content-type": "application/json"}) as r:
+        async with http.post(url, data=item.body, headers={"content-type": "application/json", **item.headers}) as r:
             rec.status = r.status
             if r.status != 200:
+                rec.reason = r.headers.get("x-llm-d-request-dropped-reason", "")
                 rec.error = f"http {r.status}: {(await r.read())[:200]!r}"
                 return ""
             buf = b""
@@ -133,9 +135,11 @@ class Stage:
 
 
 async def run_stage(http: aiohttp.ClientSession, url: str, wl: Workload, mode: str, level: float, wall_duration: float,
-                    max_requests: int, drain_timeout: float, seed: int, label: str) -> Stage:
+                    max_requests: int, drain_timeout: float, seed: int, label: str,
+                    tenants: dict[str, float] | None = None) -> Stage:
     """One stage: open loop at `level` wall req/s (Poisson) or closed loop with `level` requests in
-    flight, arrivals for wall_duration seconds (or max_requests), then waits for the stragglers."""
+    flight, arrivals for wall_duration seconds (or max_requests), then waits for the stragglers. With
+    tenants (name -> share of level), each tenant has its own Poisson arrivals at its share."""
     st = Stage()
     rng = random.Random(seed)
     tasks: set[asyncio.Task] = set()
@@ -151,7 +155,24 @@ async def run_stage(http: aiohttp.ClientSession, url: str, wl: Workload, mode: s
         if rec.ok:
             wl.done(item, text)
 
-    if mode == "poisson":
+    if tenants:
+        async def arrivals(name: str, rate: float, rng: random.Random) -> None:
+            t_next = st.t_start
+            while len(st.recs) < cap:
+                t_next += rng.expovariate(rate)
+                if t_next >= end:
+                    return
+                delay = t_next - perf()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                rec = Rec(perf(), max(0.0, perf() - t_next), name)
+                st.recs.append(rec)
+                t = asyncio.create_task(send(wl.for_tenant(name), rec))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+        await asyncio.gather(*(arrivals(n, level * x, random.Random(f"{seed}/{n}"))
+                               for n, x in tenants.items() if x > 0))
+    elif mode == "poisson":
         t_next = st.t_start
         while len(st.recs) < cap:
             t_next += rng.expovariate(level)

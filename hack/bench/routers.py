@@ -4,6 +4,7 @@
     epp-random, epp-load-only, epp-approx, epp-prefix-heavy, epp-precise, epp-sticky
                               Envoy (ext_proc FULL_DUPLEX_STREAMED) + epp with config/<...>.yaml
                               (epp-sticky: llm-d's "sticky until saturated", config/sticky.yaml)
+    epp-flow                  epp with flow control (hack/bench/configs/noisy-neighbor-flow.yaml)
     epp-approx-pw             the approximate scorer with precise.yaml's weights (a control)
     epp:PATH                  Envoy + epp with any EndpointPickerConfig file
     sglang-cache-aware, sglang-rr                     sglang-router (PyPI `sglang-router`)
@@ -85,12 +86,21 @@ def _long_requests(cfg: dict) -> dict:
     return cfg
 
 
+def _wide_clusters(cfg: dict) -> dict:
+    """Envoy's circuit breakers default to 1,024 requests per cluster: an overload stage (thousands waiting
+    in a router or in the pods' queues) would otherwise be shed by Envoy itself, not by what is measured."""
+    for c in cfg["static_resources"]["clusters"]:
+        c["circuit_breakers"] = {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000,
+                                                 "max_requests": 100000}]}
+    return cfg
+
+
 def start_envoy(kids: Children, name: str, cfg: dict, port: int, concurrency: int) -> subprocess.Popen:
     try:
         find_envoy()
     except RuntimeError as e:
         raise Unavailable(str(e)) from None
-    return _start_envoy(kids, f"{name}-envoy", _long_requests(cfg), [port], concurrency)
+    return _start_envoy(kids, f"{name}-envoy", _wide_clusters(_long_requests(cfg)), [port], concurrency)
 
 
 def widen_direct(cfg: dict, addresses: list[str]) -> dict:
@@ -134,6 +144,28 @@ def epp_config(name: str, pool, logdir: str) -> str:
     out = os.path.join(logdir, f"{os.path.basename(path).rsplit('.', 1)[0]}-bench.yaml")
     with open(out, "w") as f:
         yaml.safe_dump(doc, f, sort_keys=False)
+    return out
+
+
+def epp_queue_histograms(port: int) -> dict[str, dict]:
+    """epp's flow-control queue-time histogram per fairness id (wall seconds): {fid: {"le": {bound: cumulative},
+    "sum": s, "count": n}}; empty when flow control is off."""
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, dict] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name != "llm_d_epp_flow_control_request_queue_duration_seconds":
+            continue
+        for smp in fam.samples:
+            h = out.setdefault(smp.labels["fairness_id"], {"le": {}, "sum": 0.0, "count": 0.0})
+            if smp.name.endswith("_bucket"):
+                le = float(smp.labels["le"])
+                h["le"][le] = h["le"].get(le, 0.0) + smp.value
+            elif smp.name.endswith("_sum"):
+                h["sum"] += smp.value
+            elif smp.name.endswith("_count"):
+                h["count"] += smp.value
     return out
 
 
@@ -236,7 +268,8 @@ def start_peer(kids: Children, name: str, pool, install: bool) -> Running:
 
 # ------------------------------------------------------------------ start any
 
-def start(kids: Children, name: str, pool, install: bool = True, envoy_concurrency: int = 2) -> Running:
+def start(kids: Children, name: str, pool, install: bool = True, envoy_concurrency: int = 2,
+          epp_args: list | None = None) -> Running:
     if name in PEERS:
         return start_peer(kids, name, pool, install)
     port = free_port()
@@ -249,7 +282,8 @@ def start(kids: Children, name: str, pool, install: bool = True, envoy_concurren
     ts = pool.spec.time_scale
     epp = start_epp(kids, pool.endpoints_file, grpc, f"{50 / ts:.0f}ms",
                     extra=["--metrics-port", str(mport), "--config-file", cfg,
-                           "--metrics-staleness-threshold", f"{2000 / ts:.0f}ms"], name=f"{file_label(name)}-epp")
+                           "--metrics-staleness-threshold", f"{2000 / ts:.0f}ms", *(epp_args or [])],
+                    name=f"{file_label(name)}-epp")
     wait_port(mport, 30, epp, "epp metrics")
     env = start_envoy(kids, file_label(name), bootstrap(free_port(), {"FULL_DUPLEX_STREAMED": port}, epp_port=grpc), port,
                       envoy_concurrency)

@@ -39,8 +39,9 @@ class PodGroup:
 
 
 class Epp:
-    def __init__(self, tmp: str, endpoints_file: str, *extra: str, name: str = "epp") -> None:
-        self.ports = {k: free_port() for k in ("grpc", "health", "metrics")}
+    def __init__(self, tmp: str, endpoints_file: str, *extra: str, name: str = "epp", ports: dict | None = None) -> None:
+        # ports: reuse another epp's (a restart behind the same Envoy)
+        self.ports = dict(ports) if ports else {k: free_port() for k in ("grpc", "health", "metrics")}
         self.log = os.path.join(tmp, f"{name}.log")
         source = ["--endpoints-file", endpoints_file] if endpoints_file else []
         cmd = [sys.executable, "-m", "epp", *source, "--bind-address", "127.0.0.1",

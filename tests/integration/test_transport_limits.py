@@ -392,3 +392,22 @@ async def test_grpcio_client_over_the_limits(epps, transport):
         assert await call.code() == grpc.StatusCode.OK
     finally:
         await channel.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_resets_of_finished_calls_are_not_abuse(epps, transport):
+    """Envoy resets every ext_proc stream once its HTTP request is over: thousands a second when many end
+    together (flow control answering its queue). Those are not rapid resets: the connection carries on."""
+    epp = epps(transport)
+    c = H2Client(epp.ports["grpc"])
+    try:
+        sids = []
+        for _ in range(300):
+            sid = c.open(message=hello(), end=True)
+            assert c.call(sid).status == 0
+            sids.append(sid)
+        c.send(b"".join(frame(RST_STREAM, 0, s, struct.pack(">I", 8)) for s in sids * 10))  # 3,000 at once
+        assert alive(c)
+        assert c.call(c.open(message=hello(), end=True)).status == 0
+    finally:
+        c.close()

@@ -11,7 +11,8 @@ HOOKS = [fw.Filter, fw.Scorer, fw.Picker, fw.ProfileHandler, fw.PrepareRequest, 
          fw.ResponseComplete, fw.BindsPlugins, fw.HasSubPlugins, fw.EndpointLifecycle, fw.BackgroundTask,
          fw.PrefixMatchProducer, fw.PrefixMatchConsumer, fw.IndexSize, fw.SaturationDetector, fw.StateDumper,
          fw.KVEventStatus, fw.InFlightLoad, fw.InFlightLoadConsumer, fw.TokenizedPromptConsumer, fw.Parser,
-         fw.DataSource, fw.DataExtractor, fw.Discovery, fw.Admitter]
+         fw.DataSource, fw.DataExtractor, fw.Discovery, fw.Admitter, fw.OrderingPolicy, fw.FairnessPolicy,
+         fw.UsageLimitPolicy]
 
 
 def _declared(cls) -> set[str]:

@@ -22,7 +22,7 @@ def routed(r, want="10.0.0.1:8000"):
     hs = set_headers(c)
     assert hs[H.DEST] == want
     assert c.clear_route_cache
-    assert set(c.header_mutation.remove_headers) == set(H.ROUTING[1:])   # a client never steers routing
+    assert set(c.header_mutation.remove_headers) == {*H.ROUTING[1:], *H.CONTROL}   # a client never steers routing
     assert r.dynamic_metadata.fields[H.LB_NS].struct_value.fields[H.DEST].string_value == want
     return hs
 
@@ -89,7 +89,7 @@ def test_buffered_mode():
     out = s.on_message(req_headers(mode=p.BUFFERED, resp_mode=p.NONE))
     assert [kind(r) for r in out] == ["request_headers"]
     c = out[0].request_headers.response
-    assert set(c.header_mutation.remove_headers) == set(H.ROUTING)
+    assert set(c.header_mutation.remove_headers) == set(H.ROUTING + H.CONTROL)
     assert not c.header_mutation.set_headers
     out = s.on_message(req_body(BODY, eos=True))
     assert [kind(r) for r in out] == ["request_body"]

@@ -125,10 +125,9 @@ topology-extractor utilization-filter""".split()
 
 
 def test_every_upstream_type_is_registered_or_listed_as_unsupported():
-    from epp.scheduling.config import BUILT_IN_TYPES
     load_all()
     assert len(UPSTREAM_TYPES) == 96
-    accounted = set(REGISTRY) | set(UNSUPPORTED) | BUILT_IN_TYPES
+    accounted = set(REGISTRY) | set(UNSUPPORTED)
     assert set(UPSTREAM_TYPES) <= accounted, sorted(set(UPSTREAM_TYPES) - accounted)
     assert not set(REGISTRY) & set(UNSUPPORTED)
     assert set(REGISTRY) <= set(UPSTREAM_TYPES)              # no invented type names

@@ -1,8 +1,9 @@
 """utilization-detector: how saturated the pool is, and which endpoints are past their limits.
 
 Per endpoint: max(waiting / queueDepthThreshold, kv_usage / kvCacheUtilThreshold), and 1.0 when its
-metrics are older than metricsStalenessThreshold (fail closed); the pool's saturation is the mean.
-Request control sheds sheddable requests when it reaches 1. As a filter in a profile it drops
+metrics are older than metricsStalenessThreshold (fail closed; counted in stale_endpoints); the
+pool's saturation is the mean. Request control sheds sheddable requests when it reaches 1; flow
+control holds requests while it is at or above a band's ceiling. As a filter in a profile it drops
 endpoints above the thresholds x (1 + headroom) or stale, unless that would drop them all."""
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class UtilizationDetector(Filter, SaturationDetector):
         if self.staleness <= 0:
             raise params_error(t, "metricsStalenessThreshold must be > 0")
         self.headroom = need_number(t, "headroom", headroom, 0.0)
+        self._until = 0.0
 
     def endpoint_saturation(self, ep, t: float) -> float:
         m = ep.metrics
@@ -37,9 +39,27 @@ class UtilizationDetector(Filter, SaturationDetector):
 
     def saturation(self, endpoints) -> float:
         if not endpoints:
+            self.stale_endpoints = 0
+            self._until = float("inf")
             return 1.0
-        t = now()
-        return sum(self.endpoint_saturation(ep, t) for ep in endpoints) / len(endpoints)
+        t, q, kv, staleness = now(), self.queue, self.kv, self.staleness
+        total, stale, oldest = 0.0, 0, float("inf")
+        for ep in endpoints:
+            m = ep.metrics
+            if m.updated <= 0.0 or t - m.updated > staleness:   # Metrics.fresh, inlined (per dispatch)
+                total += 1.0
+                stale += 1
+            else:
+                w, k = m.waiting / q, m.kv_usage / kv
+                total += w if w > k else k
+                if m.updated < oldest:
+                    oldest = m.updated
+        self.stale_endpoints = stale
+        self._until = oldest + staleness   # the reading holds until a scrape, or until one turns stale
+        return total / len(endpoints)
+
+    def reusable_until(self) -> float:
+        return self._until
 
     def filter(self, state, request, endpoints):
         t = now()
