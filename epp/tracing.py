@@ -260,7 +260,14 @@ def setup(service_name: str = "llm-d-epp", exporter=None) -> None:
 
     os.environ.setdefault("OTEL_SERVICE_NAME", service_name)
     os.environ.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4317")
-    kind = os.environ.get("OTEL_TRACES_EXPORTER", "console")
+    kind = os.environ.get("OTEL_TRACES_EXPORTER", "")
+    if exporter is None and not kind:
+        # deliberately unlike upstream, which then pretty-prints a tenth of all requests' spans on
+        # stdout: nothing is traced until an exporter is named (upstream's Helm chart names one), so an
+        # EPP deployed with the default flags neither floods its log nor pays for spans
+        log.info("tracing is on but OTEL_TRACES_EXPORTER is not set: no spans are recorded "
+                 "(set it to otlp, or console for upstream's stdout dump)")
+        return
     resource = Resource.create({"service.version": VERSION})
     if exporter is None:
         if kind == "otlp":

@@ -210,6 +210,20 @@ def test_a_traced_decision_carries_the_callers_trace_to_the_model_server():
         tracing.shutdown()
 
 
+def test_tracing_without_a_named_exporter_records_nothing(monkeypatch):
+    """Our deliberate difference: upstream dumps sampled spans on stdout when OTEL_TRACES_EXPORTER is
+    unset; epp records none then (and costs nothing), and traces once an exporter is named."""
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+    try:
+        tracing.setup()
+        assert not tracing.on
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+        tracing.setup()
+        assert tracing.on
+    finally:
+        tracing.shutdown()
+
+
 def test_otlp_bytes_written_directly_equal_the_sdks_encoding():
     """epp.otlp writes the export request itself; it must say what the SDK's encoder says of the same span."""
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
