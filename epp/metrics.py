@@ -1,6 +1,6 @@
 """The EPP's Prometheus metrics, named as upstream names them (users' dashboards read these): llm-d
 router v0.10's llm_d_epp_* family and, beside it, the legacy GIE names it still writes (help text
-marked deprecated, as upstream's). Both are written on every event, as upstream does.
+marked deprecated, as upstream's), computed at scrape time from the llm-d series (epp/histogram.py).
 
 Request-derived label values are capped as upstream caps them: at most 1000 distinct model names
 (model_name and target_model_name share the budget; names pinned by InferenceModelRewrite rules do
@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import threading
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client import REGISTRY, CollectorRegistry
 
-from .histogram import Histogram
+from .histogram import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15,
                     20, 30, 45, 60, 120, 180, 240, 300, 360, 480, 600, 900, 1200, 1800, 2700, 3600)
@@ -77,83 +77,13 @@ def deprecated(new: str, text: str) -> str:
     return f"[ALPHA] [Deprecated: Use {new}] {text}"
 
 
-class PairChild:
-    __slots__ = ("a", "b")
-
-    def __init__(self, a, b) -> None:
-        self.a, self.b = a, b
-
-    def observe(self, value: float) -> None:
-        self.a.observe(value)
-        self.b.observe(value)
-
-
-class TwinHistogram:
-    """A legacy histogram and its llm_d_epp_* twin with the same labels, observed together."""
-
-    def __init__(self, legacy: Histogram, current: Histogram) -> None:
-        self.legacy, self.current = legacy, current
-        self._children: dict[tuple, PairChild] = {}
-
-    def labels(self, *values: str) -> PairChild:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = PairChild(self.legacy.labels(*values), self.current.labels(*values))
-        return child
-
-    def observe(self, value: float) -> None:
-        self.legacy.observe(value)
-        self.current.observe(value)
-
-
 class EPPMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         r = registry
         self.registry = r
         om = ["model_name", "target_model_name"]
         mfp = om + ["fairness_id", "priority"]
-        # ---- legacy (GIE) names
-        self.request_total = Counter(
-            "inference_objective_request_total", deprecated("llm_d_epp_request_total",
-            "Counter of inference objective requests broken out for each model and target model."),
-            om + ["priority"], registry=r)
-        self.request_error_total = Counter(
-            "inference_objective_request_error_total", deprecated("llm_d_epp_request_error_total",
-            "Counter of inference objective requests errors broken out for each model and target model."),
-            om + ["error_code"], registry=r)
-        self.request_duration = Histogram(
-            "inference_objective_request_duration_seconds", deprecated("llm_d_epp_request_duration_seconds",
-            "Inference objective response latency distribution in seconds for each model and target model."),
-            om, buckets=_LATENCY_BUCKETS, registry=r)
-        self.request_sizes = Histogram(
-            "inference_objective_request_sizes", deprecated("llm_d_epp_request_size_bytes",
-            "Inference objective requests size distribution in bytes for each model and target model."),
-            om, buckets=_REQUEST_SIZE_BUCKETS, registry=r)
-        self.response_sizes = Histogram(
-            "inference_objective_response_sizes", deprecated("llm_d_epp_response_size_bytes",
-            "Inference objective responses size distribution in bytes for each model and target model."),
-            om, buckets=_RESPONSE_SIZE_BUCKETS, registry=r)
-        self.input_tokens = Histogram(
-            "inference_objective_input_tokens", deprecated("llm_d_epp_request_input_tokens",
-            "Inference objective input token count distribution for requests in each model."),
-            om, buckets=_TOKEN_BUCKETS, registry=r)
-        self.output_tokens = Histogram(
-            "inference_objective_output_tokens", deprecated("llm_d_epp_request_output_tokens",
-            "Inference objective output token count distribution for requests in each model."),
-            om, buckets=_OUTPUT_TOKEN_BUCKETS, registry=r)
-        self.cached_tokens = Histogram(
-            "inference_objective_prompt_cached_tokens", deprecated("llm_d_epp_request_cached_tokens",
-            "Inference objective prompt cached token count distribution for requests in each model."),
-            om, buckets=_TOKEN_BUCKETS, registry=r)
-        self.running_requests = Gauge(
-            "inference_objective_running_requests", deprecated("llm_d_epp_request_running",
-            "Inference objective number of running requests in each model."), ["model_name"], registry=r)
-        self.ntpot = Histogram(
-            "inference_objective_normalized_time_per_output_token_seconds",
-            deprecated("llm_d_epp_request_ntpot_seconds", "Inference objective latency divided by number of output "
-                       "tokens in seconds for each model and target model."),
-            om, buckets=_NTPOT_BUCKETS, registry=r)
-        # ---- llm-d router v0.10 names (with fairness_id and priority)
+        # ---- llm-d router v0.10 names (with fairness_id and priority): what a request updates
         self.llmd_request_total = Counter("llm_d_epp_request_total", "[ALPHA] Total number of processed requests.",
                                           mfp, registry=r)
         self.llmd_request_error_total = Counter("llm_d_epp_request_error_total",
@@ -190,35 +120,73 @@ class EPPMetrics:
             "llm_d_epp_request_streaming_tpot_seconds", "[ALPHA] Average time per output token in seconds for "
             "streaming requests, computed as (e2e - TTFT) / (output_tokens - 1).", mfp, buckets=_TPOT_BUCKETS,
             registry=r)
+        # ---- legacy (GIE) names: views of the llm-d series, summed over the labels they lack
+        self.request_total = self.llmd_request_total.view(
+            "inference_objective_request_total", deprecated("llm_d_epp_request_total",
+            "Counter of inference objective requests broken out for each model and target model."),
+            om + ["priority"], registry=r)
+        self.request_error_total = self.llmd_request_error_total.view(
+            "inference_objective_request_error_total", deprecated("llm_d_epp_request_error_total",
+            "Counter of inference objective requests errors broken out for each model and target model."),
+            om + ["error_code"], registry=r)
+        self.request_duration = self.llmd_request_duration.view(
+            "inference_objective_request_duration_seconds", deprecated("llm_d_epp_request_duration_seconds",
+            "Inference objective response latency distribution in seconds for each model and target model."),
+            om, registry=r)
+        self.request_sizes = self.llmd_request_size.view(
+            "inference_objective_request_sizes", deprecated("llm_d_epp_request_size_bytes",
+            "Inference objective requests size distribution in bytes for each model and target model."),
+            om, registry=r)
+        self.response_sizes = self.llmd_response_size.view(
+            "inference_objective_response_sizes", deprecated("llm_d_epp_response_size_bytes",
+            "Inference objective responses size distribution in bytes for each model and target model."),
+            om, registry=r)
+        self.input_tokens = self.llmd_input_tokens.view(
+            "inference_objective_input_tokens", deprecated("llm_d_epp_request_input_tokens",
+            "Inference objective input token count distribution for requests in each model."),
+            om, registry=r)
+        self.output_tokens = self.llmd_output_tokens.view(
+            "inference_objective_output_tokens", deprecated("llm_d_epp_request_output_tokens",
+            "Inference objective output token count distribution for requests in each model."),
+            om, registry=r)
+        self.cached_tokens = self.llmd_cached_tokens.view(
+            "inference_objective_prompt_cached_tokens", deprecated("llm_d_epp_request_cached_tokens",
+            "Inference objective prompt cached token count distribution for requests in each model."),
+            om, registry=r)
+        self.running_requests = self.llmd_running.view(
+            "inference_objective_running_requests", deprecated("llm_d_epp_request_running",
+            "Inference objective number of running requests in each model."), ["model_name"], registry=r)
+        self.ntpot = self.llmd_ntpot.view(
+            "inference_objective_normalized_time_per_output_token_seconds",
+            deprecated("llm_d_epp_request_ntpot_seconds", "Inference objective latency divided by number of output "
+                       "tokens in seconds for each model and target model."),
+            om, registry=r)
         self.request_processing = Histogram(
             "llm_d_epp_request_processing_duration_seconds", "[ALPHA] EPP request processing latency distribution "
             "in seconds, from request receipt until the request body has been handled, including admission control.",
             buckets=_REQUEST_PROCESSING_BUCKETS, registry=r)
         # ---- scheduler and plugins: both names, observed together
-        self.scheduler_e2e = TwinHistogram(
-            Histogram("inference_extension_scheduler_e2e_duration_seconds",
-                      deprecated("llm_d_epp_scheduler_e2e_duration_seconds",
-                                 "End-to-end scheduling latency distribution in seconds."),
-                      buckets=_FAST_BUCKETS, registry=r),
-            Histogram("llm_d_epp_scheduler_e2e_duration_seconds",
-                      "[ALPHA] End-to-end scheduling latency distribution in seconds.", buckets=_FAST_BUCKETS,
-                      registry=r))
+        self.scheduler_e2e = Histogram("llm_d_epp_scheduler_e2e_duration_seconds",
+                                       "[ALPHA] End-to-end scheduling latency distribution in seconds.",
+                                       buckets=_FAST_BUCKETS, registry=r)
+        self.scheduler_e2e.view("inference_extension_scheduler_e2e_duration_seconds",
+                                deprecated("llm_d_epp_scheduler_e2e_duration_seconds",
+                                           "End-to-end scheduling latency distribution in seconds."), registry=r)
         plugin_labels = ["extension_point", "plugin_type", "plugin_name"]
         plugin_help = "Plugin processing latency distribution in seconds for each extension point, plugin type and " \
                       "plugin name."
-        self.plugin_duration = TwinHistogram(
-            Histogram("inference_extension_plugin_duration_seconds",
-                      deprecated("llm_d_epp_plugin_duration_seconds", plugin_help), plugin_labels,
-                      buckets=_FAST_BUCKETS, registry=r),
-            Histogram("llm_d_epp_plugin_duration_seconds", "[ALPHA] " + plugin_help, plugin_labels,
-                      buckets=_FAST_BUCKETS, registry=r))
+        self.plugin_duration = Histogram("llm_d_epp_plugin_duration_seconds", "[ALPHA] " + plugin_help, plugin_labels,
+                                         buckets=_FAST_BUCKETS, registry=r)
+        self.plugin_duration.view("inference_extension_plugin_duration_seconds",
+                                  deprecated("llm_d_epp_plugin_duration_seconds", plugin_help), plugin_labels,
+                                  registry=r)
         hit_help = "Ratio of prefix length matched to total prefix length in the cache lookup."
-        self.prefix_hit_ratio = Histogram(
-            "inference_extension_prefix_indexer_hit_ratio", deprecated("llm_d_epp_prefix_indexer_hit_ratio", hit_help),
-            buckets=(0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1), registry=r)
         self.llmd_prefix_hit_ratio = Histogram(
             "llm_d_epp_prefix_indexer_hit_ratio", "[ALPHA] " + hit_help, ["plugin_name", "plugin_type"],
             buckets=(0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1), registry=r)
+        self.prefix_hit_ratio = self.llmd_prefix_hit_ratio.view(
+            "inference_extension_prefix_indexer_hit_ratio", deprecated("llm_d_epp_prefix_indexer_hit_ratio", hit_help),
+            registry=r)
         info_help = "General information of the current build of Inference Extension."
         commit, build_ref = os.environ.get("EPP_COMMIT", "unknown"), os.environ.get("EPP_BUILD_REF", "epp-python")
         for name in ("inference_extension_info", "llm_d_epp_info"):

@@ -20,7 +20,7 @@ from ..datalayer.store import EndpointStore
 from .. import tracing
 from ..headers import (DEFAULT_FAIRNESS_ID, DROPPED_REASON, FAIRNESS_ID, FAIRNESS_ID_OLD, OBJECTIVE, OBJECTIVE_OLD,
                        REQUEST_ID, REWRITE, REWRITE_OLD)
-from ..metrics import MODEL_SERVER_ERROR, EPPMetrics, PairChild, capped_fairness_id, capped_model
+from ..metrics import MODEL_SERVER_ERROR, EPPMetrics, capped_fairness_id, capped_model
 from ..scheduling.config import default_parsers, default_saturation_detector
 from ..scheduling.framework import Parser, SaturationDetector
 from ..scheduling.scheduler import Scheduler
@@ -232,12 +232,10 @@ class Director:
         if m:
             s = self._series(decision.request)
             s.request_total.inc()
-            s.llmd_request_total.inc()
             if raw_body:
                 s.request_size.observe(len(raw_body))
             if request.model:
                 s.running.inc()
-                s.llmd_running.inc()
             m.request_processing.observe(time.perf_counter() - decision.started)
         return decision
 
@@ -245,7 +243,6 @@ class Director:
         m = self.metrics
         if m:
             model, code = capped_model(e.model), m.error_code(e.status)
-            m.request_error_total.labels(model, model, code).inc()
             m.llmd_request_error_total.labels(model, model, self._fairness(headers), str(priority), code).inc()
 
     @staticmethod
@@ -318,7 +315,6 @@ class Director:
             prefill.in_flight_tokens += tokens
         hit_ratio = state.get(HIT_RATIO)
         if hit_ratio is not None and self.metrics:
-            self.metrics.prefix_hit_ratio.observe(hit_ratio)
             self._hit_child(state.get(HIT_SOURCE)).observe(hit_ratio)
         decision = Decision(request=request, targets=targets, destination=result.destination or ",".join(ep.address for ep in targets),
                             result=result, headers=result.headers, tokens=tokens, body=new_body,
@@ -447,10 +443,8 @@ class Director:
         s = self._series(req)
         if req.model:
             s.running.dec()
-            s.llmd_running.dec()
         if status is not None and status >= 400:
             model, target = capped_model(req.model), capped_model(req.target_model)
-            m.request_error_total.labels(model, target, MODEL_SERVER_ERROR).inc()
             m.llmd_request_error_total.labels(model, target, s.fairness, s.priority, MODEL_SERVER_ERROR).inc()
         if status is not None and status < 400:
             end = time.perf_counter()
@@ -474,29 +468,23 @@ class Director:
 
 
 class _Series:
-    """One (model, target model, fairness id, priority)'s metric children, both families, looked up once
-    instead of per request."""
+    """One (model, target model, fairness id, priority)'s metric children, looked up once instead of per
+    request (the legacy GIE series are views of these: epp/histogram.py)."""
 
-    __slots__ = ("request_total", "llmd_request_total", "running", "llmd_running", "duration", "input_tokens",
-                 "output_tokens", "cached_tokens", "request_size", "response_size", "ntpot", "tpot", "ttft_streaming",
-                 "fairness", "priority")
+    __slots__ = ("request_total", "running", "duration", "input_tokens", "output_tokens", "cached_tokens",
+                 "request_size", "response_size", "ntpot", "tpot", "ttft_streaming", "fairness", "priority")
 
     def __init__(self, m: EPPMetrics, model: str, target: str, fairness: str, priority: str) -> None:
         self.fairness, self.priority = fairness, priority
         mfp = (model, target, fairness, priority)
-
-        def pair(legacy, current):
-            return PairChild(legacy.labels(model, target), current.labels(*mfp))
-        self.request_total = m.request_total.labels(model, target, priority)
-        self.llmd_request_total = m.llmd_request_total.labels(*mfp)
-        self.running = m.running_requests.labels(model)
-        self.llmd_running = m.llmd_running.labels(*mfp)
-        self.duration = pair(m.request_duration, m.llmd_request_duration)
-        self.input_tokens = pair(m.input_tokens, m.llmd_input_tokens)
-        self.output_tokens = pair(m.output_tokens, m.llmd_output_tokens)
-        self.cached_tokens = pair(m.cached_tokens, m.llmd_cached_tokens)
-        self.request_size = pair(m.request_sizes, m.llmd_request_size)
-        self.response_size = pair(m.response_sizes, m.llmd_response_size)
-        self.ntpot = pair(m.ntpot, m.llmd_ntpot)
+        self.request_total = m.llmd_request_total.labels(*mfp)
+        self.running = m.llmd_running.labels(*mfp)
+        self.duration = m.llmd_request_duration.labels(*mfp)
+        self.input_tokens = m.llmd_input_tokens.labels(*mfp)
+        self.output_tokens = m.llmd_output_tokens.labels(*mfp)
+        self.cached_tokens = m.llmd_cached_tokens.labels(*mfp)
+        self.request_size = m.llmd_request_size.labels(*mfp)
+        self.response_size = m.llmd_response_size.labels(*mfp)
+        self.ntpot = m.llmd_ntpot.labels(*mfp)
         self.tpot = m.llmd_tpot.labels(*mfp)
         self.ttft_streaming = {False: m.llmd_ttft.labels(*mfp, "false"), True: m.llmd_ttft.labels(*mfp, "true")}

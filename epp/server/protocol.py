@@ -98,10 +98,12 @@ def lb_metadata(destination: str, scores: dict[str, float] | None = None) -> Str
     """The envoy.lb dynamic metadata: the destination, and with --emit-endpoint-scores a struct of
     every scored candidate's "ip:port" -> score (upstream's x-gateway-destination-endpoint-scores)."""
     s = Struct()
-    fields = {DEST: destination}
+    fields = s.fields[LB_NS].struct_value.fields   # set in place: Struct.update walks Python dicts (slow)
+    fields[DEST].string_value = destination
     if scores:
-        fields[DEST_SCORES] = scores
-    s.update({LB_NS: fields})
+        sf = fields[DEST_SCORES].struct_value.fields
+        for address, score in scores.items():
+            sf[address].number_value = score
     return s
 
 
