@@ -10,6 +10,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
 
 from ..requestcontrol.interface import RequestControl
 from .stream import RequestStream
+from .wire import Encoded
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ class ExternalProcessor(pbg.ExternalProcessorServicer):
 
         async def write_all(replies) -> None:
             for resp in replies:
-                await context.write(resp)
+                await context.write(_message(resp))
 
         def push(replies) -> None:   # replies sent unasked (an eviction), beside the pending read
             t = asyncio.ensure_future(write_all(replies))
@@ -41,10 +42,15 @@ class ExternalProcessor(pbg.ExternalProcessorServicer):
                 if not isinstance(out, list):
                     out = await out      # the decision is being prepared; nothing else is read meanwhile
                 for resp in out:
-                    await write(resp)
+                    await write(_message(resp))
                 if stream.closed:
                     break
         finally:
             # runs on normal end, on client cancel (CancelledError) and on errors alike
             self.active -= 1
             stream.close()
+
+
+def _message(resp):
+    """grpcio serializes replies itself: bytes written directly (wire.Encoded) go back to a message."""
+    return resp.parsed() if isinstance(resp, Encoded) else resp

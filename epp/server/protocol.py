@@ -9,6 +9,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from ..headers import DEST, DEST_SCORES, LB_NS
 from ..headers import WENT_INTO_RESP_HEADERS as _WENT_INTO_NAME
+from .wire import streamed_body
 
 MAX_CHUNK = 62_000  # bytes per re-emitted body chunk, as GIE: well under any gRPC message limit
 
@@ -80,18 +81,15 @@ WENT_INTO = (_WENT_INTO_NAME, "true")
 WENT_INTO_RESP_HEADERS = common(header_mutation([WENT_INTO]))
 
 
-def streamed_chunks(body: bytes, end_of_stream: bool, response_side: bool = False) -> list[pb.ProcessingResponse]:
-    """The body as full-duplex StreamedBodyResponse messages of at most MAX_CHUNK bytes each; an empty
-    body is one empty message (it still has to carry end_of_stream)."""
-    make = response_body_response if response_side else request_body_response
+def streamed_chunks(body: bytes, end_of_stream: bool, response_side: bool = False) -> list:
+    """The body as full-duplex StreamedBodyResponse messages of at most MAX_CHUNK bytes each (wire
+    bytes written directly: wire.Encoded); an empty body is one empty message (it still has to carry
+    end_of_stream)."""
     n = len(body)
     if n <= MAX_CHUNK:
-        return [make(common(streamed=(body, end_of_stream)))]
-    out = []
-    for start in range(0, n, MAX_CHUNK):
-        end = start + MAX_CHUNK
-        out.append(make(common(streamed=(body[start:end], end_of_stream and end >= n))))
-    return out
+        return [streamed_body(body, end_of_stream, response_side)]
+    return [streamed_body(body[start:start + MAX_CHUNK], end_of_stream and start + MAX_CHUNK >= n, response_side)
+            for start in range(0, n, MAX_CHUNK)]
 
 
 def lb_metadata(destination: str, scores: dict[str, float] | None = None) -> Struct:

@@ -1,0 +1,24 @@
+"""The directly written body echoes are byte for byte what protobuf encodes, and read like messages."""
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from epp.server import protocol as p
+from epp.server.wire import Encoded, streamed_body
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300) | st.sampled_from([b"", b"x" * 127, b"x" * 128, b"x" * 16384, b"x" * 70000]),
+       st.booleans(), st.booleans())
+def test_streamed_body_is_the_protobuf_encoding(body, eos, response_side):
+    make = p.response_body_response if response_side else p.request_body_response
+    want = make(p.common(streamed=(body, eos))).SerializeToString()
+    got = streamed_body(body, eos, response_side)
+    assert bytes(got) == want
+    assert isinstance(got, Encoded) and got.SerializeToString() is got
+
+
+def test_an_encoded_reply_reads_like_the_message():
+    r = streamed_body(b"abc", True, False)
+    assert r.WhichOneof("response") == "request_body"
+    sr = r.request_body.response.body_mutation.streamed_response
+    assert (sr.body, sr.end_of_stream) == (b"abc", True)
