@@ -33,10 +33,14 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from .. import headers as H
 from ..requestcontrol.interface import Decision, EPPError, RequestControl
 from . import protocol as p
+from . import wire
 
 log = logging.getLogger(__name__)
 
 ReplyList = list[pb.ProcessingResponse]
+# what a routed request loses of what the client sent: routing and control headers only epp may set
+_REMOVE = H.ROUTING[1:] + H.CONTROL
+_REMOVED = wire.removes(_REMOVE)
 # what on_message gives back: the replies, or (while the decision is prepared) an awaitable of them;
 # a transport tells them apart with isinstance(replies, list)
 Replies = Union[ReplyList, Awaitable[ReplyList]]
@@ -249,7 +253,7 @@ class RequestStream:
 
     def _route_mutation(self, d: Decision, body_changed: bool) -> pb.HeaderMutation:
         sets = [(H.DEST, d.destination)]
-        remove = H.ROUTING[1:] + H.CONTROL
+        remove = _REMOVE
         if d.headers:
             sets.extend(d.headers)
             ours = {k for k, _ in d.headers}
@@ -258,9 +262,23 @@ class RequestStream:
             sets.append(("content-length", str(len(d.body))))
         return p.header_mutation(sets, remove)
 
-    def _decided_headers_response(self, d: Decision) -> pb.ProcessingResponse:
+    def _decided_headers_response(self, d: Decision):
         self.headers_answered = True
-        return p.request_headers_response(p.common(self._route_mutation(d, False), clear_route_cache=True),
+        return self._routed(d, False)
+
+    def _routed(self, d: Decision, body_changed: bool):
+        """The request-headers reply that routes to d's destination: wire bytes written directly in the
+        usual case (wire.routed_headers), protobuf objects when endpoint scores go along."""
+        if d.scores is None:
+            sets = d.headers or []
+            removed = _REMOVED
+            if sets:
+                ours = {k for k, _ in sets}
+                removed = wire.removes(h for h in _REMOVE if h not in ours)   # a client's value is overwritten
+            if body_changed:
+                sets = [*sets, ("content-length", str(len(d.body)))]
+            return wire.routed_headers(d.destination, sets, removed)
+        return p.request_headers_response(p.common(self._route_mutation(d, body_changed), clear_route_cache=True),
                                           p.lb_metadata(d.destination, d.scores))
 
     def _complete_full_duplex(self, eos: bool) -> Replies:
@@ -268,9 +286,7 @@ class RequestStream:
 
         def replies(d: Decision) -> ReplyList:
             out_body = d.body if d.body is not None else body
-            return [p.request_headers_response(p.common(self._route_mutation(d, d.body is not None), clear_route_cache=True),
-                                               p.lb_metadata(d.destination, d.scores)),
-                    *p.streamed_chunks(out_body, eos)]
+            return [self._routed(d, d.body is not None), *p.streamed_chunks(out_body, eos)]
         return self._decide_then(body, replies)
 
     def _complete_buffered(self) -> Replies:

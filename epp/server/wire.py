@@ -1,4 +1,5 @@
-"""Full-duplex body echoes as protobuf wire bytes, written directly.
+"""The replies every request gets, as protobuf wire bytes written directly: full-duplex body echoes
+and the routed request-headers reply.
 
 In FULL_DUPLEX_STREAMED mode every body chunk Envoy sends (request and response) must come back as a
 ProcessingResponse{request_body|response_body: BodyResponse{response: CommonResponse{body_mutation:
@@ -13,7 +14,11 @@ as it is (SerializeToString returns it), and tests and the grpcio transport can 
 """
 from __future__ import annotations
 
+from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf.struct_pb2 import Struct, Value
+
+from ..headers import DEST, LB_NS
 
 _LEN = 2      # wire type: length-delimited
 _VARINT = 0
@@ -73,3 +78,54 @@ def streamed_body(body: bytes, end_of_stream: bool, response_side: bool) -> Enco
     return Encoded(b"".join((_RESPONSE_BODY if response_side else _REQUEST_BODY, _varint(resp_len),
                              _RESPONSE, _varint(common_len), _BODY_MUTATION, _varint(bm_len), _STREAMED, mutation,
                              *sb)))
+
+
+def _ld(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field."""
+    return tag + _varint(len(payload)) + payload
+
+
+def _str_field(cls, name: str) -> bytes:
+    return _tag(_field(cls, name), _LEN)
+
+
+_HV_KEY, _HV_RAW = _str_field(HeaderValue, "key"), _str_field(HeaderValue, "raw_value")
+_HVO_HEADER = _str_field(HeaderValueOption, "header")
+_HVO_OVERWRITE = _tag(_field(HeaderValueOption, "append_action"), _VARINT) + _varint(
+    HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
+_HM_SET, _HM_REMOVE = _str_field(pb.HeaderMutation, "set_headers"), _str_field(pb.HeaderMutation, "remove_headers")
+_CR_MUTATION = _str_field(pb.CommonResponse, "header_mutation")
+_CR_CLEAR_ROUTE = _tag(_field(pb.CommonResponse, "clear_route_cache"), _VARINT) + b"\x01"
+_HR_RESPONSE = _str_field(pb.HeadersResponse, "response")
+_PR_REQUEST_HEADERS = _str_field(pb.ProcessingResponse, "request_headers")
+_PR_METADATA = _str_field(pb.ProcessingResponse, "dynamic_metadata")
+_STRUCT_FIELDS = _str_field(Struct, "fields")
+_ENTRY = Struct.DESCRIPTOR.fields_by_name["fields"].message_type
+_ENTRY_KEY = _tag(_ENTRY.fields_by_name["key"].number, _LEN)
+_ENTRY_VALUE = _tag(_ENTRY.fields_by_name["value"].number, _LEN)
+_V_STRING, _V_STRUCT = _str_field(Value, "string_value"), _str_field(Value, "struct_value")
+_LB_KEY = _ENTRY_KEY + _varint(len(LB_NS.encode())) + LB_NS.encode()
+_DEST_KEY = _ENTRY_KEY + _varint(len(DEST.encode())) + DEST.encode()
+
+
+def set_header(key: str, value: str) -> bytes:
+    """One HeaderMutation.set_headers entry (overwrite or add; the value as raw bytes)."""
+    raw = value.encode("latin-1", "replace")
+    hv = _ld(_HV_KEY, key.encode()) + (_ld(_HV_RAW, raw) if raw else b"")   # proto3 leaves out empty bytes
+    return _ld(_HM_SET, _ld(_HVO_HEADER, hv) + _HVO_OVERWRITE)
+
+
+def removes(names) -> bytes:
+    """HeaderMutation.remove_headers entries (build once for a fixed list)."""
+    return b"".join(_ld(_HM_REMOVE, n.encode()) for n in names)
+
+
+def routed_headers(destination: str, sets: list[tuple[str, str]], removed: bytes) -> Encoded:
+    """The request-headers reply that routes: the destination header (first), the other `sets`, the
+    `removed` entries, clear_route_cache, and envoy.lb metadata naming the destination."""
+    dest = destination.encode()
+    mutation = b"".join((set_header(DEST, destination), *(set_header(k, v) for k, v in sets), removed))
+    common = _ld(_CR_MUTATION, mutation) + _CR_CLEAR_ROUTE
+    inner = _ld(_STRUCT_FIELDS, _DEST_KEY + _ld(_ENTRY_VALUE, _ld(_V_STRING, dest)))
+    metadata = _ld(_STRUCT_FIELDS, _LB_KEY + _ld(_ENTRY_VALUE, _ld(_V_STRUCT, inner)))
+    return Encoded(_ld(_PR_REQUEST_HEADERS, _ld(_HR_RESPONSE, common)) + _ld(_PR_METADATA, metadata))

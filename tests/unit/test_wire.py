@@ -22,3 +22,15 @@ def test_an_encoded_reply_reads_like_the_message():
     assert r.WhichOneof("response") == "request_body"
     sr = r.request_body.response.body_mutation.streamed_response
     assert (sr.body, sr.end_of_stream) == (b"abc", True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(min_size=1, max_size=40), st.lists(st.tuples(st.sampled_from(["x-a", "content-length", "traceparent"]),
+                                                            st.text(max_size=30)), max_size=3),
+       st.lists(st.sampled_from(["x-b", "x-c", "x-gateway-destination-endpoint-served"]), max_size=4))
+def test_routed_headers_is_the_protobuf_encoding(dest, sets, remove):
+    from epp import headers as H
+    from epp.server.wire import removes, routed_headers
+    want = p.request_headers_response(p.common(p.header_mutation([(H.DEST, dest), *sets], remove),
+                                               clear_route_cache=True), p.lb_metadata(dest)).SerializeToString()
+    assert bytes(routed_headers(dest, sets, removes(remove))) == want
