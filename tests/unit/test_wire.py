@@ -34,3 +34,12 @@ def test_routed_headers_is_the_protobuf_encoding(dest, sets, remove):
     want = p.request_headers_response(p.common(p.header_mutation([(H.DEST, dest), *sets], remove),
                                                clear_route_cache=True), p.lb_metadata(dest)).SerializeToString()
     assert bytes(routed_headers(dest, sets, removes(remove))) == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=2**40) | st.sampled_from([0, 127, 128, 16383, 16384, 2**21 - 1, 2**21]))
+def test_varints_are_protobufs(n):
+    from google.protobuf.internal.encoder import _VarintBytes
+
+    from epp.server.wire import _varint
+    assert _varint(n) == _VarintBytes(n)
