@@ -140,3 +140,6 @@ def test_the_docs_list_the_unsupported_types():
     doc = open(os.path.join(ROOT, "docs", "unsupported-plugins.md")).read()
     listed = set(re.findall(r"`([a-z0-9-]+)`", doc))
     assert set(UNSUPPORTED) <= listed, sorted(set(UNSUPPORTED) - listed)
+    load_all()
+    have = len(set(REGISTRY) & set(UPSTREAM_TYPES))
+    assert f"epp registers {have} of them" in doc and f"The {len(UNSUPPORTED)} below" in doc   # the counts stay true
