@@ -34,3 +34,33 @@ def cpu_model() -> str | None:
             return f.read().split("model name")[1].split("\n")[0].strip(" :\t")
     except (OSError, IndexError):
         return None
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """utime + stime of every live process in process group pgid (a child started in its own session:
+    the process and whatever it forked), in seconds."""
+    total = 0.0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:   # pgrp
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def cpu_busy_seconds(cpu: int) -> float:
+    """CPU seconds one CPU spent busy since boot (the cpuN line of /proc/stat; idle and iowait excluded)."""
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith(f"cpu{cpu} "):
+                    v = [int(x) for x in line.split()[1:]]
+                    return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK
+    except (OSError, ValueError):
+        pass
+    return 0.0

@@ -1,0 +1,122 @@
+"""The pinned benchmark's summary (medians over rounds) and its markdown tables."""
+from __future__ import annotations
+
+import statistics
+
+
+def _median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def _proxy_groups(run: dict) -> list[str]:
+    return [g for g in run["cpu_s"] if g != "backends"]
+
+
+def summarize(runs: list[dict], configs: list[str], sizes: list[str]) -> list[dict]:
+    """One row per configuration and size: medians over rounds of the 16- and 1-connection runs, and the
+    1-connection p50 minus Envoy's in the same round (median of those differences: paired by round, so
+    a slow minute moves both)."""
+    plain = [r for r in runs if not r.get("sse")]
+    envoy_p50 = {(r["size"], r["rep"]): r["p50_us"] for r in plain if r["config"] == "envoy" and r["conns"] == 1}
+    rows = []
+    for name in configs:
+        for size in sizes:
+            c16 = [r for r in plain if r["config"] == name and r["size"] == size and r["conns"] == 16]
+            c1 = [r for r in plain if r["config"] == name and r["size"] == size and r["conns"] == 1]
+            if not c16 and not c1:
+                continue
+            groups = sorted({g for r in c16 for g in r["cpu_pct"]})
+            added = [r["p50_us"] - envoy_p50[(size, r["rep"])] for r in c1 if (size, r["rep"]) in envoy_p50]
+            rows.append({
+                "config": name, "size": size, "reps": len(c16),
+                "rps_c16": _median([r["rps"] for r in c16]),
+                "p50_ms_c16": _median([r["p50_us"] / 1000 for r in c16]),
+                "p99_ms_c16": _median([r["p99_us"] / 1000 for r in c16]),
+                "p50_ms_c1": _median([r["p50_us"] / 1000 for r in c1]),
+                "p99_ms_c1": _median([r["p99_us"] / 1000 for r in c1]),
+                "added_p50_ms_c1": _median([d / 1000 for d in added]) if added and name != "envoy" else None,
+                "cpu_pct_c16": {g: _median([r["cpu_pct"].get(g) for r in c16]) for g in groups},
+                "proxy_cpu_us_per_req_c16": _median([sum(r["cpu_s"][g] for g in _proxy_groups(r)) * 1e6 / r["requests"]
+                                                     for r in c16 if r["requests"]]),
+                "client_cpu_pct_c16": _median([r["client_cpu_pct"] for r in c16]),
+                "core0_other_pct_max": max((r["core0_other_pct"] for r in c16 + c1), default=None),
+                "failed": sum(r["failed"] for r in c16 + c1),
+            })
+    return rows
+
+
+def summarize_sse(runs: list[dict]) -> list[dict]:
+    """Per configuration of the streamed case: CPU microseconds per request of each process group and
+    Envoy's ext_proc messages per request (medians over rounds)."""
+    sse = [r for r in runs if r.get("sse")]
+    rows = []
+    for name in dict.fromkeys(r["config"] for r in sse):
+        rs = [r for r in sse if r["config"] == name]
+        groups = sorted({g for r in rs for g in r["cpu_s"]})
+        rows.append({
+            "config": name, "sse": rs[0]["sse"], "conns": rs[0]["conns"], "reps": len(rs),
+            "rps": _median([r["rps"] for r in rs]),
+            "p50_ms": _median([r["p50_us"] / 1000 for r in rs]),
+            "cpu_us_per_req": {g: _median([r["cpu_s"][g] * 1e6 / r["requests"] for r in rs if r["requests"]])
+                               for g in groups},
+            "cpu_pct": {g: _median([r["cpu_pct"][g] for r in rs]) for g in groups},
+            "ext_proc_msgs_per_req": _median([r["ext_proc_msgs"] / r["requests"] for r in rs
+                                              if r.get("ext_proc_msgs") is not None and r["requests"]]),
+            "core0_other_pct_max": max((r["core0_other_pct"] for r in rs), default=None),
+            "failed": sum(r["failed"] for r in rs),
+        })
+    return rows
+
+
+def _f(x, spec=".2f", unit=""):
+    return "-" if x is None else f"{x:{spec}}{unit}"
+
+
+def _cpu(pct: dict) -> str:
+    proxy = [f"{g} {v:.0f}" for g, v in pct.items() if g != "backends" and v is not None]
+    return f"{' + '.join(proxy) or '-'} / {_f(pct.get('backends'), '.0f')}"
+
+
+def markdown(res: dict) -> str:
+    a, m = res["args"], res["machine"]
+    quiet = "quiet" if m["quiet"] else "NOT quiet: other work was running, the numbers are noisy"
+    lines = [
+        "## pinned: closed-loop wrk, proxy and backends on core 0, wrk on core 1",
+        "",
+        f"{m['cpu']}, {m['cores']} cores; load average at start {m['load_start'][0]:.2f} ({quiet}), "
+        f"at end {m['load_end'][0]:.2f}. Envoy `--concurrency 1` ({res['versions'].get('envoy', '?')}); "
+        f"{res['versions'].get('wrk', 'wrk')}. {a['reps']} round(s), medians; c=16: {a['seconds']:g} s, "
+        f"c=1: {a['seconds_c1']:g} s per run.",
+        "",
+        "| configuration | prompt | req/s c=16 | p50/p99 c=16 | p50/p99 c=1 | added p50 vs envoy (c=1) "
+        "| CPU% proxy/backends (c=16) | proxy CPU per request | other load on core 0 | failed |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in res["summary"]:
+        lines.append(
+            f"| {r['config']} | {r['size']} | {_f(r['rps_c16'], ',.0f')} | {_f(r['p50_ms_c16'], '.2f')} / "
+            f"{_f(r['p99_ms_c16'], '.2f')} ms | {_f(r['p50_ms_c1'], '.3f')} / {_f(r['p99_ms_c1'], '.3f')} ms | "
+            f"{_f(r['added_p50_ms_c1'], '+.3f', ' ms')} | {_cpu(r['cpu_pct_c16'])} | "
+            f"{_f(r['proxy_cpu_us_per_req_c16'], ',.0f', ' us')} | {_f(r['core0_other_pct_max'], '.0f', '%')} | "
+            f"{r['failed']} |")
+    for name, why in res.get("unavailable", {}).items():
+        lines.append(f"| {name} | | | | | | | | | unavailable: {why} |")
+    lines += ["", "CPU% is of one core over the run, per process group (envoy, epp, router; backends: the C "
+              "backend process); proxy CPU per request sums the proxy's groups. Other load on core 0: the core's "
+              "busy time not spent by these processes (other work on the machine), the worst run."]
+    if res.get("sse"):
+        lines += ["", f"### streamed answers: 16 KB prompt, {a['sse']} SSE chunks back "
+                      f"({a['sse_gap_us']} us apart), {a['sse_conns']} connections, {a['sse_seconds']:g} s",
+                  "",
+                  "| configuration | req/s | p50 | ext_proc messages per request | epp CPU per request "
+                  "| Envoy CPU per request | CPU% proxy/backends | other load on core 0 | failed |",
+                  "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+        for r in res["sse"]:
+            us = r["cpu_us_per_req"]
+            lines.append(
+                f"| {r['config']} | {_f(r['rps'], ',.0f')} | {_f(r['p50_ms'], '.2f')} ms | "
+                f"{_f(r['ext_proc_msgs_per_req'], '.1f')} | {_f(us.get('epp'), ',.0f', ' us')} | "
+                f"{_f(us.get('envoy'), ',.0f', ' us')} | {_cpu(r['cpu_pct'])} | "
+                f"{_f(r['core0_other_pct_max'], '.0f', '%')} | {r['failed']} |")
+    return "\n".join(lines)
