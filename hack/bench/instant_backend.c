@@ -7,6 +7,8 @@
  * Content-Length or chunked (Envoy re-chunks a body that ext_proc streamed), and never stored.
  *   GET /metrics  vLLM gauge names, all 0 (what epp scrapes)
  *   GET /health   {}
+ *   GET /stats    {"completions": n, "render": n, "metrics": n, "health": n}: requests served so far (a
+ *                 tokenizing router's /render or /tokenize calls counted apart, answered as completions)
  *   anything else an OpenAI-shaped completion with a `usage` object; with --sse N, a text/event-stream
  *                 of N `data:` chunks (the last one carries `usage`) and `data: [DONE]`, chunked, one
  *                 chunk every G microseconds (default 100): a real server's tokens reach the proxy one
@@ -42,7 +44,7 @@ struct conn {
     size_t in_len;
     long long body_left;       /* BODY / CHUNK_DATA: bytes still to skip */
     long long body_len;        /* the request's body so far (for usage.prompt_tokens) */
-    int is_metrics, is_health;
+    int is_metrics, is_health, is_stats, is_render;
     char *out;                 /* bytes not yet accepted by the socket */
     size_t out_len, out_cap, out_off;
     int sse_left;              /* SSE chunks still to send; 0: not streaming */
@@ -54,6 +56,7 @@ static int listeners[MAXFD];
 static int ep, tfd, sse_n = 0;
 static long long sse_gap_ns = 100000;
 static int maxfd = 0;
+static long long n_completions, n_render, n_metrics, n_health;
 
 static long long now_ns(void) {
     struct timespec t;
@@ -150,7 +153,15 @@ static void sse_step(struct conn *c) {
 
 static void respond(struct conn *c) {
     char body[512];
+    if (c->is_stats) {
+        char s[256];
+        int n = snprintf(s, sizeof s, "{\"completions\": %lld, \"render\": %lld, \"metrics\": %lld, \"health\": %lld}",
+                         n_completions, n_render, n_metrics, n_health);
+        out_fmt(c, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s", n, s);
+        return;
+    }
     if (c->is_metrics) {
+        n_metrics++;
         const char *m =
             "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"m\"} 0\n"
             "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name=\"m\"} 0\n"
@@ -160,10 +171,13 @@ static void respond(struct conn *c) {
         return;
     }
     if (c->is_health) {
+        n_health++;
         out_fmt(c, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}");
         return;
     }
-    if (sse_n > 0) {
+    if (c->is_render) n_render++;
+    else n_completions++;
+    if (sse_n > 0 && !c->is_render) {
         out_fmt(c, "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n");
         c->sse_left = sse_n;
         c->sse_due_ns = now_ns();
@@ -186,6 +200,10 @@ static void parse_head(struct conn *c, size_t end) {
     char *path = sp ? sp + 1 : p;
     c->is_metrics = !strncmp(path, "/metrics", 8);
     c->is_health = !strncmp(path, "/health", 7);
+    c->is_stats = !strncmp(path, "/stats", 6);
+    char *eop = memchr(path, ' ', (size_t)(stop - path));
+    size_t plen = eop ? (size_t)(eop - path) : 0;
+    c->is_render = memmem(path, plen, "/render", 7) || memmem(path, plen, "/tokenize", 9);
     c->body_left = 0;
     c->body_len = 0;
     c->st = HEAD;

@@ -26,6 +26,7 @@ import shlex
 import subprocess
 import sys
 import time
+import urllib.request
 
 from testbed.children import Children, stop_on_signals, watchdog
 from testbed.envoy import find_envoy
@@ -60,8 +61,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--warmup", type=float, default=None, help="warm-up before each size (default 2 s; 0: none). "
                     "wrk counts whole seconds: every duration is rounded")
     ap.add_argument("--sse", type=int, default=256, help="SSE chunks per answer in the streamed case (0: skip it)")
-    ap.add_argument("--sse-gap-us", type=int, default=100, help="the backend's pause between SSE chunks")
-    ap.add_argument("--sse-conns", type=int, default=4, help="connections in the streamed case")
+    ap.add_argument("--sse-gap-us", type=int, default=1000,
+                    help="the backend's pause between SSE chunks (default 1 ms: long enough that each chunk reaches "
+                         "Envoy on its own, as a real server's tokens do; the report's messages per request shows it)")
+    ap.add_argument("--sse-conns", type=int, default=8, help="connections in the streamed case")
     ap.add_argument("--sse-seconds", type=float, default=None, help="each streamed run (default 15)")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "pinned"))
     ap.add_argument("--no-install", dest="install", action="store_false",
@@ -94,7 +97,8 @@ class Run:
         self.commands: list[str] = []
         self.runs: list[dict] = []
         self.unavailable: dict[str, str] = {}
-        self.info: dict[str, dict] = {}   # per configuration: what was started (peer package and version)
+        self.info: dict[str, dict] = {}
+        self.backend_port = 0   # per configuration: what was started (peer package and version)
 
     def note(self, cmd) -> None:
         text = cmd if isinstance(cmd, str) else shlex.join(cmd)
@@ -105,11 +109,18 @@ class Run:
         for p in procs:
             self.note(p.args)
 
+    @staticmethod
+    def backend_counts(port: int) -> dict:
+        """The C backend's request counters (process-wide: every port of the process)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as r:
+            return json.loads(r.read())
+
     def measure(self, proxy, backends_pid: int, conns: int, seconds: float, bodies: list[str], **tags) -> dict:
         """One wrk run against proxy; its results with each process group's CPU over the run."""
         cmd = wrk.command(proxy.url, conns, seconds, bodies, CLIENT_CORE)
         self.note(cmd[:-len(bodies)] + [show(bodies[0]), "..."] if len(bodies) > 1 else cmd)
         groups = {**proxy.groups, "backends": backends_pid}
+        served0 = self.backend_counts(self.backend_port)
         cpu0 = {g: group_cpu_seconds(pid) for g, pid in groups.items()}
         core0 = cpu_busy_seconds(PROXY_CORE)
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -119,6 +130,8 @@ class Run:
         kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu_s = {g: group_cpu_seconds(pid) - cpu0[g] for g, pid in groups.items()}
         busy = cpu_busy_seconds(PROXY_CORE) - core0
+        served1 = self.backend_counts(self.backend_port)
+        r["backend_served"] = {k: served1[k] - served0[k] for k in served1}
         r.update(tags, conns=conns, wall_s=wall, cpu_s=cpu_s,
                  cpu_pct={g: 100 * s / wall for g, s in cpu_s.items()},
                  client_cpu_pct=100 * ((kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)) / wall,
@@ -129,6 +142,17 @@ class Run:
               + f", other on core {PROXY_CORE} {r['core0_other_pct']:.0f}", flush=True)
         self.runs.append(r)
         return r
+
+    @staticmethod
+    def idle(proxy, backends_pid: int, seconds: float) -> dict:
+        """Each group's CPU% with no traffic (epp scrapes the backends' /metrics every 50 ms whatever the
+        load): at the streamed case's few requests per second it is a visible share of the total."""
+        groups = {**proxy.groups, "backends": backends_pid}
+        cpu0 = {g: group_cpu_seconds(pid) for g, pid in groups.items()}
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        wall = time.monotonic() - t0
+        return {g: 100 * (group_cpu_seconds(pid) - cpu0[g]) / wall for g, pid in groups.items()}
 
     def warm(self, proxy, bodies: list[str], seconds: float) -> None:
         if seconds > 0:
@@ -151,6 +175,7 @@ def sizes_phase(run: Run, binary: str, bodies: dict[str, list[str]]) -> None:
     a = run.a
     ports = [free_port(), free_port()]
     backend = cbackend.start(run.kids, "backends", binary, ports, wrap=PIN)
+    run.backend_port = ports[0]
     run.started([backend])
     for rep in range(a.reps):
         for name in a.configs:
@@ -174,6 +199,7 @@ def sse_phase(run: Run, binary: str, bodies: list[str]) -> None:
     a = run.a
     ports = [free_port(), free_port()]
     backend = cbackend.start(run.kids, "backends-sse", binary, ports, a.sse, a.sse_gap_us, wrap=PIN)
+    run.backend_port = ports[0]
     run.started([backend])
     for rep in range(a.reps):
         for name in a.sse_configs:
@@ -185,11 +211,13 @@ def sse_phase(run: Run, binary: str, bodies: list[str]) -> None:
                 continue
             try:
                 run.warm(proxy, bodies, a.warmup)
+                idle = run.idle(proxy, backend.pid, 1.0 if a.quick else 3.0)
                 m0 = proxy.ext_proc_messages()
                 r = run.measure(proxy, backend.pid, a.sse_conns, a.sse_seconds, bodies, config=name, size="16k",
                                 rep=rep, sse=a.sse)
                 m1 = proxy.ext_proc_messages()
                 r["ext_proc_msgs"] = None if m0 is None else m1 - m0
+                r["idle_cpu_pct"] = idle
             finally:
                 pinned_configs.stop(run.kids, proxy)
     run.kids.stop(backend)

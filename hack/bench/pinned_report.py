@@ -42,13 +42,23 @@ def summarize(runs: list[dict], configs: list[str], sizes: list[str]) -> list[di
                 "client_cpu_pct_c16": _median([r["client_cpu_pct"] for r in c16]),
                 "core0_other_pct_max": max((r["core0_other_pct"] for r in c16 + c1), default=None),
                 "failed": sum(r["failed"] for r in c16 + c1),
+                "render_per_req": _median([r["backend_served"]["render"] / r["requests"] for r in c16 if r["requests"]]),
             })
     return rows
 
 
+def _net_us_per_req(r: dict, g: str) -> float | None:
+    """CPU microseconds per request of group g, less what it spends with no traffic (its idle CPU% over
+    the run's wall time)."""
+    if not r["requests"]:
+        return None
+    idle_s = r.get("idle_cpu_pct", {}).get(g, 0.0) / 100 * r["wall_s"]
+    return max(0.0, r["cpu_s"][g] - idle_s) * 1e6 / r["requests"]
+
+
 def summarize_sse(runs: list[dict]) -> list[dict]:
-    """Per configuration of the streamed case: CPU microseconds per request of each process group and
-    Envoy's ext_proc messages per request (medians over rounds)."""
+    """Per configuration of the streamed case: CPU microseconds per request of each process group (net of
+    its idle CPU) and Envoy's ext_proc messages per request (medians over rounds)."""
     sse = [r for r in runs if r.get("sse")]
     rows = []
     for name in dict.fromkeys(r["config"] for r in sse):
@@ -58,8 +68,10 @@ def summarize_sse(runs: list[dict]) -> list[dict]:
             "config": name, "sse": rs[0]["sse"], "conns": rs[0]["conns"], "reps": len(rs),
             "rps": _median([r["rps"] for r in rs]),
             "p50_ms": _median([r["p50_us"] / 1000 for r in rs]),
-            "cpu_us_per_req": {g: _median([r["cpu_s"][g] * 1e6 / r["requests"] for r in rs if r["requests"]])
-                               for g in groups},
+            "cpu_us_per_req": {g: _median([_net_us_per_req(r, g) for r in rs]) for g in groups},
+            "cpu_us_per_req_gross": {g: _median([r["cpu_s"][g] * 1e6 / r["requests"] for r in rs if r["requests"]])
+                                     for g in groups},
+            "idle_cpu_pct": {g: _median([r.get("idle_cpu_pct", {}).get(g) for r in rs]) for g in groups},
             "cpu_pct": {g: _median([r["cpu_pct"][g] for r in rs]) for g in groups},
             "ext_proc_msgs_per_req": _median([r["ext_proc_msgs"] / r["requests"] for r in rs
                                               if r.get("ext_proc_msgs") is not None and r["requests"]]),
@@ -105,18 +117,27 @@ def markdown(res: dict) -> str:
     lines += ["", "CPU% is of one core over the run, per process group (envoy, epp, router; backends: the C "
               "backend process); proxy CPU per request sums the proxy's groups. Other load on core 0: the core's "
               "busy time not spent by these processes (other work on the machine), the worst run."]
+    render = {r["config"]: r["render_per_req"] for r in res["summary"] if r.get("render_per_req")}
+    if render:
+        lines.append("Calls to the backends' /render or /tokenize per request (a tokenizing router; the instant "
+                     "backend answers them at once, with a completion body): "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in render.items()) + ".")
     if res.get("sse"):
         lines += ["", f"### streamed answers: 16 KB prompt, {a['sse']} SSE chunks back "
                       f"({a['sse_gap_us']} us apart), {a['sse_conns']} connections, {a['sse_seconds']:g} s",
                   "",
                   "| configuration | req/s | p50 | ext_proc messages per request | epp CPU per request "
-                  "| Envoy CPU per request | CPU% proxy/backends | other load on core 0 | failed |",
-                  "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+                  "| Envoy CPU per request | CPU% proxy/backends | epp idle CPU% | other load on core 0 | failed |",
+                  "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
         for r in res["sse"]:
             us = r["cpu_us_per_req"]
             lines.append(
                 f"| {r['config']} | {_f(r['rps'], ',.0f')} | {_f(r['p50_ms'], '.2f')} ms | "
                 f"{_f(r['ext_proc_msgs_per_req'], '.1f')} | {_f(us.get('epp'), ',.0f', ' us')} | "
                 f"{_f(us.get('envoy'), ',.0f', ' us')} | {_cpu(r['cpu_pct'])} | "
+                f"{_f(r['idle_cpu_pct'].get('epp'), '.1f', '%')} | "
                 f"{_f(r['core0_other_pct_max'], '.0f', '%')} | {r['failed']} |")
+        lines += ["", "CPU per request is net of each process's CPU with no traffic (measured just before the run: "
+                      "epp's metric scrapes); ext_proc messages per request: Envoy's stream_msgs_sent counter, both "
+                      "directions (one per SSE chunk when each chunk reaches Envoy on its own)."]
     return "\n".join(lines)
