@@ -121,6 +121,7 @@ class Run:
         self.note(cmd[:-len(bodies)] + [show(bodies[0]), "..."] if len(bodies) > 1 else cmd)
         groups = {**proxy.groups, "backends": backends_pid}
         served0 = self.backend_counts(self.backend_port)
+        msgs0 = proxy.ext_proc_messages()
         cpu0 = {g: group_cpu_seconds(pid) for g, pid in groups.items()}
         core0 = cpu_busy_seconds(PROXY_CORE)
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -131,6 +132,8 @@ class Run:
         cpu_s = {g: group_cpu_seconds(pid) - cpu0[g] for g, pid in groups.items()}
         busy = cpu_busy_seconds(PROXY_CORE) - core0
         served1 = self.backend_counts(self.backend_port)
+        msgs1 = proxy.ext_proc_messages()
+        r["ext_proc_msgs"] = None if msgs0 is None else {k: msgs1[k] - msgs0[k] for k in msgs0}
         r["backend_served"] = {k: served1[k] - served0[k] for k in served1}
         r.update(tags, conns=conns, wall_s=wall, cpu_s=cpu_s,
                  cpu_pct={g: 100 * s / wall for g, s in cpu_s.items()},
@@ -212,11 +215,8 @@ def sse_phase(run: Run, binary: str, bodies: list[str]) -> None:
             try:
                 run.warm(proxy, bodies, a.warmup)
                 idle = run.idle(proxy, backend.pid, 1.0 if a.quick else 3.0)
-                m0 = proxy.ext_proc_messages()
                 r = run.measure(proxy, backend.pid, a.sse_conns, a.sse_seconds, bodies, config=name, size="16k",
                                 rep=rep, sse=a.sse)
-                m1 = proxy.ext_proc_messages()
-                r["ext_proc_msgs"] = None if m0 is None else m1 - m0
                 r["idle_cpu_pct"] = idle
             finally:
                 pinned_configs.stop(run.kids, proxy)

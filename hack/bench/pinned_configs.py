@@ -52,17 +52,19 @@ class Proxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def ext_proc_messages(self) -> int | None:
-        """Messages Envoy has sent to epp so far (its ext_proc stream_msgs_sent counter)."""
-        if self.admin is None or self.listener is None:
+    def ext_proc_messages(self) -> dict[str, int] | None:
+        """Envoy's ext_proc message counters so far: {"sent": to epp, "received": from epp}; None without
+        ext_proc."""
+        if self.admin is None or not self.groups.get("epp"):
             return None
-        stat = f"http.{self.listener}.ext_proc.stream_msgs_sent"
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/stats?filter=^{stat}$", timeout=5) as r:
+        prefix = f"http.{self.listener}.ext_proc.stream_msgs_"
+        out = {"sent": 0, "received": 0}
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/stats?filter=^{prefix}", timeout=5) as r:
             for line in r.read().decode().splitlines():
                 k, _, v = line.partition(":")
-                if k.strip() == stat:
-                    return int(v)
-        return 0
+                if k.strip().startswith(prefix) and k.strip()[len(prefix):] in out:
+                    out[k.strip()[len(prefix):]] = int(v)
+        return out
 
 
 def start(kids, name: str, backends: list[int], pin: list[str], install: bool, tag: str = "") -> Proxy:

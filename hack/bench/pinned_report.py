@@ -13,6 +13,10 @@ def _proxy_groups(run: dict) -> list[str]:
     return [g for g in run["cpu_s"] if g != "backends"]
 
 
+def _msgs_per_req(runs: list[dict], way: str) -> float | None:
+    return _median([r["ext_proc_msgs"][way] / r["requests"] for r in runs if r.get("ext_proc_msgs") and r["requests"]])
+
+
 def summarize(runs: list[dict], configs: list[str], sizes: list[str]) -> list[dict]:
     """One row per configuration and size: medians over rounds of the 16- and 1-connection runs, and the
     1-connection p50 minus Envoy's in the same round (median of those differences: paired by round, so
@@ -42,6 +46,8 @@ def summarize(runs: list[dict], configs: list[str], sizes: list[str]) -> list[di
                 "client_cpu_pct_c16": _median([r["client_cpu_pct"] for r in c16]),
                 "core0_other_pct_max": max((r["core0_other_pct"] for r in c16 + c1), default=None),
                 "failed": sum(r["failed"] for r in c16 + c1),
+                "ext_proc_msgs_per_req": _msgs_per_req(c16, "sent"),
+                "ext_proc_replies_per_req": _msgs_per_req(c16, "received"),
                 "render_per_req": _median([r["backend_served"]["render"] / r["requests"] for r in c16 if r["requests"]]),
             })
     return rows
@@ -73,8 +79,8 @@ def summarize_sse(runs: list[dict]) -> list[dict]:
                                      for g in groups},
             "idle_cpu_pct": {g: _median([r.get("idle_cpu_pct", {}).get(g) for r in rs]) for g in groups},
             "cpu_pct": {g: _median([r["cpu_pct"][g] for r in rs]) for g in groups},
-            "ext_proc_msgs_per_req": _median([r["ext_proc_msgs"] / r["requests"] for r in rs
-                                              if r.get("ext_proc_msgs") is not None and r["requests"]]),
+            "ext_proc_msgs_per_req": _msgs_per_req(rs, "sent"),
+            "ext_proc_replies_per_req": _msgs_per_req(rs, "received"),
             "core0_other_pct_max": max((r["core0_other_pct"] for r in rs), default=None),
             "failed": sum(r["failed"] for r in rs),
         })
@@ -117,6 +123,11 @@ def markdown(res: dict) -> str:
     lines += ["", "CPU% is of one core over the run, per process group (envoy, epp, router; backends: the C "
               "backend process); proxy CPU per request sums the proxy's groups. Other load on core 0: the core's "
               "busy time not spent by these processes (other work on the machine), the worst run."]
+    msgs = {f"{r['config']} {r['size']}": (r["ext_proc_msgs_per_req"], r["ext_proc_replies_per_req"])
+            for r in res["summary"] if r.get("ext_proc_msgs_per_req") is not None}
+    if msgs:
+        lines.append("ext_proc messages per request, Envoy to epp / epp to Envoy (c=16): "
+                     + ", ".join(f"{k} {a:.1f} / {b:.1f}" for k, (a, b) in msgs.items()) + ".")
     render = {r["config"]: r["render_per_req"] for r in res["summary"] if r.get("render_per_req")}
     if render:
         lines.append("Calls to the backends' /render or /tokenize per request (a tokenizing router; the instant "
@@ -126,18 +137,19 @@ def markdown(res: dict) -> str:
         lines += ["", f"### streamed answers: 16 KB prompt, {a['sse']} SSE chunks back "
                       f"({a['sse_gap_us']} us apart), {a['sse_conns']} connections, {a['sse_seconds']:g} s",
                   "",
-                  "| configuration | req/s | p50 | ext_proc messages per request | epp CPU per request "
+                  "| configuration | req/s | p50 | ext_proc messages per request (to epp / back) | epp CPU per request "
                   "| Envoy CPU per request | CPU% proxy/backends | epp idle CPU% | other load on core 0 | failed |",
                   "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
         for r in res["sse"]:
             us = r["cpu_us_per_req"]
             lines.append(
                 f"| {r['config']} | {_f(r['rps'], ',.0f')} | {_f(r['p50_ms'], '.2f')} ms | "
-                f"{_f(r['ext_proc_msgs_per_req'], '.1f')} | {_f(us.get('epp'), ',.0f', ' us')} | "
+                f"{_f(r['ext_proc_msgs_per_req'], '.1f')} / {_f(r['ext_proc_replies_per_req'], '.1f')} | "
+                f"{_f(us.get('epp'), ',.0f', ' us')} | "
                 f"{_f(us.get('envoy'), ',.0f', ' us')} | {_cpu(r['cpu_pct'])} | "
                 f"{_f(r['idle_cpu_pct'].get('epp'), '.1f', '%')} | "
                 f"{_f(r['core0_other_pct_max'], '.0f', '%')} | {r['failed']} |")
         lines += ["", "CPU per request is net of each process's CPU with no traffic (measured just before the run: "
-                      "epp's metric scrapes); ext_proc messages per request: Envoy's stream_msgs_sent counter, both "
-                      "directions (one per SSE chunk when each chunk reaches Envoy on its own)."]
+                      "epp's metric scrapes); ext_proc messages per request: Envoy's stream_msgs_sent and stream_msgs_received "
+                      "counters (one message per SSE chunk when each chunk reaches Envoy on its own)."]
     return "\n".join(lines)
