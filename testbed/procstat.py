@@ -53,14 +53,18 @@ def group_cpu_seconds(pgid: int) -> float:
     return total
 
 
-def cpu_busy_seconds(cpu: int) -> float:
-    """CPU seconds one CPU spent busy since boot (the cpuN line of /proc/stat; idle and iowait excluded)."""
+CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_times(cpu: int) -> dict[str, float]:
+    """Seconds one CPU spent in each state since boot (the cpuN line of /proc/stat): user, nice, system
+    (processes), irq and softirq (the kernel's own work, e.g. loopback packets, charged to no process),
+    steal (the hypervisor ran someone else), idle, iowait."""
     try:
         with open("/proc/stat") as f:
             for line in f:
                 if line.startswith(f"cpu{cpu} "):
-                    v = [int(x) for x in line.split()[1:]]
-                    return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK
+                    return {k: int(v) / CLK_TCK for k, v in zip(CPU_FIELDS, line.split()[1:])}
     except (OSError, ValueError):
         pass
-    return 0.0
+    return dict.fromkeys(CPU_FIELDS, 0.0)

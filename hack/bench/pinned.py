@@ -31,7 +31,7 @@ import urllib.request
 from testbed.children import Children, stop_on_signals, watchdog
 from testbed.envoy import find_envoy
 from testbed.ports import free_port
-from testbed.procstat import cpu_busy_seconds, cpu_model, group_cpu_seconds
+from testbed.procstat import cpu_model, cpu_times, group_cpu_seconds
 
 from . import ROOT, cbackend, pinned_configs, pinned_report, wrk
 
@@ -123,26 +123,34 @@ class Run:
         served0 = self.backend_counts(self.backend_port)
         msgs0 = proxy.ext_proc_messages()
         cpu0 = {g: group_cpu_seconds(pid) for g, pid in groups.items()}
-        core0 = cpu_busy_seconds(PROXY_CORE)
+        core0 = cpu_times(PROXY_CORE)
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         r = wrk.run(cmd)
         wall = time.monotonic() - t0
         kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu_s = {g: group_cpu_seconds(pid) - cpu0[g] for g, pid in groups.items()}
-        busy = cpu_busy_seconds(PROXY_CORE) - core0
+        core = {k: v - core0[k] for k, v in cpu_times(PROXY_CORE).items()}
+        in_procs = core["user"] + core["nice"] + core["system"]
         served1 = self.backend_counts(self.backend_port)
         msgs1 = proxy.ext_proc_messages()
         r["ext_proc_msgs"] = None if msgs0 is None else {k: msgs1[k] - msgs0[k] for k in msgs0}
         r["backend_served"] = {k: served1[k] - served0[k] for k in served1}
+        client_pct = 100 * ((kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)) / wall
         r.update(tags, conns=conns, wall_s=wall, cpu_s=cpu_s,
                  cpu_pct={g: 100 * s / wall for g, s in cpu_s.items()},
-                 client_cpu_pct=100 * ((kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)) / wall,
-                 core0_busy_pct=100 * busy / wall, core0_other_pct=max(0.0, 100 * (busy - sum(cpu_s.values())) / wall))
+                 client_cpu_pct=client_pct,
+                 # core 0 beyond our processes: other processes (foreign work), the kernel's own (irq, softirq:
+                 # mostly loopback traffic), and time the hypervisor gave someone else (steal)
+                 core0_other_pct=max(0.0, 100 * (in_procs - sum(cpu_s.values())) / wall),
+                 core0_kernel_pct=100 * (core["irq"] + core["softirq"]) / wall,
+                 core0_steal_pct=100 * core["steal"] / wall,
+                 client_bound=client_pct > 90)
         print(f"  {tags.get('config')} {tags.get('size')} c={conns}: {r['rps']:.0f} req/s, p50 {r['p50_us'] / 1000:.3f} ms, "
               f"p99 {r['p99_us'] / 1000:.3f} ms, failed {r['failed']}, CPU% "
               + ", ".join(f"{g} {v:.0f}" for g, v in r["cpu_pct"].items())
-              + f", other on core {PROXY_CORE} {r['core0_other_pct']:.0f}", flush=True)
+              + f", wrk {r['client_cpu_pct']:.0f}, other processes on core {PROXY_CORE} {r['core0_other_pct']:.0f}, "
+              f"irq {r['core0_kernel_pct']:.0f}, steal {r['core0_steal_pct']:.0f}", flush=True)
         self.runs.append(r)
         return r
 

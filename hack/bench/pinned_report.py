@@ -44,7 +44,9 @@ def summarize(runs: list[dict], configs: list[str], sizes: list[str]) -> list[di
                 "proxy_cpu_us_per_req_c16": _median([sum(r["cpu_s"][g] for g in _proxy_groups(r)) * 1e6 / r["requests"]
                                                      for r in c16 if r["requests"]]),
                 "client_cpu_pct_c16": _median([r["client_cpu_pct"] for r in c16]),
-                "core0_other_pct_max": max((r["core0_other_pct"] for r in c16 + c1), default=None),
+                "core0_other_pct_max": max((r["core0_other_pct"] + r["core0_steal_pct"] for r in c16 + c1), default=None),
+                "core0_kernel_pct_c16": _median([r["core0_kernel_pct"] for r in c16]),
+                "client_bound": any(r["client_bound"] for r in c16),
                 "failed": sum(r["failed"] for r in c16 + c1),
                 "ext_proc_msgs_per_req": _msgs_per_req(c16, "sent"),
                 "ext_proc_replies_per_req": _msgs_per_req(c16, "received"),
@@ -81,7 +83,7 @@ def summarize_sse(runs: list[dict]) -> list[dict]:
             "cpu_pct": {g: _median([r["cpu_pct"][g] for r in rs]) for g in groups},
             "ext_proc_msgs_per_req": _msgs_per_req(rs, "sent"),
             "ext_proc_replies_per_req": _msgs_per_req(rs, "received"),
-            "core0_other_pct_max": max((r["core0_other_pct"] for r in rs), default=None),
+            "core0_other_pct_max": max((r["core0_other_pct"] + r["core0_steal_pct"] for r in rs), default=None),
             "failed": sum(r["failed"] for r in rs),
         })
     return rows
@@ -113,7 +115,7 @@ def markdown(res: dict) -> str:
     ]
     for r in res["summary"]:
         lines.append(
-            f"| {r['config']} | {r['size']} | {_f(r['rps_c16'], ',.0f')} | {_f(r['p50_ms_c16'], '.2f')} / "
+            f"| {r['config']} | {r['size']} | {_f(r['rps_c16'], ',.0f')}{' (wrk-bound)' if r['client_bound'] else ''} | {_f(r['p50_ms_c16'], '.2f')} / "
             f"{_f(r['p99_ms_c16'], '.2f')} ms | {_f(r['p50_ms_c1'], '.3f')} / {_f(r['p99_ms_c1'], '.3f')} ms | "
             f"{_f(r['added_p50_ms_c1'], '+.3f', ' ms')} | {_cpu(r['cpu_pct_c16'])} | "
             f"{_f(r['proxy_cpu_us_per_req_c16'], ',.0f', ' us')} | {_f(r['core0_other_pct_max'], '.0f', '%')} | "
@@ -122,7 +124,9 @@ def markdown(res: dict) -> str:
         lines.append(f"| {name} | | | | | | | | | unavailable: {why} |")
     lines += ["", "CPU% is of one core over the run, per process group (envoy, epp, router; backends: the C "
               "backend process); proxy CPU per request sums the proxy's groups. Other load on core 0: the core's "
-              "busy time not spent by these processes (other work on the machine), the worst run."]
+              "time in other processes (other work on the machine) or stolen by the hypervisor, the worst run "
+              "(the kernel's own irq/softirq time, mostly loopback traffic, is not counted there). wrk-bound: wrk "
+              "used > 90% of its core, so the row's req/s is the client's limit, not the path's."]
     msgs = {f"{r['config']} {r['size']}": (r["ext_proc_msgs_per_req"], r["ext_proc_replies_per_req"])
             for r in res["summary"] if r.get("ext_proc_msgs_per_req") is not None}
     if msgs:
