@@ -23,6 +23,7 @@ import os
 import platform
 import resource
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -278,7 +279,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pinned: stopped: {e!r} (logs in {run.kids.logdir})", file=sys.stderr)
         return 1
     finally:
-        import signal
         signal.alarm(0)
         run.kids.stop_all()
     load1 = os.getloadavg()
