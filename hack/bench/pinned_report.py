@@ -41,6 +41,8 @@ def summarize(runs: list[dict], configs: list[str], sizes: list[str]) -> list[di
                 "p99_ms_c1": _median([r["p99_us"] / 1000 for r in c1]),
                 "added_p50_ms_c1": _median([d / 1000 for d in added]) if added and name != "envoy" else None,
                 "cpu_pct_c16": {g: _median([r["cpu_pct"].get(g) for r in c16]) for g in groups},
+                "cpu_us_per_req_c16": {g: _median([r["cpu_s"][g] * 1e6 / r["requests"] for r in c16 if r["requests"]])
+                                       for g in groups},
                 "proxy_cpu_us_per_req_c16": _median([sum(r["cpu_s"][g] for g in _proxy_groups(r)) * 1e6 / r["requests"]
                                                      for r in c16 if r["requests"]]),
                 "client_cpu_pct_c16": _median([r["client_cpu_pct"] for r in c16]),
@@ -127,16 +129,20 @@ def markdown(res: dict) -> str:
               "time in other processes (other work on the machine) or stolen by the hypervisor, the worst run "
               "(the kernel's own irq/softirq time, mostly loopback traffic, is not counted there). wrk-bound: wrk "
               "used > 90% of its core, so the row's req/s is the client's limit, not the path's."]
-    msgs = {f"{r['config']} {r['size']}": (r["ext_proc_msgs_per_req"], r["ext_proc_replies_per_req"])
-            for r in res["summary"] if r.get("ext_proc_msgs_per_req") is not None}
-    if msgs:
-        lines.append("ext_proc messages per request, Envoy to epp / epp to Envoy (c=16): "
-                     + ", ".join(f"{k} {a:.1f} / {b:.1f}" for k, (a, b) in msgs.items()) + ".")
     render = {r["config"]: r["render_per_req"] for r in res["summary"] if r.get("render_per_req")}
     if render:
         lines.append("Calls to the backends' /render or /tokenize per request (a tokenizing router; the instant "
                      "backend answers them at once, with a completion body): "
                      + ", ".join(f"{k} {v:.2f}" for k, v in render.items()) + ".")
+    lines += ["", "### where the CPU goes: microseconds per request at c=16, by process", "",
+              "| configuration | prompt | Envoy | epp | router | backends | ext_proc messages to epp / back |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    for r in res["summary"]:
+        us = r.get("cpu_us_per_req_c16", {})
+        msgs = (f"{r['ext_proc_msgs_per_req']:.1f} / {r['ext_proc_replies_per_req']:.1f}"
+                if r.get("ext_proc_msgs_per_req") is not None else "-")
+        lines.append(f"| {r['config']} | {r['size']} | {_f(us.get('envoy'), ',.0f')} | {_f(us.get('epp'), ',.0f')} | "
+                     f"{_f(us.get('router'), ',.0f')} | {_f(us.get('backends'), ',.0f')} | {msgs} |")
     if res.get("sse"):
         lines += ["", f"### streamed answers: 16 KB prompt, {a['sse']} SSE chunks back "
                       f"({a['sse_gap_us']} us apart), {a['sse_conns']} connections, {a['sse_seconds']:g} s",
