@@ -43,6 +43,8 @@ def summarize(runs: list[dict], configs: list[str], sizes: list[str]) -> list[di
                 "cpu_pct_c16": {g: _median([r["cpu_pct"].get(g) for r in c16]) for g in groups},
                 "cpu_us_per_req_c16": {g: _median([r["cpu_s"][g] * 1e6 / r["requests"] for r in c16 if r["requests"]])
                                        for g in groups},
+                "cpu_us_per_req_c1": {g: _median([r["cpu_s"][g] * 1e6 / r["requests"] for r in c1 if r["requests"]])
+                                      for g in groups},
                 "proxy_cpu_us_per_req_c16": _median([sum(r["cpu_s"][g] for g in _proxy_groups(r)) * 1e6 / r["requests"]
                                                      for r in c16 if r["requests"]]),
                 "client_cpu_pct_c16": _median([r["client_cpu_pct"] for r in c16]),
@@ -134,15 +136,18 @@ def markdown(res: dict) -> str:
         lines.append("Calls to the backends' /render or /tokenize per request (a tokenizing router; the instant "
                      "backend answers them at once, with a completion body): "
                      + ", ".join(f"{k} {v:.2f}" for k, v in render.items()) + ".")
-    lines += ["", "### where the CPU goes: microseconds per request at c=16, by process", "",
+    lines += ["", "### where the CPU goes: microseconds per request by process, c=16 / c=1", "",
               "| configuration | prompt | Envoy | epp | router | backends | ext_proc messages to epp / back |",
               "|---|---|---:|---:|---:|---:|---:|"]
     for r in res["summary"]:
-        us = r.get("cpu_us_per_req_c16", {})
+        many, one = r.get("cpu_us_per_req_c16", {}), r.get("cpu_us_per_req_c1", {})
         msgs = (f"{r['ext_proc_msgs_per_req']:.1f} / {r['ext_proc_replies_per_req']:.1f}"
                 if r.get("ext_proc_msgs_per_req") is not None else "-")
-        lines.append(f"| {r['config']} | {r['size']} | {_f(us.get('envoy'), ',.0f')} | {_f(us.get('epp'), ',.0f')} | "
-                     f"{_f(us.get('router'), ',.0f')} | {_f(us.get('backends'), ',.0f')} | {msgs} |")
+        cells = [f"{_f(many.get(g), ',.0f')} / {_f(one.get(g), ',.0f')}" if g in many or g in one else "-"
+                 for g in ("envoy", "epp", "router", "backends")]
+        lines.append(f"| {r['config']} | {r['size']} | {' | '.join(cells)} | {msgs} |")
+    lines += ["", "At c=1 nothing is batched (each request wakes every process on its own), so a request costs "
+                  "more CPU than at c=16; with one core for the whole path, c=1 latency is mostly this CPU time."]
     if res.get("sse"):
         lines += ["", f"### streamed answers: 16 KB prompt, {a['sse']} SSE chunks back "
                       f"({a['sse_gap_us']} us apart), {a['sse_conns']} connections, {a['sse_seconds']:g} s",
