@@ -20,6 +20,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! ls epp/kvcache/_prefix.*.so
     cat "$log" >&2; rm -f "$log"; exit 1
   fi
   rm -f "$log"
+  # xds-protos ships its own, older copy of opentelemetry-proto's modules (opentelemetry/proto/...): the
+  # wheel pip unpacks last wins, and xds-protos' copy lacks what the OTLP exporter imports. Put
+  # opentelemetry-proto's own files back, whatever the order was.
+  otel_proto=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')
+  .venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps \
+    "opentelemetry-proto==$otel_proto" >/dev/null 2>&1 \
+    || echo "setup: reinstalling opentelemetry-proto failed: the OTLP exporter may not import" >&2
   # optional: real NIXL (CPU, UCX over TCP) for the P/D KV transfer; the fallback transport covers its absence
   .venv/bin/python -m pip install -q --disable-pip-version-check numpy >/dev/null 2>&1 \
     && .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps nixl==1.5.1 nixl-cu13==1.5.1 >/dev/null 2>&1 \

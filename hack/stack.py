@@ -32,7 +32,7 @@ import time
 from testbed import pd as pd_pods
 from testbed.children import Children, stop_on_signals
 from testbed.endpoints import write_endpoints
-from testbed.envoy import bootstrap, find_envoy, start_envoy
+from testbed.envoy import HEADERS_ONLY, bootstrap, find_envoy, start_envoy
 from testbed.epp import start_epp
 from testbed.http1 import post
 from testbed.ports import free_port, free_range
@@ -166,6 +166,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--model", default=None, help="model name sent by the demo")
     ap.add_argument("--demo-only", action="store_true", help="run the demo, then stop everything and exit")
     ap.add_argument("--no-demo", action="store_true")
+    ap.add_argument("--response-headers-only", action="store_true",
+                    help="Envoy sends epp the response headers only (response_body_mode NONE): cheaper per "
+                         "streamed chunk, no token metrics (docs/benchmarks.md, 'Response processing modes')")
     args = ap.parse_args(argv[:cut])
     args.epp_flags = argv[cut + 1:]
     if args.ui_port is None:
@@ -214,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                                                        *(["--config-file", config] if config else []), *args.epp_flags])
         wait_port(args.ui_port, 10, epp, "epp's web view")
         start_envoy(kids, "envoy", bootstrap(free_port(), {"FULL_DUPLEX_STREAMED": args.port}, grpc_port,
-                                             access_log=os.path.join(logdir, "access.log")), [args.port])
+                                             access_log=os.path.join(logdir, "access.log"),
+                                             response_body=HEADERS_ONLY if args.response_headers_only else None),
+                    [args.port])
         time.sleep(0.5)  # a few metric scrapes
         print(f"pods ({args.backend}): {', '.join(pods)}\nepp: ext_proc 127.0.0.1:{grpc_port}, metrics "
               f"http://127.0.0.1:{metrics_port}/metrics, config {config or '(default profile)'}"

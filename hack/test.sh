@@ -9,20 +9,24 @@ export PATH="$PWD/.venv/bin:$PATH"
 export EPP_REQUIRE_KUBECTL=1
 command -v kubectl >/dev/null \
   || echo "test: kubectl not on PATH: the manifest tests will fail (Debian/Ubuntu: apt-get install kubectl)" >&2
-# the web view's browser test drives Debian's headless Chromium: installed here once, only where missing
-# (as root with apt-get, as on CI); without it that test fails, it never skips
-if ! command -v chromium >/dev/null 2>&1 && [ -z "${EPP_CHROMIUM:-}" ]; then
+# Debian packages some tests drive, installed here once, only where missing (as root with apt-get, as on
+# CI): headless Chromium for the web view's browser test, wrk for the pinned benchmark's quick run.
+# Without them those tests fail, they never skip.
+missing=()
+command -v chromium >/dev/null 2>&1 || [ -n "${EPP_CHROMIUM:-}" ] || missing+=(chromium)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test: installing chromium (Debian package) for the browser test" >&2
+    echo "test: installing ${missing[*]} (Debian packages) for the browser and pinned-benchmark tests" >&2
     apt_log=$(mktemp)
     if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-           chromium; } >"$apt_log" 2>&1; then
+           "${missing[@]}"; } >"$apt_log" 2>&1; then
       tail -5 "$apt_log" >&2
-      echo "test: chromium install failed: the browser test will fail" >&2
+      echo "test: installing ${missing[*]} failed: the tests that need them will fail" >&2
     fi
     rm -f "$apt_log"
   else
-    echo "test: chromium not on PATH: the browser test will fail (Debian/Ubuntu: apt-get install chromium)" >&2
+    echo "test: ${missing[*]} not on PATH: the tests that need them will fail (Debian/Ubuntu: apt-get install ${missing[*]})" >&2
   fi
 fi
 out=$(mktemp -d)

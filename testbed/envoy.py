@@ -5,7 +5,12 @@ that sends it to the `x-gateway-destination-endpoint` header's ip:port: the refe
 Gateway API Inference Extension. `direct` instead routes every request to one fixed backend with no
 ext_proc at all (the baseline of the overhead benchmark).
 
-    python -m testbed.envoy [--port 8081] [--mode FULL_DUPLEX_STREAMED] [--epp-port 9002]   # prints one
+The response side follows the request body mode unless `response_body` says otherwise: "NONE" is
+headers-only response processing (epp sees the response headers, never the body or trailers: cheaper
+per streamed chunk, but no usage/token metrics and epp's in-flight count ends at the first byte; see
+docs/benchmarks.md, "Response processing modes").
+
+    python -m testbed.envoy [--port 8081] [--mode FULL_DUPLEX_STREAMED] [--epp-port 9002] [--response-body NONE]
 """
 from __future__ import annotations
 
@@ -21,23 +26,33 @@ from .wait import wait_port
 
 DEST = "x-gateway-destination-endpoint"
 MODES = ("FULL_DUPLEX_STREAMED", "BUFFERED", "STREAMED", "STREAMED_EARLY")
+HEADERS_ONLY = "NONE"   # response_body value: epp sees the response headers only
+RESPONSE_BODY_MODES = ("FULL_DUPLEX_STREAMED", "STREAMED", HEADERS_ONLY)
 
 
-def ext_proc_filter(mode: str, cluster: str = "epp") -> dict:
+def ext_proc_filter(mode: str, cluster: str = "epp", response_body: str | None = None) -> dict:
+    """mode: the request body mode (STREAMED_EARLY: STREAMED, body sent without waiting for the headers'
+    answer). response_body: Envoy's response_body_mode; None pairs it with the request side (full duplex
+    with full duplex, STREAMED with the streamed modes, NONE with BUFFERED)."""
     request_body = "STREAMED" if mode == "STREAMED_EARLY" else mode
     duplex = mode == "FULL_DUPLEX_STREAMED"
+    if response_body is None:
+        response_body = "FULL_DUPLEX_STREAMED" if duplex else ("STREAMED" if "STREAMED" in mode else HEADERS_ONLY)
+    if response_body not in RESPONSE_BODY_MODES:
+        raise ValueError(f"response_body {response_body!r} is not one of {', '.join(RESPONSE_BODY_MODES)}")
     cfg = {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
         "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "10s"},
         "failure_mode_allow": False,
-        "message_timeout": "1000s" if duplex else "10s",
+        "message_timeout": "1000s" if duplex or response_body == "FULL_DUPLEX_STREAMED" else "10s",
         "processing_mode": {
             "request_header_mode": "SEND",
             "response_header_mode": "SEND",
             "request_body_mode": request_body,
-            "response_body_mode": "FULL_DUPLEX_STREAMED" if duplex else ("STREAMED" if "STREAMED" in mode else "NONE"),
+            "response_body_mode": response_body,
+            # Envoy requires trailers SEND with a full-duplex body on that side; with none, SKIP spares a message
             "request_trailer_mode": "SEND" if duplex else "SKIP",
-            "response_trailer_mode": "SEND" if duplex else "SKIP",
+            "response_trailer_mode": "SEND" if response_body == "FULL_DUPLEX_STREAMED" else "SKIP",
         },
         "metadata_options": {"forwarding_namespaces": {"untyped": ["envoy.lb.subset_hint"]},
                              "receiving_namespaces": {"untyped": ["envoy.lb"]}},
@@ -84,14 +99,17 @@ def _grpc_cluster(name: str, port: int, tls: bool) -> dict:
 
 
 def bootstrap(admin_port: int, listeners: dict[str, int], epp_port: int | None = None, epp_tls: bool = False,
-              direct_backend: int | None = None, access_log: str | None = None) -> dict:
-    """listeners: name -> port; a name in MODES gets ext_proc in that body mode, "direct" gets none."""
+              direct_backend: int | None = None, access_log: str | None = None,
+              response_body: str | None = None) -> dict:
+    """listeners: name -> port; a name in MODES gets ext_proc in that body mode, "direct" gets none.
+    response_body: every ext_proc listener's response_body_mode (ext_proc_filter); HEADERS_ONLY for
+    headers-only response processing."""
     ls, clusters = [], []
     for name, port in listeners.items():
         if name == "direct":
             ls.append(_listener(name, port, [], "direct", access_log))
         else:
-            ls.append(_listener(name, port, [ext_proc_filter(name)], "pool", access_log))
+            ls.append(_listener(name, port, [ext_proc_filter(name, response_body=response_body)], "pool", access_log))
     if epp_port is not None:
         clusters.append(_grpc_cluster("epp", epp_port, epp_tls))
         clusters.append({"name": "pool", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
@@ -114,13 +132,14 @@ def find_envoy() -> str:
     return path
 
 
-def start_envoy(kids: Children, name: str, cfg: dict, ports: list[int], concurrency: int | None = None) -> subprocess.Popen:
+def start_envoy(kids: Children, name: str, cfg: dict, ports: list[int], concurrency: int | None = None,
+                wrap: list[str] | None = None) -> subprocess.Popen:
     """Envoy with bootstrap cfg (written to the log directory) as child `name`; returns once every listener
-    port accepts."""
+    port accepts. wrap prefixes the command (taskset)."""
     path = os.path.join(kids.logdir, f"{name}.json")
     with open(path, "w") as f:
         json.dump(cfg, f, indent=1)
-    p = kids.start(name, [find_envoy(), "-c", path, "--use-dynamic-base-id", "--log-level", "warn",
+    p = kids.start(name, [*(wrap or []), find_envoy(), "-c", path, "--use-dynamic-base-id", "--log-level", "warn",
                           *(["--concurrency", str(concurrency)] if concurrency else [])])
     for port in ports:
         wait_port(port, 30, p, "envoy")
@@ -135,8 +154,11 @@ def main() -> None:
     ap.add_argument("--epp-port", type=int, default=9002)
     ap.add_argument("--epp-tls", action="store_true")
     ap.add_argument("--access-log")
+    ap.add_argument("--response-body", choices=RESPONSE_BODY_MODES, default=None,
+                    help="response_body_mode (default: paired with --mode); NONE: headers-only response processing")
     a = ap.parse_args()
-    print(json.dumps(bootstrap(a.admin_port, {a.mode: a.port}, a.epp_port, a.epp_tls, access_log=a.access_log), indent=1))
+    print(json.dumps(bootstrap(a.admin_port, {a.mode: a.port}, a.epp_port, a.epp_tls, access_log=a.access_log,
+                               response_body=a.response_body), indent=1))
 
 
 if __name__ == "__main__":

@@ -34,3 +34,37 @@ def cpu_model() -> str | None:
             return f.read().split("model name")[1].split("\n")[0].strip(" :\t")
     except (OSError, IndexError):
         return None
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """utime + stime of every live process in process group pgid (a child started in its own session:
+    the process and whatever it forked), in seconds."""
+    total = 0.0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:   # pgrp
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_times(cpu: int) -> dict[str, float]:
+    """Seconds one CPU spent in each state since boot (the cpuN line of /proc/stat): user, nice, system
+    (processes), irq and softirq (the kernel's own work, e.g. loopback packets, charged to no process),
+    steal (the hypervisor ran someone else), idle, iowait."""
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith(f"cpu{cpu} "):
+                    return {k: int(v) / CLK_TCK for k, v in zip(CPU_FIELDS, line.split()[1:])}
+    except (OSError, ValueError):
+        pass
+    return dict.fromkeys(CPU_FIELDS, 0.0)

@@ -5,6 +5,7 @@
     hack/bench.sh run hack/bench/scenarios/shared-prefix.yaml --quick    # < 3 minutes: the smoke test
     hack/bench.sh overhead [--quick]                                     # added latency, instant backends
     hack/bench.sh epp-overhead [--quick] [--sizes 1,16,256] [--endpoints 8,64]   # epp's own costs, in depth
+    hack/bench.sh pinned [--quick] [--configs ...] [--sizes 16k,256k,1m] [--sse 256]  # closed loop, one core
     hack/bench.sh plot out/bench/<run>/results.json                      # redraw plots, rewrite report.md
     hack/bench.sh list                                                   # scenarios and routers
 
@@ -51,6 +52,8 @@ def main(argv=None) -> int:
     o.add_argument("--out", default=os.path.join(ROOT, "out", "bench", "overhead.json"))
     sub.add_parser("epp-overhead", help="epp's added latency, sustained rate, CPU and decisions per core by "
                                         "prompt and pool size (its own flags: epp-overhead --help)")
+    sub.add_parser("pinned", help="closed-loop wrk, proxy and backends pinned to core 0: Envoy, Envoy + epp "
+                                  "(response modes), peers, by prompt size (its own flags: pinned --help)")
     pl = sub.add_parser("plot", help="(re)draw a run's plots and rewrite its report.md")
     pl.add_argument("results", help="out/bench/<run>/results.json")
     sub.add_parser("list", help="scenarios and routers")
@@ -58,6 +61,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["epp-overhead"]:  # every flag after the word is its own parser's
         from . import epp_overhead
         return epp_overhead.main(argv[1:])
+    if argv[:1] == ["pinned"]:
+        from . import pinned
+        return pinned.main(argv[1:])
     a = ap.parse_args(argv)
     stop_on_signals()
 

@@ -244,7 +244,8 @@ def listening_addresses(pid: int) -> list[str]:
     return out
 
 
-def start_peer(kids: Children, name: str, pool, install: bool) -> Running:
+def start_peer(kids: Children, name: str, pool, install: bool, wrap: list[str] | None = None) -> Running:
+    """wrap prefixes the command (the pinned benchmark's taskset)."""
     package, policy = PEERS[name]
     py, version = peer_python(package, install)
     port, prom = free_port(), free_port()
@@ -255,7 +256,7 @@ def start_peer(kids: Children, name: str, pool, install: bool) -> Running:
         cmd = [py, "-m", "sglang_router.launch_router", *common, "--log-level", "warn"]
     else:
         cmd = [os.path.join(os.path.dirname(py), "vllm-router"), *common, "--log-level", "warning"]
-    p = kids.start(name, cmd)
+    p = kids.start(name, [*(wrap or []), *cmd])
     wait_port(port, 120, p, name)
     time.sleep(0.3)
     bad = [a for a in listening_addresses(p.pid) if not a.startswith(("127.0.0.1:", "::1:"))]

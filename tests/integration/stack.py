@@ -83,13 +83,14 @@ class Epp:
 
 class Envoy:
     def __init__(self, tmp: str, modes: list[str], epp_port: int | None, epp_tls: bool = False,
-                 direct_backend: int | None = None) -> None:
+                 direct_backend: int | None = None, response_body: str | None = None, name: str = "envoy") -> None:
         self.ports = {m: free_port() for m in modes}
-        self.access_log = os.path.join(tmp, "access.log")
-        cfg = os.path.join(tmp, "envoy.json")
+        self.access_log = os.path.join(tmp, f"{name}-access.log" if name != "envoy" else "access.log")
+        cfg = os.path.join(tmp, f"{name}.json")
         with open(cfg, "w") as f:
-            json.dump(bootstrap(free_port(), self.ports, epp_port, epp_tls, direct_backend, self.access_log), f)
-        self.log = os.path.join(tmp, "envoy.log")
+            json.dump(bootstrap(free_port(), self.ports, epp_port, epp_tls, direct_backend, self.access_log,
+                                response_body), f)
+        self.log = os.path.join(tmp, f"{name}.log")
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen([find_envoy(), "-c", cfg, "--use-dynamic-base-id", "--log-level", "warn",
                                           "--file-flush-interval-msec", "50"], stdout=out, stderr=subprocess.STDOUT,
