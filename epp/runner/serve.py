@@ -219,10 +219,12 @@ async def _serve(args, store: EndpointStore | None, ready_event: asyncio.Event |
         else:
             server.add_insecure_port(target)
         active = lambda: processor.active  # noqa: E731
+        unsent = lambda: 0  # noqa: E731
     else:
         server = GrpcMethodServer(EXT_PROC_METHOD, lambda: RequestStream(director, args.max_request_body_bytes),
                                   ProcessingRequest, limits)
         active = lambda: server.active_streams  # noqa: E731
+        unsent = lambda: server.unsent_bytes  # noqa: E731
 
     health = Health(synced=lambda: store.synced, leader=lambda: kube is None or kube.is_leader,
                     leader_election=bool(kube is not None and args.ha_enable_leader_election))
@@ -290,14 +292,14 @@ async def _serve(args, store: EndpointStore | None, ready_event: asyncio.Event |
         log.info("Drain window elapsed, stopping ext_proc server")
     if flow is not None:
         # queued requests are answered now (503 rejected-shutting-down), not left to the grace; the stop
-        # (GOAWAY) waits until the proxy has taken those answers and closed their streams: GOAWAY right
+        # (GOAWAY) waits until those streams are over and the proxy has read every byte of them: GOAWAY right
         # behind thousands of immediate responses made Envoy lose some of the replies to its clients
         answered = flow.stop()
         if answered:
             left = max(0, active() - answered)
             loop = asyncio.get_running_loop()
             until = loop.time() + min(5.0, args.shutdown_grace_period)
-            while active() > left and loop.time() < until:
+            while (active() > left or unsent()) and loop.time() < until:
                 await asyncio.sleep(0.02)
     log.info("shutting down: no new streams; %d in flight get up to %.1fs", active(), args.shutdown_grace_period)
     await server.stop(args.shutdown_grace_period)

@@ -85,6 +85,7 @@ class Connection(asyncio.Protocol):
         self.peer_goaway = False
         self.failed = False
         self.closed = False
+        self.eof_sent = False                 # our side is over (GOAWAY and FIN sent); still reading
         self.tasks: set[asyncio.Future] = set()   # handlers' replies being prepared
         self.budget = Budget(lim.max_glitches_per_second)
         self.ping_strikes = 0
@@ -124,6 +125,15 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
+    def eof_received(self) -> bool:
+        return False   # the peer has finished: close (after our queued writes), as asyncio does by default
+
+    @property
+    def unsent_bytes(self) -> int:
+        t = self.transport
+        queued = t.get_write_buffer_size() if t is not None and not t.is_closing() else 0
+        return queued + sum(len(f) for f in self.out)
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.close()
@@ -134,7 +144,23 @@ class Connection(asyncio.Protocol):
             self.out.append(goaway(self.last_sid, code, debug))
             self._flush()
             if not self.streams:
-                self.transport.close()
+                self._end()
+
+    def _end(self) -> None:
+        """Our half of the connection is over: FIN after what is written, then read on until the peer
+        closes. Closing a socket with unread input sends TCP RST, and the peer's kernel then drops
+        what it had received but not yet read: replies that were on their way would be lost (seen
+        with thousands of immediate responses just ahead of the GOAWAY). server.stop aborts what the
+        peer never closes."""
+        t = self.transport
+        if t is None or self.eof_sent or t.is_closing():
+            return
+        if t.can_write_eof():
+            self.eof_sent = True
+            t.write_eof()
+            t.resume_reading()
+        else:  # TLS has no half-close: close_notify and close
+            t.close()
 
     def _fail(self, code: int, why: str, debug: bytes = b"") -> None:
         log.warning("ext_proc connection error: %s", why)
@@ -663,9 +689,11 @@ class Connection(asyncio.Protocol):
             self._forget(st)
             if (self.goaway_sent or self.peer_goaway) and not self.streams and self.transport is not None:
                 self._flush()
-                self.transport.close()
+                self._end()
 
     def _flush(self) -> None:
-        if self.out and self.transport is not None and not self.closed:
+        if self.eof_sent:
+            self.out = []   # nothing may follow our FIN (the peer's late frames need no answer)
+        elif self.out and self.transport is not None and not self.closed:
             out, self.out = self.out, []
             self.transport.writelines(out)

@@ -58,6 +58,12 @@ class GrpcMethodServer:
     def active_streams(self) -> int:
         return sum(len(c.streams) for c in self.connections)
 
+    @property
+    def unsent_bytes(self) -> int:
+        """Reply bytes not yet taken by the peers (our frame queue and the sockets' write buffers): a
+        stream is over for us once its trailers are queued, which is before the proxy has read them."""
+        return sum(c.unsent_bytes for c in self.connections)
+
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: Connection(self), host, port, ssl=ssl_context,
@@ -74,5 +80,10 @@ class GrpcMethodServer:
         deadline = loop.time() + grace
         while self.active_streams and loop.time() < deadline:
             await asyncio.sleep(0.05)
+        # then the peers close: each has our GOAWAY and FIN behind the last reply, and a socket closed
+        # under input the peer has not read yet loses it (see Connection._end)
+        linger = min(deadline, loop.time() + 2.0)
+        while self.connections and loop.time() < linger:
+            await asyncio.sleep(0.02)
         for c in list(self.connections):
             c.abort()
