@@ -249,7 +249,12 @@ class Director:
     def response_started(self, decision: Decision, status: int | None, sse: bool) -> list[tuple[str, str]] | None:
         """Headers the plugins add to the response (e.g. a session token); usage is read from here on."""
         self.prefill_done(decision)
-        decision.usage = UsageReader(sse)
+        first = None
+        if sse and decision.result is not None and self.scheduler.wants_first_chunk:
+            def first() -> None:
+                self.scheduler.response_first_chunk(decision.request, decision.result,
+                                                    time.perf_counter() - decision.started)
+        decision.usage = UsageReader(sse, first)
         if decision.result is None:
             return None
         return self.scheduler.response_headers(decision.request, decision.result, status)

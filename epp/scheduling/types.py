@@ -23,6 +23,7 @@ class LLMRequest:
 
 
 DEFER = "defer"  # cycle-state key: a call_soon-like function for work the answer need not wait for
+CANDIDATES = "candidates"  # cycle-state key: the endpoints this request was scheduled over (before any filter)
 HIT_RATIO = "prefix/hit-ratio"  # cycle-state key: the prefix hit ratio of the primary pick, for its metric
 
 

@@ -16,6 +16,7 @@ import time
 import aiohttp
 import orjson
 
+from .arrivals import Arrivals
 from .workload import Item, Workload
 
 perf = time.perf_counter
@@ -54,7 +55,11 @@ async def one(http: aiohttp.ClientSession, url: str, item: Item, rec: Rec, want_
     last = None
     parts: list[str] = []
     try:
-        async with http.post(url, data=item.body, headers={"content-type": "application/json"}) as r:
+        headers = {"content-type": "application/json"}
+        extra = getattr(item, "headers", None)      # e.g. an agentic session's x-session-id
+        if extra:
+            headers.update(extra)
+        async with http.post(url, data=item.body, headers=headers) as r:
             rec.status = r.status
             if r.status != 200:
                 rec.error = f"http {r.status}: {(await r.read())[:200]!r}"
@@ -133,9 +138,11 @@ class Stage:
 
 
 async def run_stage(http: aiohttp.ClientSession, url: str, wl: Workload, mode: str, level: float, wall_duration: float,
-                    max_requests: int, drain_timeout: float, seed: int, label: str) -> Stage:
-    """One stage: open loop at `level` wall req/s (Poisson) or closed loop with `level` requests in
-    flight, arrivals for wall_duration seconds (or max_requests), then waits for the stragglers."""
+                    max_requests: int, drain_timeout: float, seed: int, label: str, on_s: float = 0.0,
+                    off_s: float = 0.0) -> Stage:
+    """One stage: open loop at `level` wall req/s (Poisson, or bursts: on_s of every on_s + off_s wall
+    seconds at the rate that keeps the mean at `level`) or closed loop with `level` requests in flight,
+    arrivals for wall_duration seconds (or max_requests), then waits for the stragglers."""
     st = Stage()
     rng = random.Random(seed)
     tasks: set[asyncio.Task] = set()
@@ -152,9 +159,9 @@ async def run_stage(http: aiohttp.ClientSession, url: str, wl: Workload, mode: s
             wl.done(item, text)
 
     if mode == "poisson":
-        t_next = st.t_start
+        arrivals = Arrivals(rng, level, st.t_start, on_s, off_s)
         while len(st.recs) < cap:
-            t_next += rng.expovariate(level)
+            t_next = arrivals.next()
             if t_next >= end:
                 break
             delay = t_next - perf()

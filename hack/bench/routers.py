@@ -4,6 +4,7 @@
     epp-random, epp-load-only, epp-approx, epp-prefix-heavy, epp-precise
                               Envoy (ext_proc FULL_DUPLEX_STREAMED) + epp with config/<...>.yaml
     epp-approx-pw             the approximate scorer with precise.yaml's weights (a control)
+    epp-latency, epp-latency-precise   the predicted-latency scorer (ours) on approximate / precise prefixes
     epp:PATH                  Envoy + epp with any EndpointPickerConfig file
     sglang-cache-aware, sglang-rr                     sglang-router (PyPI `sglang-router`)
     vllm-router-cache-aware, vllm-router-rr           vllm-router (PyPI `vllm-router`)
@@ -35,7 +36,9 @@ CONFIGS = {"epp-random": "config/random.yaml", "epp-load-only": "config/load-onl
            "epp-approx": "config/default.yaml", "epp-prefix-heavy": "config/prefix-heavy.yaml",
            "epp-precise": "config/precise.yaml", "epp-pd": "config/pd.yaml",
            # a control: the approximate scorer with precise.yaml's weights (prefix 3, KV 1, queue 1)
-           "epp-approx-pw": "hack/bench/configs/approx-precise-weights.yaml"}
+           "epp-approx-pw": "hack/bench/configs/approx-precise-weights.yaml",
+           # ours: the predicted-latency scorer on the approximate producer, and on the precise one
+           "epp-latency": "config/predicted-latency.yaml", "epp-latency-precise": "config/predicted-latency-precise.yaml"}
 PEERS = {  # name -> (PyPI package, policy)
     "sglang-cache-aware": ("sglang-router", "cache_aware"), "sglang-rr": ("sglang-router", "round_robin"),
     "vllm-router-cache-aware": ("vllm-router", "cache_aware"), "vllm-router-rr": ("vllm-router", "round_robin"),
@@ -48,8 +51,11 @@ class Unavailable(Exception):
 
 
 class Running:
-    def __init__(self, name: str, url: str, pids: dict[str, int], info: dict, epp_metrics: int | None = None):
+    def __init__(self, name: str, url: str, pids: dict[str, int], info: dict, epp_metrics: int | None = None,
+                 epp_metrics_all: list[int] | None = None):
         self.name, self.url, self.pids, self.info, self.epp_metrics = name, url, pids, info, epp_metrics
+        # every epp replica's metrics port (one unless the scenario runs replicas)
+        self.epp_metrics_all = epp_metrics_all or ([epp_metrics] if epp_metrics else [])
 
 
 def check(name: str) -> None:
@@ -58,7 +64,9 @@ def check(name: str) -> None:
 
 
 def needs_kv_events(name: str) -> bool:
-    return name == "epp-precise" or (name.startswith("epp:") and "precise" in _config_text(name[4:]))
+    if name.startswith("epp:"):
+        return "precise" in _config_text(name[4:])
+    return name in CONFIGS and "precise-prefix-cache" in _config_text(os.path.join(ROOT, CONFIGS[name]))
 
 
 def _config_text(path: str) -> str:
@@ -107,7 +115,7 @@ def round_robin_bootstrap(port: int, addresses: list[str]) -> dict:
 
 # ------------------------------------------------------------------ epp
 
-def epp_config(name: str, pool, logdir: str) -> str:
+def epp_config(name: str, pool, logdir: str, kv_port: int | None = None, suffix: str = "") -> str:
     """The config file for an epp router. precise.yaml is the repo's file with only what depends on this
     machine replaced: the tokenizer directory (the sims'), the model name, the block size and the
     address epp binds for the pods' KV events."""
@@ -127,8 +135,8 @@ def epp_config(name: str, pool, logdir: str) -> str:
             params["modelName"] = pool.model
         if plugin["type"] in ("precise-prefix-cache-producer", "precise-prefix-cache-scorer"):
             params.setdefault("tokenProcessorConfig", {})["blockSize"] = pool.block_size
-            params.setdefault("kvEventsConfig", {})["zmqEndpoint"] = f"tcp://127.0.0.1:{pool.kv_port}"
-    out = os.path.join(logdir, f"{os.path.basename(path).rsplit('.', 1)[0]}-bench.yaml")
+            params.setdefault("kvEventsConfig", {})["zmqEndpoint"] = f"tcp://127.0.0.1:{kv_port or pool.kv_port}"
+    out = os.path.join(logdir, f"{os.path.basename(path).rsplit('.', 1)[0]}-bench{suffix}.yaml")
     with open(out, "w") as f:
         yaml.safe_dump(doc, f, sort_keys=False)
     return out
@@ -209,7 +217,7 @@ def listening_addresses(pid: int) -> list[str]:
     return out
 
 
-def start_peer(kids: Children, name: str, pool, install: bool) -> Running:
+def start_peer(kids: Children, name: str, pool, install: bool, label: str = "") -> Running:
     package, policy = PEERS[name]
     py, version = peer_python(package, install)
     port, prom = free_port(), free_port()
@@ -220,7 +228,7 @@ def start_peer(kids: Children, name: str, pool, install: bool) -> Running:
         cmd = [py, "-m", "sglang_router.launch_router", *common, "--log-level", "warn"]
     else:
         cmd = [os.path.join(os.path.dirname(py), "vllm-router"), *common, "--log-level", "warning"]
-    p = kids.start(name, cmd)
+    p = kids.start(label or name, cmd)
     wait_port(port, 120, p, name)
     time.sleep(0.3)
     bad = [a for a in listening_addresses(p.pid) if not a.startswith(("127.0.0.1:", "::1:"))]
@@ -233,7 +241,11 @@ def start_peer(kids: Children, name: str, pool, install: bool) -> Running:
 
 # ------------------------------------------------------------------ start any
 
-def start(kids: Children, name: str, pool, install: bool = True, envoy_concurrency: int = 2) -> Running:
+def start(kids: Children, name: str, pool, install: bool = True, envoy_concurrency: int = 2,
+          replicas: int = 1) -> Running:
+    if replicas > 1:
+        from .replicas import start_replicas
+        return start_replicas(kids, name, pool, install, envoy_concurrency, replicas)
     if name in PEERS:
         return start_peer(kids, name, pool, install)
     port = free_port()

@@ -33,6 +33,7 @@ class Pool:
     kv_events: bool = True            # every pod publishes KV events (precise routers subscribe)
     model: str = "sim-model"
     sim_args: list = field(default_factory=list)   # any other vllm-sim flags
+    profiles: list = field(default_factory=list)   # latency profiles cycled over the pods (unlike GPUs); [] = profile
 
 
 @dataclass
@@ -53,11 +54,20 @@ class Workload:
     # multi_turn: sessions sharing a system prompt per group, each turn = history + a new question
     sessions: int = 16
     turns: int = 4
+    # output length uniform in [output_min, output_max] when output_max > 0 (else output_len)
+    output_min: int = 0
+    output_max: int = 0
+    # agentic: each session (its own x-session-id) shares a tool-definitions system prompt with its group,
+    # then every turn sends the whole history plus a tool result of tool_min..tool_max tokens
+    tool_min: int = 200
+    tool_max: int = 800
+    think_s: float = 0.0              # engine seconds a session waits between an answer and its next turn
 
 
 @dataclass
 class Load:
-    mode: str = "poisson"             # poisson (open loop) | concurrency (closed loop)
+    mode: str = "poisson"             # poisson (open loop) | concurrency (closed loop) | sessions (agentic:
+                                      # Poisson arrivals of sessions, each sending its turns one after another)
     rates: list = field(default_factory=lambda: [1.0])          # engine req/s, one stage each, in order
     concurrency: list = field(default_factory=lambda: [4])      # closed loop: in-flight requests per stage
     duration_s: float = 60.0          # engine seconds of arrivals per stage
@@ -65,6 +75,8 @@ class Load:
     warmup_requests: int = 0          # before the first stage, not measured (caches warm, events flowing)
     drain_timeout_s: float = 600.0    # engine seconds to wait for a stage's last requests
     request_timeout_s: float = 1200.0  # engine seconds before a request counts as an error
+    on_s: float = 0.0                 # bursty: arrivals only during on_s of every on_s + off_s engine seconds,
+    off_s: float = 0.0                #   at rate x (on_s + off_s) / on_s, so the stage's mean rate is its rate
 
 
 @dataclass
@@ -77,6 +89,9 @@ class Scenario:
     load: Load = field(default_factory=Load)
     quick: dict = field(default_factory=dict)     # overrides applied by --quick (same nesting)
     goal: dict = field(default_factory=dict)      # optional: {router, baseline, min_throughput_x, min_ttft_p90_x}
+    router_replicas: int = 1                      # each router as N replicas behind Envoy (epp: N epp processes)
+    events: list = field(default_factory=list)    # churn: [{stage, at_s, action: restart | reset_prefix_cache, pod}]
+    side_client: dict = field(default_factory=dict)  # churn: {rate, pods, stages}: requests straight to pods
     path: str = ""
 
 
@@ -121,14 +136,23 @@ def load(path: str, quick: bool = False) -> Scenario:
 
 def validate(s: Scenario) -> None:
     w, ld, p = s.workload, s.load, s.pool
-    if w.type not in ("shared_prefix", "random", "multi_turn", "long_input"):
-        raise ScenarioError(f"{s.path}: workload.type {w.type!r}: use shared_prefix, random, multi_turn or long_input")
+    if w.type not in ("shared_prefix", "random", "multi_turn", "long_input", "agentic"):
+        raise ScenarioError(f"{s.path}: workload.type {w.type!r}: use shared_prefix, random, multi_turn, long_input "
+                            f"or agentic")
     if w.api not in ("completions", "chat"):
         raise ScenarioError(f"{s.path}: workload.api {w.api!r}: use completions or chat")
     if w.type == "multi_turn" and w.api != "chat":
         raise ScenarioError(f"{s.path}: a multi_turn workload needs api: chat")
-    if ld.mode not in ("poisson", "concurrency"):
-        raise ScenarioError(f"{s.path}: load.mode {ld.mode!r}: use poisson or concurrency")
+    if ld.mode not in ("poisson", "concurrency", "sessions"):
+        raise ScenarioError(f"{s.path}: load.mode {ld.mode!r}: use poisson, concurrency or sessions")
+    if (ld.mode == "sessions") != (w.type == "agentic"):
+        raise ScenarioError(f"{s.path}: an agentic workload runs with load.mode sessions (and only it)")
+    if ld.on_s < 0 or ld.off_s < 0 or (ld.off_s > 0 and ld.on_s <= 0):
+        raise ScenarioError(f"{s.path}: load.on_s > 0 when load.off_s is set")
+    if s.router_replicas < 1:
+        raise ScenarioError(f"{s.path}: router_replicas >= 1")
+    from .events import validate_events
+    validate_events(s)
     if p.count < 1 or p.time_scale <= 0:
         raise ScenarioError(f"{s.path}: pool.count >= 1 and pool.time_scale > 0")
     if not s.routers:
@@ -137,4 +161,4 @@ def validate(s: Scenario) -> None:
 
 def stages(s: Scenario) -> list[float]:
     """The stage levels in order: rates (engine req/s) or concurrencies."""
-    return [float(x) for x in (s.load.rates if s.load.mode == "poisson" else s.load.concurrency)]
+    return [float(x) for x in (s.load.concurrency if s.load.mode == "concurrency" else s.load.rates)]

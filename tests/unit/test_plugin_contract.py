@@ -8,7 +8,7 @@ from epp.scheduling.plugins import load_all
 
 # every hook class of the contract, and the methods it declares
 HOOKS = [fw.Filter, fw.Scorer, fw.Picker, fw.ProfileHandler, fw.PrepareRequest, fw.PreRequest, fw.ResponseHeaders,
-         fw.ResponseComplete, fw.BindsPlugins, fw.HasSubPlugins, fw.EndpointLifecycle, fw.BackgroundTask,
+         fw.ResponseFirstChunk, fw.ResponseComplete, fw.BindsPlugins, fw.HasSubPlugins, fw.EndpointLifecycle, fw.BackgroundTask,
          fw.PrefixMatchProducer, fw.PrefixMatchConsumer, fw.IndexSize, fw.SaturationDetector]
 
 
