@@ -28,8 +28,11 @@ def summarize(st: Stage, before: list[dict], after: list[dict], cpu: dict, time_
         if not r.ok:
             k = (r.error or f"http {r.status}").split(":")[0]
             errors[k] = errors.get(k, 0) + 1
-    pods = [{k: a[k] - b[k] for k in ("hits", "queries", "requests", "preemptions", "prompt_tokens", "ttft_sum",
-                                       "ttft_count", "queue_sum", "queue_count")} for a, b in zip(after, before)]
+    # a counter that went down belongs to a pod that restarted during the stage: count from its restart
+    pods = [{k: (a[k] - b[k] if a[k] >= b[k] else a[k]) for k in ("hits", "queries", "requests", "preemptions",
+                                                                   "prompt_tokens", "ttft_sum", "ttft_count",
+                                                                   "queue_sum", "queue_count")}
+            for a, b in zip(after, before)]
     q = sum(p["queries"] for p in pods)
     reqs = [p["requests"] for p in pods]
     mean_reqs = sum(reqs) / len(reqs) if reqs else math.nan
