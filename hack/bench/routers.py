@@ -38,7 +38,8 @@ CONFIGS = {"epp-random": "config/random.yaml", "epp-load-only": "config/load-onl
            # a control: the approximate scorer with precise.yaml's weights (prefix 3, KV 1, queue 1)
            "epp-approx-pw": "hack/bench/configs/approx-precise-weights.yaml",
            # ours: the predicted-latency scorer on the approximate producer, and on the precise one
-           "epp-latency": "config/predicted-latency.yaml", "epp-latency-precise": "config/predicted-latency-precise.yaml"}
+           "epp-latency": "config/predicted-latency.yaml", "epp-latency-precise": "config/predicted-latency-precise.yaml",
+           "epp-pd-adaptive": "config/pd-adaptive.yaml"}
 PEERS = {  # name -> (PyPI package, policy)
     "sglang-cache-aware": ("sglang-router", "cache_aware"), "sglang-rr": ("sglang-router", "round_robin"),
     "vllm-router-cache-aware": ("vllm-router", "cache_aware"), "vllm-router-rr": ("vllm-router", "round_robin"),

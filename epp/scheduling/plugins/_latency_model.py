@@ -99,6 +99,23 @@ class _Pod:
             b = max(_EPS, (sy - a * sw) / sx) if sx > 0 else self.b
         self.a, self.b, self.fitted = a, b, True
 
+    def track(self, predicted: float, observed: float) -> None:
+        """The predicted and observed TTFT of one request, for the metrics (EWMA, the first one as is)."""
+        k = 0.1 if self.observations > 1 else 1.0
+        self.pred_ewma += k * (predicted - self.pred_ewma)
+        self.obs_ewma += k * (observed - self.obs_ewma)
+        self.err_ewma += k * (abs(predicted - observed) - self.err_ewma)
+
+
+class _InFlight:
+    """One request between its pick and its end."""
+    __slots__ = ("prefill", "decode", "uncached", "work", "predicted", "first")
+
+    def __init__(self, prefill: str, decode: str, est: Estimate) -> None:
+        self.prefill, self.decode = prefill, decode        # where it prefills, where it decodes (P/D: two pods)
+        self.uncached, self.work, self.predicted = est.uncached, est.work, est.ttft
+        self.first = 0.0                                   # clock at its first chunk; 0 before
+
 
 class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, EndpointLifecycle, BindsPlugins):
     """Not configured on its own: the scorer or the decider that owns it is (their parameters set it up)."""
@@ -122,7 +139,7 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
         self.clock = clock
         self.pods: dict[str, _Pod] = {}
         self.mean_uncached = 0.0
-        self._inflight: dict[int, list] = {}    # id(request) -> [address, uncached, work, predicted, first chunk time]
+        self._inflight: dict[int, _InFlight] = {}    # id(request) -> what it was booked as
         self._key = f"latency/{self.name}"
         self._pool = (a0, self.b0)
         self._pool_dirty = True
@@ -216,70 +233,72 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
 
     # ------------------------------------------------------------------ request path
 
-    def record(self, state, request, endpoint) -> None:
-        """The request goes to `endpoint` for its prefill: count its work there until its first token."""
+    def record(self, state, request, endpoint, decode=None) -> None:
+        """The request's prefill goes to `endpoint` (and, with P/D, its decode to `decode`): count its
+        work there until its first token."""
         est = self.estimates(state, request, [endpoint])[0]
         stale = self._inflight.get(id(request))
         if stale is not None:     # a request that never completed and whose id was reused: let it go
-            old = self.pods.get(stale[0])
-            if old is not None and not stale[4]:
+            old = self.pods.get(stale.prefill)
+            if old is not None and not stale.first:
                 self._release(old, stale)
         pod = self._pod(endpoint.address)
         pod.pending_tokens += est.uncached
         pod.pending_n += 1
         self.mean_uncached += 0.05 * (est.uncached - self.mean_uncached)
-        self._inflight[id(request)] = [endpoint.address, est.uncached, est.work, est.ttft, 0.0]
+        self._inflight[id(request)] = _InFlight(endpoint.address, (decode or endpoint).address, est)
 
     def pre_request(self, state, request, result: SchedulingResult):
         if not result.targets:
             return None
         prefill = result.prefill_target()
-        self.record(state, request, prefill if prefill is not None else result.targets[0])
+        if prefill is not None:
+            self.record(state, request, prefill, result.targets[0])
+        else:
+            self.record(state, request, result.targets[0])
         return None
 
     def response_first_chunk(self, request, result, elapsed: float) -> None:
         entry = self._inflight.get(id(request))
-        if entry is None or entry[4]:
+        if entry is None or entry.first:
             return
-        entry[4] = self.clock()
-        pod = self.pods.get(entry[0])
-        if pod is None:
-            return
-        self._release(pod, entry)
-        pod.answering += 1
-        predicted = entry[3]
-        pod.observe(entry[2], elapsed, self.forget)
-        if pod.sw >= self.warmup:
-            self._pool_dirty = True
-        pod.pred_ewma += 0.1 * (predicted - pod.pred_ewma) if pod.observations > 1 else predicted - pod.pred_ewma
-        pod.obs_ewma += 0.1 * (elapsed - pod.obs_ewma) if pod.observations > 1 else elapsed - pod.obs_ewma
-        err = abs(predicted - elapsed)
-        pod.err_ewma += 0.1 * (err - pod.err_ewma) if pod.observations > 1 else err - pod.err_ewma
+        entry.first = self.clock()
+        pod = self.pods.get(entry.prefill)
+        if pod is not None:
+            self._release(pod, entry)
+            pod.observe(entry.work, elapsed, self.forget)
+            if pod.sw >= self.warmup:
+                self._pool_dirty = True
+            pod.track(entry.predicted, elapsed)
+        dec = self.pods.get(entry.decode)
+        if dec is not None:
+            dec.answering += 1
 
     def response_complete(self, request, result, status, usage=None) -> None:
         entry = self._inflight.pop(id(request), None)
         if entry is None:
             return
-        pod = self.pods.get(entry[0])
-        if pod is None:
+        if not entry.first:
+            pod = self.pods.get(entry.prefill)
+            if pod is not None:
+                self._release(pod, entry)
+        dec = self.pods.get(entry.decode)
+        if dec is None:
             return
-        first = entry[4]
-        if not first:
-            self._release(pod, entry)
-        else:
-            pod.answering -= 1
+        if entry.first:
+            dec.answering -= 1
             n = usage.completion_tokens if usage is not None and usage.seen else 0
             if n > 1 and (status is None or status < 400):
-                per_token = (self.clock() - first) / (n - 1)
-                pod.d = per_token if not pod.d_seen else pod.d + 0.1 * (per_token - pod.d)
-                pod.d_seen = True
+                per_token = (self.clock() - entry.first) / (n - 1)
+                dec.d = per_token if not dec.d_seen else dec.d + 0.1 * (per_token - dec.d)
+                dec.d_seen = True
         if status is not None and status >= 500 and self.failure_penalty > 0:
-            pod.failures += 1
-            pod.down_until = self.clock() + self.failure_penalty
+            dec.failures += 1
+            dec.down_until = self.clock() + self.failure_penalty
 
     @staticmethod
-    def _release(pod: _Pod, entry: list) -> None:
-        pod.pending_tokens = max(0.0, pod.pending_tokens - entry[1])
+    def _release(pod: _Pod, entry: "_InFlight") -> None:
+        pod.pending_tokens = max(0.0, pod.pending_tokens - entry.uncached)
         pod.pending_n = max(0, pod.pending_n - 1)
 
     def endpoints_removed(self, addresses: list[str]) -> None:
