@@ -144,6 +144,8 @@ def markdown(res: dict) -> str:
              "the mean. CPU: machine busy share during the stage.", ""]
     lines += table(res)
     lines += [""] + goal(res)
+    from .goals import lines as goal_lines
+    lines += goal_lines(res)
     for name, r in res["routers"].items():
         if r["status"] == "ok" and r.get("info"):
             lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in r["info"].items() if k != "cmd"))

@@ -89,6 +89,7 @@ class Scenario:
     load: Load = field(default_factory=Load)
     quick: dict = field(default_factory=dict)     # overrides applied by --quick (same nesting)
     goal: dict = field(default_factory=dict)      # optional: {router, baseline, min_throughput_x, min_ttft_p90_x}
+    goals: list = field(default_factory=list)     # checked on every run (hack/bench/goals.py): best-epp, vs-peers, pair
     router_replicas: int = 1                      # each router as N replicas behind Envoy (epp: N epp processes)
     events: list = field(default_factory=list)    # churn: [{stage, at_s, action: restart | reset_prefix_cache, pod}]
     side_client: dict = field(default_factory=dict)  # churn: {rate, pods, stages}: requests straight to pods

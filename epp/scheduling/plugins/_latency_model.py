@@ -7,8 +7,9 @@ For a request r and an endpoint p:
     u(p)    = prompt tokens - tokens of the prompt p holds (the prefix-match producer)   r's own prefill
     Q(p)    = uncached tokens of the requests sent to p whose first token has not come yet (the EPP's
               own in-flight accounting: moved at every pick and every first token, between scrapes)
-              + max(0, waiting(p) - those requests) x mean u per request   (queued on p by others: the
-              scraped queue, for another replica's or a direct client's work)
+              + max(0, waiting(p) - those requests - ours that started since the scrape) x mean u
+              (queued on p by others: the scraped queue, for another replica's or a direct client's
+              work; our own requests that were waiting when it was scraped do not count twice)
     W(p)    = Q(p) + u(p)                                                  prefill work up to r's first token
     TTFT(p) = a(p) + b(p) x W(p)    [+ failurePenalty while p's last answer failed]
     cost(p) = TTFT(p) + computeWeight x b(p) x u(p)     what the pick is ranked on
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections import deque
 from typing import Sequence
 
 from prometheus_client import REGISTRY
@@ -65,7 +67,8 @@ class Estimate:
 class _Pod:
     """What the model knows of one endpoint."""
     __slots__ = ("sw", "sx", "sy", "sxx", "sxy", "a", "b", "fitted", "pending_tokens", "pending_n", "answering",
-                 "d", "d_seen", "down_until", "observations", "failures", "pred_ewma", "obs_ewma", "err_ewma")
+                 "d", "d_seen", "down_until", "observations", "failures", "pred_ewma", "obs_ewma", "err_ewma",
+                 "started")
 
     def __init__(self) -> None:
         self.sw = self.sx = self.sy = self.sxx = self.sxy = 0.0
@@ -80,6 +83,15 @@ class _Pod:
         self.observations = 0
         self.failures = 0
         self.pred_ewma = self.obs_ewma = self.err_ewma = 0.0
+        self.started: deque[float] = deque(maxlen=256)   # clock of our recent first chunks here
+
+    def started_since(self, t: float) -> int:
+        n = 0
+        for x in reversed(self.started):
+            if x <= t:
+                break
+            n += 1
+        return n
 
     def observe(self, x: float, y: float, forget: float) -> None:
         self.sw = self.sw * forget + 1.0
@@ -219,12 +231,15 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
     def _estimate(self, ep, uncached: int, mean_u: float, now: float) -> Estimate:
         pod = self.pods.get(ep.address) or self._pod(ep.address)
         a, b = self.fit(pod)
-        others = ep.metrics.waiting - pod.pending_n
+        m = ep.metrics
+        others = m.waiting - pod.pending_n
+        if others > 0 and pod.started:
+            others -= pod.started_since(m.updated)
         work = pod.pending_tokens + (others * mean_u if others > 0 else 0.0) + uncached
         ttft = a + b * work
         if pod.down_until > now:
             ttft += self.failure_penalty
-        decoding = pod.answering > 0 or ep.metrics.running > pod.pending_n
+        decoding = pod.answering > 0 or m.running > pod.pending_n
         stall = min(uncached, self.chunk) * b if decoding else 0.0
         d = pod.d if pod.d_seen else a
         # the smallest tie-break toward the cache even at computeWeight 0: less work for the same wait
@@ -266,6 +281,7 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
         pod = self.pods.get(entry.prefill)
         if pod is not None:
             self._release(pod, entry)
+            pod.started.append(entry.first)
             pod.observe(entry.work, elapsed, self.forget)
             if pod.sw >= self.warmup:
                 self._pool_dirty = True
