@@ -112,7 +112,7 @@ def test_the_fit_learns_each_pods_prefill_speed_and_routes_to_the_fast_one():
         a, b = m.fit(m.pods[ep.address])
         assert b == pytest.approx(per_token, rel=0.05) and a == pytest.approx(0.01, abs=0.003)
     _, res, scores = route(s, [slow, fast], b"new prompt " * 400, "n")
-    assert res.targets[0] is fast and scores[0] < 0.5
+    assert res.targets[0] is fast and scores[0] < 0.7
 
 
 def test_an_unfitted_pod_starts_from_the_pools_fit():

@@ -155,6 +155,7 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
         self._key = f"latency/{self.name}"
         self._pool = (a0, self.b0)
         self._pool_dirty = True
+        self._observations = 0
         _Collector.track(self)
 
     # ------------------------------------------------------------------ configuration
@@ -243,7 +244,7 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
         stall = min(uncached, self.chunk) * b if decoding else 0.0
         d = pod.d if pod.d_seen else a
         # the smallest tie-break toward the cache even at computeWeight 0: less work for the same wait
-        cost = ttft + (self.compute_weight + 1e-3) * b * uncached
+        cost = ttft + (self.compute_weight * self._pool[1] + 1e-3 * b) * uncached
         return Estimate(uncached, work, ttft, d + stall, stall, cost)
 
     # ------------------------------------------------------------------ request path
@@ -282,8 +283,11 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
         if pod is not None:
             self._release(pod, entry)
             pod.started.append(entry.first)
+            warm = pod.sw >= self.warmup
             pod.observe(entry.work, elapsed, self.forget)
-            if pod.sw >= self.warmup:
+            # the pool's mean fit moves slowly: refreshed when a pod joins it and every 16th observation
+            self._observations += 1
+            if (not warm and pod.sw >= self.warmup) or self._observations % 16 == 0:
                 self._pool_dirty = True
             pod.track(entry.predicted, elapsed)
         dec = self.pods.get(entry.decode)

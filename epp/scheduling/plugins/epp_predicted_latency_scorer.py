@@ -40,11 +40,13 @@ class PredictedLatencyScorer(Scorer, BindsPlugins, HasSubPlugins, PrefixMatchCon
 
     def __init__(self, name: str | None = None, prefixMatchInfoProducerName: str = "",
                  prefillTokensPerSecond: float = 10_000, itlBudgetMs: float = 0, maxNumBatchedTokens: int = 8192,
-                 failurePenaltyMs: float = 2000, forgetFactor: float = 0.97, computeWeight: float = 1.0) -> None:
+                 failurePenaltyMs: float = 2000, forgetFactor: float = 0.97, computeWeight: float = 1.0,
+                 affinitySlack: float = 0.0) -> None:
         super().__init__(name)
         t = self.type_name
         self.producer_name = prefixMatchInfoProducerName
         self.itl_budget = need_number(t, "itlBudgetMs", itlBudgetMs, 0.0) / 1000.0
+        self.slack = need_number(t, "affinitySlack", affinitySlack, 0.0)
         self.model = LatencyModel(
             name=f"{self.name}/model", prefix_producer=prefixMatchInfoProducerName,
             prefill_tokens_per_s=need_number(t, "prefillTokensPerSecond", prefillTokensPerSecond, 1.0),
@@ -80,6 +82,15 @@ class PredictedLatencyScorer(Scorer, BindsPlugins, HasSubPlugins, PrefixMatchCon
         best = min((e.cost for e, ok in zip(est, within or [True] * len(est)) if ok), default=0.0)
         if best <= 0.0:
             best = 1e-9
+        ok = within or [True] * len(est)
+        if self.slack > 0:
+            # among the endpoints within the slack of the best, the one that must prefill least wins:
+            # its cost is lowered to the best's, the others keep theirs
+            limit = best * (1.0 + self.slack)
+            least = min((e.uncached for e, k in zip(est, ok) if k and e.cost <= limit), default=None)
+            if least is not None:
+                return [1.0 if k and e.cost <= limit and e.uncached == least else
+                        (0.0 if not k else min(best / e.cost, 0.999)) for e, k in zip(est, ok)]
         if within is None:
             return [best / e.cost if e.cost > best else 1.0 for e in est]
-        return [(best / e.cost if e.cost > best else 1.0) if ok else 0.0 for e, ok in zip(est, within)]
+        return [(best / e.cost if e.cost > best else 1.0) if k else 0.0 for e, k in zip(est, within)]
