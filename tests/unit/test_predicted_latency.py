@@ -134,6 +134,19 @@ def test_queued_requests_another_router_sent_count_through_the_scraped_queue():
     assert est[0].work == pytest.approx(5 * 1000 + 100) and est[1].work == pytest.approx(100)
 
 
+def test_our_requests_that_left_the_queue_since_the_scrape_are_not_counted_again():
+    s = scorer()
+    clock = s.model.clock
+    a = endpoint(1, waiting=3)
+    a.metrics.updated = clock.t                  # scraped now: 3 waiting, all ours
+    reqs = [route(s, [a], b"%d" % i + b"x" * 400, f"w{i}") for i in range(3)]
+    clock.t += 1.0
+    for req, res, _ in reqs[:2]:                 # two of them started answering after the scrape
+        s.model.response_first_chunk(req, res, 0.05)
+    est = s.model.estimates(CycleState(), request(b"y" * 400), [a])[0]
+    assert est.work == pytest.approx(101 + 100)   # the one still pending + this one; nobody else's
+
+
 def test_a_failed_answer_keeps_the_pod_away_for_the_failure_penalty():
     s = scorer(failurePenaltyMs=2000)
     clock = s.model.clock
