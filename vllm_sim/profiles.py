@@ -59,7 +59,9 @@ and prints the table with its sources; no constant was fitted to them):
     ~57% MFU; the model is 23% fast there and 56% fast at 128k because the attention term is missing (above);
     up to ~16k attention adds under 27% and the 50% MFU absorbs most of it.
   8B on A100 40GB, vLLM 0.23, 1024 in / 128 out: the decode rate of a lone request (~75 tok/s published,
-    1 / TPOT) within 6%, and the output-throughput gain from concurrency 1 to 8 (6.6x published) within 10%.
+    1 / TPOT) -5%, and the output-throughput gain from concurrency 1 to 8 (6.6x published) -18%: each 1k prefill
+    (105 ms at 50% MFU) stalls the other seven decodes for a step; a real A100 likely prefills 1k tokens
+    at a higher MFU than the 16k+ prompts the H100 figures checked.
   70B TP4, vLLM 0.20.2, 1024 in / 512 out: mean TPOT at 2 and 8 req/s +12% and +20%, p99 TTFT at 8 req/s -6%.
   The same post's burst p99 TTFT (300 prompts at once, 16.9 s) would need ~55 us per prefill token (~65% MFU),
   but its FP8-KV twin (1.2 s) is out of physical reach, so that setup is not taken as evidence; the 45% MFU
