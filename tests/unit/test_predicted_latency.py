@@ -222,3 +222,20 @@ def test_parameters_are_checked():
                 "{nope: 1}"):
         with pytest.raises(ConfigError):
             load(CONFIG.format(parameters=bad))
+
+
+def test_a_cold_prefix_goes_where_it_evicts_least():
+    for weight in (0.0, 1.0):
+        s = scorer(computeWeight=0.0, evictionWeight=weight)
+        full, empty = endpoint(1), endpoint(2)
+        for ep in (full, empty):
+            ep.metrics.num_gpu_blocks, ep.metrics.block_size = 10, 16
+        for i in range(12):                              # fill full's record of its cache (10 blocks), then done
+            req, res, _ = route(s, [full], b"%02d" % i + b"f" * 62, f"f{i}")
+            s.model.response_complete(req, res, 200)
+        assert s.model.producer.occupancy(full.address) == 1.0 and s.model.producer.occupancy(empty.address) == 0
+        scores = s.score(CycleState(), request(b"cold prompt " * 40), [full, empty])
+        if weight:
+            assert scores[1] == 1.0 and scores[0] < 0.9
+        else:
+            assert scores[0] == pytest.approx(scores[1], rel=1e-2)

@@ -12,7 +12,7 @@ For a request r and an endpoint p:
               work; our own requests that were waiting when it was scraped do not count twice)
     W(p)    = Q(p) + u(p)                                                  prefill work up to r's first token
     TTFT(p) = a(p) + b(p) x W(p)    [+ failurePenalty while p's last answer failed]
-    cost(p) = TTFT(p) + computeWeight x b(p) x u(p)     what the pick is ranked on
+    cost(p) = TTFT(p) + (computeWeight + evictionWeight x occupancy(p)) x b_pool x u(p)   what picks rank on
     ITL(p)  = d(p) + min(u(p), C) x b(p)    while r prefills beside p's running decodes (+0 when none run)
 
 a(p) is the fixed part (network, a step, with P/D the KV transfer) and b(p) seconds per prefill token
@@ -28,9 +28,12 @@ maxNumBatchedTokens: what one step prefills beside the running decodes.
 An endpoint whose answer failed (5xx, or no status at all) is predicted failurePenalty slower until that
 long after the failure, so a restarting pod is avoided before its metrics go stale.
 
-cost(p) adds to r's own wait the GPU time r spends on p that a pod holding the prefix would not spend:
-prefill work done twice delays every later request, so with computeWeight w a prefix stays on its pod
-until that pod's queue is (1 + w) x u longer than another's (w = 0: pure TTFT; ties go to the cache).
+cost(p) adds to r's own wait the GPU time r spends on p that a pod holding the prefix would not spend,
+priced at the pool's mean rate b_pool: prefill work done twice delays every later request, and on a pod
+whose cache is full (occupancy: our record of it, entries / capacity, from the approximate producer; 0
+with the precise one) the new blocks evict others' prefixes. With weights w and e a prefix stays on its
+pod until that pod's queue is about (1 + w + e x occupancy) x u longer than another's (w = e = 0: pure
+TTFT; ties go to the cache).
 
 Units: tokens are the token-producer's when it has a tokenizer, else the prompt's bytes / 4 (the
 approximate producer's blocks are counted the same way), so u and Q always agree. Times are the EPP's
@@ -136,7 +139,8 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
 
     def __init__(self, name: str | None = None, prefix_producer: str = "", prefill_tokens_per_s: float = 10_000.0,
                  a0: float = 0.02, forget: float = 0.97, warmup: float = 4.0, max_batched_tokens: int = 8192,
-                 failure_penalty: float = 2.0, compute_weight: float = 1.0, clock=time.monotonic) -> None:
+                 failure_penalty: float = 2.0, compute_weight: float = 1.0, evict_weight: float = 0.0,
+                 clock=time.monotonic) -> None:
         super().__init__(name)
         self.producer_name = prefix_producer
         self.producer: PrefixMatchProducer | None = None
@@ -148,6 +152,7 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
         self.chunk = max_batched_tokens
         self.failure_penalty = failure_penalty
         self.compute_weight = compute_weight
+        self.evict_weight = evict_weight
         self.clock = clock
         self.pods: dict[str, _Pod] = {}
         self.mean_uncached = 0.0
@@ -222,14 +227,16 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
             info = self.producer.match_info(state, request) if self.producer is not None else None
             now = self.clock()
             mean_u = self.mean_uncached
+            occ = getattr(self.producer, "occupancy", None) if self.evict_weight else None
             for ep in missing:
                 cached = info.cached_tokens(ep.address) if info is not None else 0
-                cache[ep.address] = self._estimate(ep, max(0, prompt - cached), mean_u, now)
+                cache[ep.address] = self._estimate(ep, max(0, prompt - cached), mean_u, now,
+                                                   occ(ep.address) if occ is not None else 0.0)
         for ep in endpoints:
             out.append(cache[ep.address])
         return out
 
-    def _estimate(self, ep, uncached: int, mean_u: float, now: float) -> Estimate:
+    def _estimate(self, ep, uncached: int, mean_u: float, now: float, occupancy: float = 0.0) -> Estimate:
         pod = self.pods.get(ep.address) or self._pod(ep.address)
         a, b = self.fit(pod)
         m = ep.metrics
@@ -244,7 +251,7 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
         stall = min(uncached, self.chunk) * b if decoding else 0.0
         d = pod.d if pod.d_seen else a
         # the smallest tie-break toward the cache even at computeWeight 0: less work for the same wait
-        cost = ttft + (self.compute_weight * self._pool[1] + 1e-3 * b) * uncached
+        cost = ttft + ((self.compute_weight + self.evict_weight * occupancy) * self._pool[1] + 1e-3 * b) * uncached
         return Estimate(uncached, work, ttft, d + stall, stall, cost)
 
     # ------------------------------------------------------------------ request path

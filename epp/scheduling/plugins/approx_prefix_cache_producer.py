@@ -85,6 +85,10 @@ class ApproxPrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, Endpoin
                 self.index.set_capacity(ep.address, max(1, ep.metrics.num_gpu_blocks * bs // self.block_tokens))
             self.index.add(ep.address, keys)
 
+    def occupancy(self, address: str) -> float:
+        """How full our record of the endpoint's cache is (0..1): a nearly full one evicts to take more."""
+        return self.index.occupancy(address)
+
     def endpoints_removed(self, addresses: list[str]) -> None:
         for a in addresses:
             self.index.remove_endpoint(a)

@@ -9,13 +9,15 @@ predicts
 
 with a, b learned online per endpoint from observed TTFTs and d from observed decode times. Then
 
-    cost(p)  = TTFT(p) + computeWeight x b(p) x uncached(p)
+    cost(p)  = TTFT(p) + (computeWeight + evictionWeight x occupancy(p)) x b_pool x uncached(p)
     eligible = {p : ITL(p) <= itlBudgetMs}   (every candidate when itlBudgetMs is 0 or none is within it)
     score(p) = min over eligible cost / cost(p)   for p eligible,   0 otherwise
 
 so the best endpoint scores 1 and one predicted twice as slow 0.5: with the max-score picker alone, the
 pick is the lowest predicted TTFT within the budget, a pod that must prefill what another holds paying
-computeWeight times that prefill on top (the GPU time it takes from later requests). Cache affinity,
+that prefill again at the pool's rate b_pool: computeWeight times (the GPU time it takes from later
+requests) plus evictionWeight times how full our record of its cache is (occupancy, 0..1, from the
+approximate producer: what the new blocks push out of a full cache, others will miss). Cache affinity,
 load and pod speed are all in the one number: a pod holding the prefix wins until its queue costs more
 than prefilling elsewhere.
 
@@ -24,7 +26,8 @@ by default, the precise one to route on the pods' KV events), prefillTokensPerSe
 before any observation, default 10000), itlBudgetMs (0: no budget), maxNumBatchedTokens (the pods'
 vLLM setting, default 8192), failurePenaltyMs (added to a pod's prediction after it answered 5xx,
 default 2000), forgetFactor (weight kept by older observations at each new one, default 0.97),
-computeWeight (default 1.0; 0 ranks on TTFT alone).
+computeWeight (default 1.0; 0 ranks on TTFT alone), evictionWeight (default 1.0), affinitySlack (default
+0: among the endpoints within this fraction of the best cost, the one that must prefill least wins).
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ class PredictedLatencyScorer(Scorer, BindsPlugins, HasSubPlugins, PrefixMatchCon
     def __init__(self, name: str | None = None, prefixMatchInfoProducerName: str = "",
                  prefillTokensPerSecond: float = 10_000, itlBudgetMs: float = 0, maxNumBatchedTokens: int = 8192,
                  failurePenaltyMs: float = 2000, forgetFactor: float = 0.97, computeWeight: float = 1.0,
-                 affinitySlack: float = 0.0) -> None:
+                 affinitySlack: float = 0.0, evictionWeight: float = 1.0) -> None:
         super().__init__(name)
         t = self.type_name
         self.producer_name = prefixMatchInfoProducerName
@@ -53,7 +56,8 @@ class PredictedLatencyScorer(Scorer, BindsPlugins, HasSubPlugins, PrefixMatchCon
             max_batched_tokens=need_int(t, "maxNumBatchedTokens", maxNumBatchedTokens, 1),
             failure_penalty=need_number(t, "failurePenaltyMs", failurePenaltyMs, 0.0) / 1000.0,
             forget=need_number(t, "forgetFactor", forgetFactor, 0.5, 1.0),
-            compute_weight=need_number(t, "computeWeight", computeWeight, 0.0))
+            compute_weight=need_number(t, "computeWeight", computeWeight, 0.0),
+            evict_weight=need_number(t, "evictionWeight", evictionWeight, 0.0))
         self._own = None
 
     def bind(self, plugins: dict) -> None:
