@@ -59,7 +59,7 @@ def _run(p90s, tps, cpu=(False, False, False)):
     return {"scenario": {"goals": [{"kind": "best-epp"}, {"kind": "vs-peers", "min_ttft_p90_x": 1.5},
                                    {"kind": "pair", "router": "epp-b", "baseline": "epp-a", "min_throughput_x": 1.25,
                                     "min_ttft_p90_x": 3}]},
-            "routers": {n: {"status": "ok", "stages": [{"level": 10, "ttft_p90_s": p, "output_tok_per_s": t,
+            "routers": {n: {"status": "ok", "stages": [{"level": 10, "ttft_p90_s": p, "output_tok_per_s": t, "completed": t,
                                                           "cpu": {"machine_busy": 0.5, "cpu_bound": c, "why": "x" if c else "",
                                                                   "cores": {}}}]}
                         for (n, p), t, c in zip(p90s.items(), tps, cpu)}}
