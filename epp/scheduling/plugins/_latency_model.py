@@ -140,7 +140,7 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
     def __init__(self, name: str | None = None, prefix_producer: str = "", prefill_tokens_per_s: float = 10_000.0,
                  a0: float = 0.02, forget: float = 0.97, warmup: float = 4.0, max_batched_tokens: int = 8192,
                  failure_penalty: float = 2.0, compute_weight: float = 1.0, evict_weight: float = 0.0,
-                 clock=time.monotonic) -> None:
+                 kv_full: float = 0.9, clock=time.monotonic) -> None:
         super().__init__(name)
         self.producer_name = prefix_producer
         self.producer: PrefixMatchProducer | None = None
@@ -156,6 +156,8 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
         self.clock = clock
         self.pods: dict[str, _Pod] = {}
         self.mean_uncached = 0.0
+        self.mean_output = 0.0        # output tokens per answer (EWMA, from usage)
+        self.kv_full = kv_full
         self._inflight: dict[int, _InFlight] = {}    # id(request) -> what it was booked as
         self._key = f"latency/{self.name}"
         self._pool = (a0, self.b0)
@@ -245,6 +247,13 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
             others -= pod.started_since(m.updated)
         work = pod.pending_tokens + (others * mean_u if others > 0 else 0.0) + uncached
         ttft = a + b * work
+        if m.kv_usage >= self.kv_full and pod.d_seen:
+            # the pod's KV cache is full: what waits there starts only as running requests finish and free
+            # their blocks, one request's lifetime (d x mean output) per running batch (Little's law)
+            ahead = pod.pending_n + (others if others > 0 else 0)
+            slots = a + ahead * pod.d * self.mean_output / max(1.0, m.running)
+            if slots > ttft:
+                ttft = slots
         if pod.down_until > now:
             ttft += self.failure_penalty
         decoding = pod.answering > 0 or m.running > pod.pending_n
@@ -315,6 +324,8 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
         if entry.first:
             dec.answering -= 1
             n = usage.completion_tokens if usage is not None and usage.seen else 0
+            if n > 0:
+                self.mean_output += 0.05 * (n - self.mean_output) if self.mean_output else n
             if n > 1 and (status is None or status < 400):
                 per_token = (self.clock() - entry.first) / (n - 1)
                 dec.d = per_token if not dec.d_seen else dec.d + 0.1 * (per_token - dec.d)
