@@ -239,3 +239,18 @@ def test_a_cold_prefix_goes_where_it_evicts_least():
             assert scores[1] == 1.0 and scores[0] < 0.9
         else:
             assert scores[0] == pytest.approx(scores[1], rel=1e-2)
+
+
+def test_a_full_kv_cache_queues_by_request_slots():
+    s = scorer(computeWeight=0.0, evictionWeight=0.0)
+    m = s.model
+    full, free = endpoint(1), endpoint(2)
+    for ep in (full, free):
+        pod = m._pod(ep.address)
+        pod.d, pod.d_seen = 0.01, True            # 10 ms per output token
+    m.mean_output = 200                          # a request lives ~2 s
+    full.metrics.kv_usage, full.metrics.running, full.metrics.waiting = 0.97, 8, 4
+    free.metrics.kv_usage, free.metrics.running = 0.5, 8
+    est = m.estimates(CycleState(), request(b"x" * 400), [full, free])
+    # 4 waiting, a slot every 2 s / 8 running: >= 1 s before this one starts
+    assert est[0].ttft >= 1.0 and est[1].ttft < 0.1
