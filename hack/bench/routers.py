@@ -33,7 +33,7 @@ from . import ROOT
 PY = sys.executable
 VENVS = os.path.join(ROOT, "out", "bench-venvs")
 CONFIGS = {"epp-random": "config/random.yaml", "epp-load-only": "config/load-only.yaml",
-           "epp-approx": "config/default.yaml", "epp-prefix-heavy": "config/prefix-heavy.yaml",
+           "epp-approx": "config/upstream-default.yaml", "epp-prefix-heavy": "config/prefix-heavy.yaml",
            "epp-precise": "config/precise.yaml", "epp-pd": "config/pd.yaml",
            # a control: the approximate scorer with precise.yaml's weights (prefix 3, KV 1, queue 1)
            "epp-approx-pw": "hack/bench/configs/approx-precise-weights.yaml",

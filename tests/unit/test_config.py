@@ -150,8 +150,9 @@ def test_each_example_loads(path):
     assert c.profiles and all(p.picker is not None for p in c.profiles)
 
 
-def test_default_example_equals_built_in_default():
+def test_upstream_default_example_equals_built_in_default():
+    """epp with no --config-file runs upstream's default (drop-in fidelity); upstream-default.yaml spells it out."""
     from epp.scheduling.config import DEFAULT_CONFIG
-    a = load(open(os.path.join(ROOT, "config", "default.yaml")).read())
+    a = load(open(os.path.join(ROOT, "config", "upstream-default.yaml")).read())
     b = load(DEFAULT_CONFIG)
     assert a.describe() == b.describe()
