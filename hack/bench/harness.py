@@ -81,12 +81,30 @@ async def _inference_perf(s: Scenario, name: str, running, pool, groups: dict, h
     return summaries, (round(sum(a["hits"] - b["hits"] for a, b in zip(after, before)) / q, 4) if q else float("nan"))
 
 
+def _start_pool(kids: Children, s: Scenario, name: str, tries: int = 3):
+    """The scenario's pool; started again (new ports) when a sim lost its port to another process on a
+    shared machine between the harness choosing it and the sim binding it."""
+    for attempt in range(tries):
+        try:
+            return poolmod.start(kids, s.pool, name, kv_endpoints=s.router_replicas, respawn=eventsmod.needs_respawn(s))
+        except RuntimeError as e:
+            log = kids.log(f"{name}-pool")
+            text = open(log, errors="replace").read() if os.path.exists(log) else ""
+            if attempt + 1 == tries or "address already in use" not in text:
+                raise
+            print(f"  {name}: a sim's port was taken ({e}); starting the pool again", flush=True)
+            for n, p in list(kids.procs):
+                if n == f"{name}-pool":
+                    kids.stop(p)
+    raise RuntimeError("unreachable")
+
+
 async def run_router(s: Scenario, name: str, kids: Children, opts) -> dict:
     ts = s.pool.time_scale
     ld = s.load
     out: dict = {"status": "ok", "stages": []}
     t0 = time.time()
-    pool = poolmod.start(kids, s.pool, name, kv_endpoints=s.router_replicas, respawn=eventsmod.needs_respawn(s))
+    pool = _start_pool(kids, s, name)
     running = None
     try:
         running = routers.start(kids, name, pool, install=opts.install, envoy_concurrency=opts.envoy_concurrency,
