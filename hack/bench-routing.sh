@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-out/bench/routing-$(date +%Y%m%d-%H%M%S)}
 REPEAT=${REPEAT:-3}
 rc=0
-for s in ${SCENARIOS:-heterogeneous churn two-replicas decode-heavy agentic bursty}; do
+for s in ${SCENARIOS:-heterogeneous bursty decode-heavy agentic two-replicas churn}; do
   hack/bench.sh run "$s" --repeat "$REPEAT" --out "$OUT/$s" "$@" || rc=1
 done
 if [ "${PD:-1}" != 0 ]; then
