@@ -150,6 +150,13 @@ def test_each_example_loads(path):
     assert c.profiles and all(p.picker is not None for p in c.profiles)
 
 
+def test_shipped_default_is_the_predicted_latency_config():
+    """config/default.yaml (stack, manifests) is predicted-latency.yaml under the name deployments use."""
+    a = load(open(os.path.join(ROOT, "config", "default.yaml")).read())
+    b = load(open(os.path.join(ROOT, "config", "predicted-latency.yaml")).read())
+    assert a.describe() == b.describe()
+
+
 def test_upstream_default_example_equals_built_in_default():
     """epp with no --config-file runs upstream's default (drop-in fidelity); upstream-default.yaml spells it out."""
     from epp.scheduling.config import DEFAULT_CONFIG
