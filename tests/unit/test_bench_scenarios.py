@@ -83,3 +83,20 @@ def test_best_epp_must_not_buy_its_latency_with_throughput():
     res = _run({"epp-a": 0.1, "peer": 0.2}, [80, 100])
     (best, met, detail), *_ = goals.check(res)
     assert met is False and "peer" in detail
+
+
+def test_two_epp_replicas_share_one_ext_proc_cluster_round_robin():
+    from hack.bench.replicas import spread_ext_proc
+    from testbed.envoy import bootstrap
+    cfg = spread_ext_proc(bootstrap(9901, {"FULL_DUPLEX_STREAMED": 8081}, epp_port=9002), [9002, 9012])
+    epp = next(c for c in cfg["static_resources"]["clusters"] if c["name"] == "epp")
+    ports = [e["endpoint"]["address"]["socket_address"]["port_value"]
+             for e in epp["load_assignment"]["endpoints"][0]["lb_endpoints"]]
+    assert ports == [9002, 9012] and epp["lb_policy"] == "ROUND_ROBIN"
+
+
+def test_sims_publish_kv_events_to_every_replica():
+    from hack.bench.pool import sim_flags
+    flags = sim_flags(scenario.from_dict(BASE).pool, 5557, [5558])
+    cfg = __import__("json").loads(flags[flags.index("--kv-events-config") + 1])
+    assert cfg["endpoint"] == "tcp://127.0.0.1:5557,tcp://127.0.0.1:5558"
