@@ -60,7 +60,9 @@ class Pod:
         self.engine = Engine(self.cfg, self.profile)
         self.busy_until = None          # end of the step in flight
         self.epoch = 0
-        self.ep = Endpoint(name=f"pod-{i}", address=f"10.0.0.{i + 1}:8000")
+        roles = [r.strip() for r in p.roles.split(",")]
+        self.ep = Endpoint(name=f"pod-{i}", address=f"10.0.0.{i + 1}:8000",
+                           labels={"llm-d.ai/role": roles[i % len(roles)]})
         self.requests: dict[str, tuple] = {}   # request id -> (decision, director, first seen)
 
     def restart(self) -> None:
@@ -131,7 +133,7 @@ def run(s, config_text: str, stages: list[float], seed: int = 1) -> list[dict]:
     for _ in range(max(1, s.router_replicas)):
         store = EndpointStore()
         # replicas see the same pods (their own Endpoint objects: in-flight counts are per replica)
-        eps = [Endpoint(name=p.ep.name, address=p.ep.address) for p in pods]
+        eps = [Endpoint(name=p.ep.name, address=p.ep.address, labels=dict(p.ep.labels)) for p in pods]
         store.replace(eps)
         sched = from_config(load(config_text))
         for pl in sched.plugins:
@@ -163,6 +165,8 @@ def run(s, config_text: str, stages: list[float], seed: int = 1) -> list[dict]:
         if pod.busy_until is not None:
             return
         out = pod.engine.step(clock.t)
+        for pulled in pod.engine.take_pending_loads():     # P/D: the decode side pulls the KV over the network
+            push(clock.t + pod.profile.transfer_time(pulled.load_tokens), "loaded", (pod, pod.epoch, pulled.request_id))
         if out is None:
             return
         pod.busy_until = out.end
@@ -213,9 +217,17 @@ def run(s, config_text: str, stages: list[float], seed: int = 1) -> list[dict]:
                 pod = next(p for p in pods if p.ep.address == dec.targets[0].address)
                 ids_, max_tokens = tokens_of(body)
                 rid = f"r{next(ids)}"
-                pod.engine.add_request(Request(rid, ids_, max_tokens, t))
                 rec = {"t": t, "ttft": None, "out": 0, "pod": pod.ep.address, "prompt": len(ids_), "cached": 0}
                 recs.append(rec)
+                pre = dec.result.prefill_target() if dec.result is not None else None
+                if pre is not None:        # P/D: the sidecar's prefill leg first, then the decode with a KV pull
+                    ppod = next(p for p in pods if p.ep.address == pre.address)
+                    rec["disagg"] = True
+                    ppod.engine.add_request(Request("p" + rid, ids_, 1, t, remote_decode=True))
+                    ppod.requests["p" + rid] = (dec, d, rec, ("leg", pod, rid, ids_, max_tokens))
+                    kick(ppod)
+                    continue
+                pod.engine.add_request(Request(rid, ids_, max_tokens, t))
                 pod.requests[rid] = (dec, d, rec)
                 kick(pod)
                 continue
@@ -239,6 +251,12 @@ def run(s, config_text: str, stages: list[float], seed: int = 1) -> list[dict]:
                     pod.requests.clear()
                     pod.restart()
                 continue
+            if kind == "loaded":
+                pod, epoch, rid = payload
+                if epoch == pod.epoch:
+                    pod.engine.finish_remote_load(rid, True, t)
+                    kick(pod)
+                continue
             pod, epoch, out = payload
             if epoch != pod.epoch:
                 continue
@@ -247,14 +265,29 @@ def run(s, config_text: str, stages: list[float], seed: int = 1) -> list[dict]:
                 entry = pod.requests.get(o.request.request_id)
                 if entry is None:
                     continue
+                if len(entry) == 4:             # a prefill leg finished: release its blocks, start the decode
+                    if o.finished:
+                        dec, d, rec, (_, dpod, rid, ids_, max_tokens) = entry
+                        del pod.requests[o.request.request_id]
+                        pod.engine.release_pinned(o.request.request_id)
+                        dpod.engine.add_request(Request(rid, ids_, max_tokens, t,
+                                                        remote_prefill={"remote_block_ids": [0]}))
+                        dpod.requests[rid] = (dec, d, rec)
+                        kick(dpod)
+                    continue
                 dec, d, rec = entry
                 if rec["ttft"] is None and o.new_token_ids:
                     rec["ttft"] = t - rec["t"]
                     rec["cached"] = max(0, o.request.num_cached_tokens)
                     d.response_started(dec, 200, True)
                     dec.usage.feed(CHUNK)
+                if o.new_token_ids:
+                    if "last" in rec:
+                        rec.setdefault("itl", []).append(t - rec["last"])
+                    rec["last"] = t
                 rec["out"] += len(o.new_token_ids)
                 if o.finished:
+                    rec["end"] = t
                     dec.usage.feed(b'data: {"usage":{"prompt_tokens":%d,"completion_tokens":%d}}\n\n'
                                    % (rec["prompt"], rec["out"]))
                     d.done(dec, 200)
@@ -274,7 +307,12 @@ def run(s, config_text: str, stages: list[float], seed: int = 1) -> list[dict]:
                     if pod is not None:
                         a_, b_ = pl.fit(pod)
                         fits.append(f"{a_ * 1e3:.0f}ms+{b_ * 1e6:.0f}us")
-        results.append({"fits": " ".join(fits), "rate": rate, "n": len(recs), "errors": len(recs) - len(ok),
+        itl = sorted(x for r in ok for x in r.get("itl", []))
+        e2e = sorted(r["end"] - r["t"] for r in ok if "end" in r)
+        results.append({"itl_p90": itl[int(len(itl) * 0.9)] if itl else float("nan"),
+                        "e2e_p90": e2e[int(len(e2e) * 0.9)] if e2e else float("nan"),
+                        "disagg": sum(1 for r in recs if r.get("disagg")) / max(1, len(recs)),
+                        "fits": " ".join(fits), "rate": rate, "n": len(recs), "errors": len(recs) - len(ok),
                         "ttft_p50": ttft[len(ttft) // 2] if ttft else float("nan"),
                         "ttft_p90": ttft[int(len(ttft) * 0.9)] if ttft else float("nan"),
                         "tok_s": sum(r["out"] for r in ok) / span, "hit": hit, "pods": per_pod})
@@ -289,7 +327,7 @@ def median_runs(s, text: str, rates: list[float], seed: int, n: int) -> list[dic
     out = []
     for stage in zip(*runs):
         m = dict(stage[0])
-        for k in ("ttft_p50", "ttft_p90", "tok_s", "hit", "errors"):
+        for k in ("ttft_p50", "ttft_p90", "tok_s", "hit", "errors", "itl_p90", "e2e_p90", "disagg"):
             m[k] = statistics.median(x[k] for x in stage)
         m["pods"] = [round(statistics.mean(x["pods"][i] for x in stage)) for i in range(len(stage[0]["pods"]))]
         m["fits"] = f"(median of {n})"
@@ -341,6 +379,7 @@ def main() -> None:
         for r in median_runs(s, text, rates, a.seed, a.seeds):
             print(f"{os.path.basename(c):34s} {r['rate']:6g}: TTFT p50 {r['ttft_p50'] * 1e3:7.1f} ms  p90 "
                   f"{r['ttft_p90'] * 1e3:8.1f} ms  {r['tok_s']:7.0f} tok/s  hit {r['hit']:.1%}  err {r['errors']}  "
+                  f"ITL p90 {r['itl_p90'] * 1e3:5.1f} ms  E2E p90 {r['e2e_p90']:.2f} s  disagg {r['disagg']:.0%}  "
                   f"pods {r['pods']}  {r['fits']}", flush=True)
 
 

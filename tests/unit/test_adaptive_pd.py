@@ -1,5 +1,5 @@
-"""epp-adaptive-pd-decider: disaggregates only when the uncached part is long, the decode pod has decodes
-to protect and a prefill pod would give the first token no later; config/pd-adaptive.yaml end to end."""
+"""epp-adaptive-pd-decider: disaggregates only when the uncached part is long and a prefill pod would give
+the first token within `headroom` of prefilling on the decode pod; config/pd-adaptive.yaml end to end."""
 import os
 
 import orjson
@@ -38,13 +38,12 @@ LONG = "word " * 1600          # 8,000 bytes: 2,000 tokens at 4 bytes each
 SHORT = "word " * 200
 
 
-def test_short_prompts_and_idle_decode_pods_prefill_locally():
+def test_short_prompts_prefill_locally():
     d, _ = setup([pod(1, "prefill"), pod(2, "decode")])
     assert decide(d, SHORT)[2] == "below_threshold"
-    assert decide(d, LONG)[1:] == ("decode-only", "idle_decode")
 
 
-def test_a_busy_decode_pod_sends_long_prefills_to_a_free_prefill_pod():
+def test_long_prefills_go_to_a_prefill_pod_with_headroom():
     d, _ = setup([pod(1, "prefill"), pod(2, "decode", running=12)])
     dec, decision, reason = decide(d, LONG)
     assert (decision, reason) == ("prefill-decode", "uncached")
@@ -56,6 +55,10 @@ def test_work_flows_back_to_the_decode_pod_when_the_prefill_pods_are_behind():
     model = next(p for p in s.plugins if type(p).__name__ == "LatencyModel")
     model.mean_uncached = 2000                       # 20 queued prompts of ~2,000 tokens on the prefill pod
     assert decide(d, LONG)[1:] == ("decode-only", "prefill_busy")
+    # within headroom: 1 queued prompt on the prefill pod (2x the local TTFT at most) still goes there
+    d, s = setup([pod(1, "prefill", waiting=1), pod(2, "decode", running=12)])
+    next(p for p in s.plugins if type(p).__name__ == "LatencyModel").mean_uncached = 2000
+    assert decide(d, LONG)[1:] == ("prefill-decode", "uncached")
 
 
 def test_parameters():

@@ -1,31 +1,29 @@
 """epp-adaptive-pd-decider (ours, not an upstream type): a separate prefill only when it pays now.
 
 With the decode pod d already picked, the latency model (docs/predicted-latency.md) predicts for this
-request the TTFT of prefilling on d itself and on each prefill pod p, and what prefilling on d would add
-to the step time of d's running decodes (its stall):
+request the TTFT of prefilling on d itself and on each prefill pod p:
 
-    u(d)  = prompt tokens - tokens d already holds
-    local = TTFT(d) = a(d) + b(d) x (prefill queued on d + u(d))
+    u(d)   = prompt tokens - tokens d already holds
+    local  = TTFT(d) = a(d) + b(d) x (prefill queued on d + u(d))
     remote = min over prefill pods p of TTFT(p) = a(p) + b(p) x (prefill queued on p + u(p))
              (a(p) is learned from disaggregated requests, so it includes the KV transfer)
-    stall = min(u(d), maxNumBatchedTokens) x b(d)     when d has decodes running, else 0
 
-    disaggregate  iff  u(d) >= minUncachedTokens          the uncached part is long enough to matter
-                  and  stall > 0                          it would stall running decodes (an idle
-                                                          decode pod prefills faster itself)
-                  and  remote <= headroom x local          the prefill pods have headroom now
+    disaggregate  iff  u(d) >= minUncachedTokens        the uncached part is long enough to stall d's batch
+                  and  remote <= headroom x local        the prefill pods have headroom now
 
-Otherwise the decode pod prefills the request itself. Under light load that keeps the transfer off
-short or cached prompts; at moderate load decode pods are busy decoding and the prefill pods are free,
-so long prompts move off the decode pods (ITL protected); when the prefill pods' queues grow past what
-the decode pod would take, prefill work flows back to the decode pods, so the pool keeps the
-throughput of the same pods aggregated instead of queueing on too few prefill pods.
+Otherwise the decode pod prefills the request itself. headroom (default 2) is what a first token may
+cost in extra wait to keep a long prefill out of the decode pod's batch: a prefill on d stalls every
+decode running there for as long as it takes (min(u, maxNumBatchedTokens) x b(d) per step), which the
+request's own TTFT does not show. At light and moderate load the prefill pods have headroom and long
+prompts go there (the decode pods' ITL and E2E stay those of pure decode); when the prefill pods' queues
+grow past headroom x what the decode pod would take, prefill work flows back to the decode pods instead
+of queueing on too few prefill pods, so throughput stays near the same pods aggregated.
 
-Parameters: minUncachedTokens (default 512), headroom (default 1.0), latencyScorerName (the
+Parameters: minUncachedTokens (default 512), headroom (default 2.0), latencyScorerName (the
 epp-predicted-latency-scorer whose model to share; default: the configured one, else a model of the
 decider's own), prefixMatchInfoProducerName (for a model of its own), maxNumBatchedTokens (same).
-Decisions are counted with reasons: uncached (disaggregated), below_threshold, idle_decode,
-prefill_busy, no_prefill_pod.
+Decisions are counted with reasons: uncached (disaggregated), below_threshold, prefill_busy,
+no_prefill_pod.
 """
 from __future__ import annotations
 
@@ -36,7 +34,6 @@ from ._latency_model import LatencyModel
 from ._roles import PREFILL_ROLES, ROLE_LABEL
 from .epp_predicted_latency_scorer import PredictedLatencyScorer
 
-IDLE_DECODE = "idle_decode"          # the decode pod has no decodes to stall: it prefills faster itself
 PREFILL_BUSY = "prefill_busy"        # the prefill pods' queues would make the first token later
 
 
@@ -44,7 +41,7 @@ PREFILL_BUSY = "prefill_busy"        # the prefill pods' queues would make the f
 class AdaptivePDDecider(PDDecider, BindsPlugins):
     type_name = "epp-adaptive-pd-decider"
 
-    def __init__(self, name: str | None = None, minUncachedTokens: int = 512, headroom: float = 1.0,
+    def __init__(self, name: str | None = None, minUncachedTokens: int = 512, headroom: float = 2.0,
                  latencyScorerName: str = "", prefixMatchInfoProducerName: str = "",
                  maxNumBatchedTokens: int = 8192) -> None:
         super().__init__(name)
@@ -87,16 +84,13 @@ class AdaptivePDDecider(PDDecider, BindsPlugins):
         if local.uncached < self.min_uncached:
             return False, BELOW_THRESHOLD, (f"{local.uncached} tokens uncached on {endpoint.address} < "
                                             f"minUncachedTokens {self.min_uncached}")
-        if local.stall <= 0.0:
-            return False, IDLE_DECODE, (f"{endpoint.address} runs no decodes: prefilling {local.uncached} tokens "
-                                        f"there ({local.ttft * 1e3:.0f} ms) stalls nobody")
         prefill = [ep for ep in state.get(CANDIDATES) or () if ep.labels.get(ROLE_LABEL) in PREFILL_ROLES
                    and ep.address != endpoint.address]
         if not prefill:
             return False, NO_PREFILL_POD, "no prefill endpoint among the candidates"
         remote = min(model.estimates(state, request, prefill), key=lambda e: e.ttft)
-        what = (f"TTFT remote {remote.ttft * 1e3:.0f} ms vs local {local.ttft * 1e3:.0f} ms, "
-                f"{local.uncached} tokens uncached, stall {local.stall * 1e3:.0f} ms per step")
+        what = (f"TTFT remote {remote.ttft * 1e3:.0f} ms vs local {local.ttft * 1e3:.0f} ms (headroom "
+                f"{self.headroom:g}), {local.uncached} tokens uncached on {endpoint.address}")
         if remote.ttft <= self.headroom * local.ttft:
             return True, UNCACHED, what
         return False, PREFILL_BUSY, what
