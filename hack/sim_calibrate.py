@@ -184,6 +184,12 @@ SOURCES = {
         "vllm-project.github.io @ c3a01c4, _posts/2026-05-11-turboquant.md, Figures 1, 12, 14; BF16 KV baseline). "
         "Llama-3.3-70B-Instruct (same architecture as 3.1-70B), BF16, 4x H100 (TP4), vLLM 0.20.2, "
         "`vllm bench serve`, 1024 input / 512 output tokens, 300 prompts, request rate 2, 8, inf."),
+    "musgrave": (
+        "J. Musgrave, \"vLLM throughput-latency sweep on NVIDIA A100\", https://johnmusgrave.com/p/"
+        "vllm-throughput-latency-sweep-on: Llama-3.1-8B-Instruct BF16 on one A100 40GB (Lambda), vLLM 0.23.0 "
+        "defaults, `vllm bench serve` random 1024 in / 128 out with --ignore-eos, --max-concurrency C and "
+        "C x 20 prompts for C = 1..64. The text gives ~75 tok/s decode at C = 1 (77% of the bandwidth "
+        "ceiling) and a 6.6x throughput gain from C = 1 to C = 8."),
     "lambda": (
         "Lambda, \"LLMs inference benchmarks, using vLLM, on Lambda Cloud\", github.com/LambdaLabsML/"
         "vllm-benchmark, results/prompt_{10,80,320}/1xH100-80GB-SXM/Meta-Llama-3-8B-Instruct_tp1_len2048.json "
@@ -347,6 +353,11 @@ REFS = [
         "req_ps", "v0-ms", read=True),
     Ref("llama-8b-h100", "req/s (max)", "500 x 462 in / 16 out at once", 59.0, "req/s", "v060", "v060:prefill",
         "req_ps", "v0-ms", read=True),
+    # ---- llama-8b-a100-40gb ---------------------------------------------------------------------------
+    Ref("llama-8b-a100-40gb", "decode tok/s (1 / TPOT)", "1 request, 1k in / 128 out", 75.0, "tok/s", "musgrave",
+        "sweep:1", "decode_tps"),
+    Ref("llama-8b-a100-40gb", "out tok/s gain C=8 / C=1", "conc 1 and 8, 1k in / 128 out", 6.6, "x", "musgrave",
+        "sweep:gain8", "gain"),
     # ---- llama-70b-4xh100 ----------------------------------------------------------------------------
     Ref("llama-70b-4xh100", "TPOT mean", "1024 in / 512 out, 2 req/s", 19.7, "ms", "turboquant", "tq:2",
         "tpot_mean", read=True),
@@ -472,6 +483,7 @@ def _poisson(lens, rate: float, rng: random.Random):
 
 V0 = {"max_num_seqs": 256}                                  # vLLM 0.6 defaults; max_num_batched_tokens =
 V1_H100 = {"max_num_seqs": 1024, "max_num_batched_tokens": 8192}   # max(max_model_len, 2048) without chunking
+V1_SMALL = {"max_num_seqs": 256, "max_num_batched_tokens": 2048}   # vLLM V1 serve defaults below 70 GiB
 
 
 @functools.lru_cache(maxsize=None)
@@ -482,6 +494,13 @@ def scenario(profile_name: str, name: str) -> dict:
     rng = random.Random(name)
     if kind == "c1":            # concurrency 1, 128 output tokens (fp8kv sweep)
         return bench(p, [(0.0, int(arg), 128)], **V1_H100)
+    if kind == "sweep":         # vllm bench serve random 1024 / 128, --max-concurrency C, C x 20 prompts
+        if arg == "gain8":
+            one, eight = scenario(profile_name, "sweep:1"), scenario(profile_name, "sweep:8")
+            return {"gain": eight["out_tps"] / one["out_tps"]}
+        c = int(arg)
+        r = bench(p, [(0.0, 1024, 128)] * (20 * c), concurrency=c, **V1_SMALL)
+        return {**r, "decode_tps": 1000.0 / r["tpot_p50"]}
     if kind == "c8-20k":        # 150 requests, concurrency 8, ~20k in / ~2k out +-15% (fp8kv Table 4)
         lens = [(0.0, round(20000 * rng.uniform(0.85, 1.15)), round(2000 * rng.uniform(0.85, 1.15)))
                 for _ in range(150)]

@@ -10,7 +10,8 @@
 The web view (epp --ui) is at http://127.0.0.1:8082/ui (Envoy's port + 1): the pool and every routing
 decision, live. After the demo a light load (--load requests/s, 0 for none) keeps the page moving.
 
---config is epp's --config-file (default: epp's default profile; config/pd.yaml with --topology pd).
+--config is epp's --config-file (default: the shipped default, config/default.yaml; config/pd.yaml with
+--topology pd).
 Everything after `--` goes to epp as given, after the stack's own flags, so it wins over them; the
 ports and the endpoints file are the stack's to choose. A flag epp rejects stops the stack with epp's
 own message. Relative paths are taken from the directory you run the stack in.
@@ -33,6 +34,9 @@ from testbed import pd as pd_pods
 from testbed.children import Children, stop_on_signals
 from testbed.endpoints import write_endpoints
 from testbed.envoy import HEADERS_ONLY, bootstrap, find_envoy, start_envoy
+
+# what a deployment gets unless it chooses (manifests/base carries a copy)
+SHIPPED_DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "default.yaml")
 from testbed.epp import start_epp
 from testbed.http1 import post
 from testbed.ports import free_port, free_range
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             pods = pods_pd["prefill"] + pods_pd["decode"]
         else:
             pods = start_pods(kids, args, efile)
-        config = args.config or (pd_pods.EPP_CONFIG if pd else None)
+        config = args.config or (pd_pods.EPP_CONFIG if pd else SHIPPED_DEFAULT)
         grpc_port, metrics_port = free_port(), free_port()
         epp = start_epp(kids, efile, grpc_port, extra=["--decision-header", "--metrics-port", str(metrics_port),
                                                        "--ui", "--ui-port", str(args.ui_port),
@@ -222,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                     [args.port])
         time.sleep(0.5)  # a few metric scrapes
         print(f"pods ({args.backend}): {', '.join(pods)}\nepp: ext_proc 127.0.0.1:{grpc_port}, metrics "
-              f"http://127.0.0.1:{metrics_port}/metrics, config {config or '(default profile)'}"
+              f"http://127.0.0.1:{metrics_port}/metrics, config {os.path.relpath(config) if config else '(default profile)'}"
               + (f", flags {shlex.join(args.epp_flags)}" if args.epp_flags else "")
               + f"\nenvoy: http://127.0.0.1:{args.port}\nlogs: {logdir}"
               + f"\n\nweb view: http://127.0.0.1:{args.ui_port}/ui   (the pool and every routing decision, live)")

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, fields
 
 import yaml
 
-
 # the benchmark's epp routers: the EndpointPickerConfig each runs (paths from the repository root)
 ROUTER_CONFIGS = {"epp-random": "config/random.yaml", "epp-load-only": "config/load-only.yaml",
                   "epp-approx": "config/default.yaml", "epp-prefix-heavy": "config/prefix-heavy.yaml",
@@ -22,11 +21,42 @@ ROUTER_CONFIGS = {"epp-random": "config/random.yaml", "epp-load-only": "config/l
                   # flow control sized for the noisy-neighbor scenario's pool (maxConcurrency = its max_num_seqs)
                   "epp-flow": "hack/bench/configs/noisy-neighbor-flow.yaml",
                   # a control: the approximate scorer with precise.yaml's weights (prefix 3, KV 1, queue 1)
-                  "epp-approx-pw": "hack/bench/configs/approx-precise-weights.yaml"}
+                  "epp-approx-pw": "hack/bench/configs/approx-precise-weights.yaml",
+                  # upstream's default as epp runs it with no config (the prefix producer uncapped)
+                  "epp-upstream": "config/upstream-default.yaml",
+                  # ours: the predicted-latency scorer on the approximate producer, and on the precise one
+                  "epp-latency": "config/predicted-latency.yaml",
+                  "epp-latency-precise": "config/predicted-latency-precise.yaml",
+                  "epp-pd-adaptive": "config/pd-adaptive.yaml"}
 
 
 class ScenarioError(ValueError):
     pass
+
+
+EVENT_ACTIONS = ("restart", "reset_prefix_cache")
+
+
+def validate_events(s) -> None:
+    n = s.pool.count
+    for i, ev in enumerate(s.events or []):
+        where = f"{s.path}: events[{i}]"
+        if not isinstance(ev, dict) or set(ev) - {"stage", "at_s", "action", "pod"}:
+            raise ScenarioError(f"{where}: a mapping of stage, at_s, action, pod")
+        if ev.get("action") not in EVENT_ACTIONS:
+            raise ScenarioError(f"{where}: action must be one of {', '.join(EVENT_ACTIONS)}")
+        if not isinstance(ev.get("pod"), int) or not 0 <= ev["pod"] < n:
+            raise ScenarioError(f"{where}: pod must be an index below pool.count ({n})")
+        if not isinstance(ev.get("stage"), int) or ev["stage"] < 1:
+            raise ScenarioError(f"{where}: stage is 1-based")
+    sc = s.side_client or {}
+    if sc:
+        if set(sc) - {"rate", "pods", "stages"} or not isinstance(sc.get("rate"), (int, float)) or sc["rate"] <= 0:
+            raise ScenarioError(f"{s.path}: side_client: {{rate > 0, pods: [indexes], stages: [1-based]}}")
+        if not sc.get("pods") or any(not isinstance(p, int) or not 0 <= p < n for p in sc["pods"]):
+            raise ScenarioError(f"{s.path}: side_client.pods: pod indexes below pool.count ({n})")
+
+
 
 
 @dataclass
@@ -43,6 +73,7 @@ class Pool:
     kv_events: bool = True            # every pod publishes KV events (precise routers subscribe)
     model: str = "sim-model"
     sim_args: list = field(default_factory=list)   # any other vllm-sim flags
+    profiles: list = field(default_factory=list)   # latency profiles cycled over the pods (unlike GPUs); [] = profile
 
 
 @dataclass
@@ -70,11 +101,17 @@ class Workload:
     # tenants (optional): each its own Poisson arrivals at rate_x x the stage's rate (a number, or one per
     # stage), its requests carrying its headers (fairness id, objective); empty: one anonymous stream
     tenants: list = field(default_factory=list)
+    # agentic: each session (its own x-session-id) shares a tool-definitions system prompt with its group,
+    # then every turn sends the whole history plus a tool result of tool_min..tool_max tokens
+    tool_min: int = 200
+    tool_max: int = 800
+    think_s: float = 0.0              # engine seconds a session waits between an answer and its next turn
 
 
 @dataclass
 class Load:
-    mode: str = "poisson"             # poisson (open loop) | concurrency (closed loop)
+    mode: str = "poisson"             # poisson (open loop) | concurrency (closed loop) | sessions (agentic:
+                                      # Poisson arrivals of sessions, each sending its turns one after another)
     rates: list = field(default_factory=lambda: [1.0])          # engine req/s, one stage each, in order
     concurrency: list = field(default_factory=lambda: [4])      # closed loop: in-flight requests per stage
     duration_s: float = 60.0          # engine seconds of arrivals per stage
@@ -82,6 +119,8 @@ class Load:
     warmup_requests: int = 0          # before the first stage, not measured (caches warm, events flowing)
     drain_timeout_s: float = 600.0    # engine seconds to wait for a stage's last requests
     request_timeout_s: float = 1200.0  # engine seconds before a request counts as an error
+    on_s: float = 0.0                 # bursty: arrivals only during on_s of every on_s + off_s engine seconds,
+    off_s: float = 0.0                #   at rate x (on_s + off_s) / on_s, so the stage's mean rate is its rate
 
 
 @dataclass
@@ -95,6 +134,10 @@ class Scenario:
     quick: dict = field(default_factory=dict)     # overrides applied by --quick (same nesting)
     goal: dict = field(default_factory=dict)      # optional: {router, baseline, min_throughput_x, min_ttft_p90_x}
     epp_args: list = field(default_factory=list)  # extra flags for every epp router (e.g. --objective NAME=PRIORITY)
+    goals: list = field(default_factory=list)     # checked on every run (hack/bench/goals.py): best-epp, vs-peers, pair
+    router_replicas: int = 1                      # each router as N replicas behind Envoy (epp: N epp processes)
+    events: list = field(default_factory=list)    # churn: [{stage, at_s, action: restart | reset_prefix_cache, pod}]
+    side_client: dict = field(default_factory=dict)  # churn: {rate, pods, stages}: requests straight to pods
     path: str = ""
 
 
@@ -151,14 +194,22 @@ def load(path: str, quick: bool = False) -> Scenario:
 
 def validate(s: Scenario) -> None:
     w, ld, p = s.workload, s.load, s.pool
-    if w.type not in ("shared_prefix", "random", "multi_turn", "long_input"):
-        raise ScenarioError(f"{s.path}: workload.type {w.type!r}: use shared_prefix, random, multi_turn or long_input")
+    if w.type not in ("shared_prefix", "random", "multi_turn", "long_input", "agentic"):
+        raise ScenarioError(f"{s.path}: workload.type {w.type!r}: use shared_prefix, random, multi_turn, long_input "
+                            f"or agentic")
     if w.api not in ("completions", "chat"):
         raise ScenarioError(f"{s.path}: workload.api {w.api!r}: use completions or chat")
     if w.type == "multi_turn" and w.api != "chat":
         raise ScenarioError(f"{s.path}: a multi_turn workload needs api: chat")
-    if ld.mode not in ("poisson", "concurrency"):
-        raise ScenarioError(f"{s.path}: load.mode {ld.mode!r}: use poisson or concurrency")
+    if ld.mode not in ("poisson", "concurrency", "sessions"):
+        raise ScenarioError(f"{s.path}: load.mode {ld.mode!r}: use poisson, concurrency or sessions")
+    if (ld.mode == "sessions") != (w.type == "agentic"):
+        raise ScenarioError(f"{s.path}: an agentic workload runs with load.mode sessions (and only it)")
+    if ld.on_s < 0 or ld.off_s < 0 or (ld.off_s > 0 and ld.on_s <= 0):
+        raise ScenarioError(f"{s.path}: load.on_s > 0 when load.off_s is set")
+    if s.router_replicas < 1:
+        raise ScenarioError(f"{s.path}: router_replicas >= 1")
+    validate_events(s)
     if p.count < 1 or p.time_scale <= 0:
         raise ScenarioError(f"{s.path}: pool.count >= 1 and pool.time_scale > 0")
     if not s.routers:
@@ -188,7 +239,7 @@ def tenant_rates(s: Scenario, stage: int) -> dict[str, float]:
 
 def stages(s: Scenario) -> list[float]:
     """The stage levels in order: rates (engine req/s) or concurrencies."""
-    return [float(x) for x in (s.load.rates if s.load.mode == "poisson" else s.load.concurrency)]
+    return [float(x) for x in (s.load.concurrency if s.load.mode == "concurrency" else s.load.rates)]
 
 
 def variants(path: str, quick: bool = False, only: list[str] = ()) -> list[tuple[str, Scenario]]:

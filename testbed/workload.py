@@ -48,6 +48,7 @@ class Workload:
         self.w = s.workload
         self.model = s.pool.model
         self.rng = random.Random(self.w.seed)
+        self.out_rng = random.Random(self.w.seed + 7)     # output lengths (output_max > 0): their own draws
         self.i = 0
         self.tenant_headers = {t["name"]: {str(k): str(v) for k, v in (t.get("headers") or {}).items()}
                                for t in self.w.tenants}
@@ -61,6 +62,8 @@ class Workload:
 
     # ---- bodies --------------------------------------------------------------------------------------
     def body(self, prompt: str | None = None, messages: list | None = None, max_tokens: int | None = None) -> bytes:
+        if max_tokens is None and self.w.output_max > 0:
+            max_tokens = self.out_rng.randint(self.w.output_min or 1, self.w.output_max)
         b = {"model": self.model, "max_tokens": max_tokens or self.w.output_len, "ignore_eos": True,
              "stream": True, "stream_options": {"include_usage": True}}
         if self.w.api == "chat":

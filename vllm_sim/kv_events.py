@@ -8,7 +8,9 @@ Events are arrays tagged by their class name:
 defaults.)
     ["BlockRemoved", block_hashes, medium]
     ["AllBlocksCleared"]
-The PUB socket binds when the endpoint host is a wildcard and connects otherwise. An optional ROUTER
+The PUB socket binds when the endpoint host is a wildcard and connects otherwise; the sim also takes a
+comma list of endpoints to connect to (ours, not vLLM's: every message goes to each, e.g. two EPP
+replicas that each bind their own address). An optional ROUTER
 socket on `replay_endpoint` answers a request frame holding a start sequence number with every buffered
 message from there on ([identity, b"", seq, payload] each), then an end marker with sequence -1.
 """
@@ -93,10 +95,11 @@ class KVEventPublisher:
         self.lora_name_of = None
 
     async def start(self) -> None:
-        if _is_wildcard(self.cfg.endpoint):
-            self.pub.bind(self.cfg.endpoint)
-        else:
-            self.pub.connect(self.cfg.endpoint)
+        for endpoint in self.cfg.endpoint.split(","):
+            if _is_wildcard(endpoint):
+                self.pub.bind(endpoint)
+            else:
+                self.pub.connect(endpoint)
         if self.cfg.replay_endpoint:
             self.router = self.actx.socket(zmq.ROUTER)
             self.router.setsockopt(zmq.LINGER, 0)

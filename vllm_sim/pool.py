@@ -8,6 +8,10 @@ Prints one `name address role` line per sim once all answer /health, writes the 
 every child before exiting. Children also die with the launcher (PR_SET_PDEATHSIG on Linux), so a
 killed launcher leaves no orphans. Unknown flags go to every sim; `{port}`, `{port+N}` and `{index}` in
 them are substituted per sim (e.g. a per-pod KV-events endpoint and topic).
+
+`--profiles a,b` gives the sims latency profiles in turn, as `--roles` does roles (a pool of unlike
+GPUs). `--respawn` starts a sim that exits again on its port, with the same flags (a pod restart: its
+caches come back empty), after `--respawn-delay` seconds.
 """
 from __future__ import annotations
 
@@ -71,6 +75,9 @@ def main(argv=None) -> int:
     ap.add_argument("--endpoints-file", default=None)
     ap.add_argument("--name-prefix", default="sim")
     ap.add_argument("--startup-timeout", type=float, default=30.0)
+    ap.add_argument("--profiles", default="", help="comma list of latency profiles, cycled over the sims")
+    ap.add_argument("--respawn", action="store_true", help="restart a sim that exits, on the same port")
+    ap.add_argument("--respawn-delay", type=float, default=0.0)
     args, sim_args = ap.parse_known_args(argv)
     sim_args = [a for a in sim_args if a != "--"]
     roles = [r.strip() for r in args.roles.split(",")]
@@ -78,7 +85,9 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown roles {bad}; use prefill, decode, prefill-decode")
 
+    profiles = [x.strip() for x in args.profiles.split(",") if x.strip()]
     sims, procs = [], []
+    cmds: dict[int, list[str]] = {}      # id(proc) -> its command, for --respawn
     stopping = False
 
     def stop(*_):
@@ -103,8 +112,11 @@ def main(argv=None) -> int:
             port = args.base_port + i
             role = roles[i % len(roles)]
             extra = [substitute(a, port, i) for a in sim_args]
+            if profiles:      # after the shared flags: the last --profile wins
+                extra += ["--profile", profiles[i % len(profiles)]]
             cmd = [sys.executable, "-m", "vllm_sim", "--host", "127.0.0.1", "--port", str(port), *extra]
             procs.append(subprocess.Popen(cmd, preexec_fn=_pdeathsig))
+            cmds[id(procs[-1])] = cmd
             sims.append({"name": f"{args.name_prefix}-{i}", "address": f"127.0.0.1:{port}", "role": role,
                          "port": port})
         deadline = time.monotonic() + args.startup_timeout
@@ -126,10 +138,17 @@ def main(argv=None) -> int:
         while True:
             for p in procs:
                 if p.poll() is not None:
-                    print(f"a sim exited (code {p.returncode}); pool keeps the others", file=sys.stderr, flush=True)
+                    cmd = cmds.pop(id(p), None)
                     procs.remove(p)
+                    if args.respawn and cmd and not stopping:
+                        print(f"a sim exited (code {p.returncode}); restarting it", file=sys.stderr, flush=True)
+                        time.sleep(args.respawn_delay)
+                        procs.append(subprocess.Popen(cmd, preexec_fn=_pdeathsig))
+                        cmds[id(procs[-1])] = cmd
+                    else:
+                        print(f"a sim exited (code {p.returncode}); pool keeps the others", file=sys.stderr, flush=True)
                     break
-            time.sleep(0.5)
+            time.sleep(0.1 if args.respawn else 0.5)
     except KeyboardInterrupt:
         return 0
     except RuntimeError as exc:

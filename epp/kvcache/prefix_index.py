@@ -139,6 +139,11 @@ class PrefixIndex:
                 out[ep] = lru.match_run(keys)
         return out
 
+    def occupancy(self, endpoint: str) -> float:
+        """How full the endpoint's set is: entries / capacity (0 for an endpoint never added to)."""
+        lru = self._lru.get(endpoint)
+        return len(lru) / lru.capacity if lru is not None and lru.capacity else 0.0
+
     def holds(self, endpoint: str, key: int) -> bool:
         lru = self._lru.get(endpoint)
         return lru is not None and key in lru

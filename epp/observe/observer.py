@@ -22,8 +22,8 @@ class _TimedReader(UsageReader):
 
     __slots__ = ("record",)
 
-    def __init__(self, sse: bool, record: Record) -> None:
-        super().__init__(sse)
+    def __init__(self, sse: bool, record: Record, on_first=None) -> None:
+        super().__init__(sse, on_first)
         self.record = record
 
     def feed(self, chunk: bytes) -> None:
@@ -83,8 +83,8 @@ class Observer:
         rec.ended = rec.started
         self.log.add(rec)
 
-    def usage_reader(self, record: Record, sse: bool) -> UsageReader:
-        return _TimedReader(sse, record)
+    def usage_reader(self, record: Record, sse: bool, on_first=None) -> UsageReader:
+        return _TimedReader(sse, record, on_first)
 
     # ------------------------------------------------------------------ response path
 

@@ -407,7 +407,13 @@ class Director:
                 req.attrs = {}
             req.attrs[SERVED_ATTR] = served
         self.prefill_done(decision)
-        decision.usage = UsageReader(sse) if decision.trace is None else self.observe.usage_reader(decision.trace, sse)
+        first = None
+        if sse and decision.result is not None and self.scheduler.wants_first_chunk:
+            def first() -> None:
+                self.scheduler.response_first_chunk(decision.request, decision.result,
+                                                    time.perf_counter() - decision.started)
+        decision.usage = (UsageReader(sse, first) if decision.trace is None
+                          else self.observe.usage_reader(decision.trace, sse, first))
         decision.first_byte = time.perf_counter()
         if decision.result is None:
             return None

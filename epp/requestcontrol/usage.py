@@ -38,8 +38,10 @@ class Usage:
 
 
 class UsageReader:
-    def __init__(self, sse: bool) -> None:
+    def __init__(self, sse: bool, on_first=None) -> None:
         self.sse = sse
+        # called once with no argument when the first non-empty chunk arrives (the first token of a stream)
+        self.on_first = on_first
         self.usage = Usage()
         self._carry = b""          # SSE: the incomplete last line of the previous chunk
         self._chunks: list[bytes] = []
@@ -49,6 +51,9 @@ class UsageReader:
         if not chunk:
             return
         self.usage.response_bytes += len(chunk)
+        if self.on_first is not None:
+            first, self.on_first = self.on_first, None
+            first()
         if not self.sse:
             if self._size <= MAX_JSON_ANSWER:
                 self._chunks.append(chunk)

@@ -6,7 +6,7 @@ its hooks with isinstance. Type names are upstream's (GIE / llm-d router); a plu
 parameters as keyword arguments of __init__, so a config file's `parameters` map straight on.
 
 Scheduling hooks (Filter, Scorer, Picker, ProfileHandler) and the request-path hooks (PreRequest,
-ResponseHeaders, ResponseComplete) run on the event loop for every request and do no I/O: they read
+ResponseHeaders, ResponseFirstChunk, ResponseComplete) run on the event loop for every request and do no I/O: they read
 endpoint snapshots and the cycle state. A plugin that needs I/O before scheduling (tokenizing through
 the model server) says so with PrepareRequest; one that needs a long-running task (consuming KV
 events) with BackgroundTask. Scorers return one score per candidate, aligned with the candidate list,
@@ -19,7 +19,7 @@ DataSource or DataExtractor says what the data layer collects (the composition r
 Lifecycle of a configured plugin: __init__(parameters) -> bind(all plugins) -> [profile handler]
 validate(profiles) -> the scheduler collects its hooks (sub-plugins included) -> run_background
 started by the composition root -> per request: prepare, filter/score/pick, pre_request, then
-response_headers and response_complete.
+response_headers, response_first_chunk (streamed answers) and response_complete.
 
 Flow control (epp/flowcontrol, with the flowControl feature gate) holds requests in the EPP while the
 pool is saturated; its policies are plugins too (OrderingPolicy, FairnessPolicy, UsageLimitPolicy,
@@ -120,6 +120,16 @@ class ResponseHeaders:
 
     def response_headers(self, request: LLMRequest, result: SchedulingResult,
                          status: int | None) -> list[tuple[str, str]] | None:
+        raise NotImplementedError
+
+
+class ResponseFirstChunk:
+    """Called once when the first body chunk of a streamed (SSE) answer arrives: the first token, so
+    `elapsed` (seconds since the request was scheduled) is the TTFT as the EPP sees it, prefill and any
+    queueing on the pod (and, with P/D, the prefill leg and the KV transfer) included. Not called for
+    answers that are not streamed (their first chunk is the whole answer)."""
+
+    def response_first_chunk(self, request: LLMRequest, result: SchedulingResult, elapsed: float) -> None:
         raise NotImplementedError
 
 

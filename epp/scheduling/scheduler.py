@@ -11,11 +11,12 @@ from .. import tracing
 from ..datalayer.endpoint import Endpoint
 from ..datalayer.store import EndpointStore
 from ..metrics import EPPMetrics
-from .framework import (DEFAULT_HANDLER, REGISTRY, Admitter, BackgroundTask, EndpointLifecycle, HasSubPlugins, IndexSize, Plugin, PrepareRequest,
-                        PreRequest, ProfileHandler, ResponseComplete, ResponseHeaders)
+from .framework import (DEFAULT_HANDLER, REGISTRY, Admitter, BackgroundTask, EndpointLifecycle, HasSubPlugins, IndexSize, Plugin,
+                        PrepareRequest, PreRequest, ProfileHandler, ResponseComplete, ResponseFirstChunk,
+                        ResponseHeaders)
 from .plugins import load_all
 from .profile import Profile
-from .types import DEFER, PREDICTION, CycleState, LLMRequest, SchedulingResult
+from .types import CANDIDATES, DEFER, PREDICTION, CycleState, LLMRequest, SchedulingResult
 
 
 class Scheduler:
@@ -36,6 +37,7 @@ class Scheduler:
         self._pre_request = [p for p in self.plugins if isinstance(p, PreRequest)]
         self._response_headers = [p for p in self.plugins if isinstance(p, ResponseHeaders)]
         self._response_complete = [p for p in self.plugins if isinstance(p, ResponseComplete)]
+        self._first_chunk = [p for p in self.plugins if isinstance(p, ResponseFirstChunk)]
         self._lifecycle = [p for p in self.plugins if isinstance(p, EndpointLifecycle)]
         self._preparers = [p for p in self.plugins if isinstance(p, PrepareRequest) and p.prepares]
         self._admitters = [p for p in self.plugins if isinstance(p, Admitter)]
@@ -89,6 +91,7 @@ class Scheduler:
         prefix) after the answer is on its way."""
         t = perf_counter()
         state = CycleState()
+        state[CANDIDATES] = candidates
         if defer is not None:
             state[DEFER] = defer
         handler, profiles, observe = self.handler, self.profiles, self._observe
@@ -129,6 +132,15 @@ class Scheduler:
             if h:
                 out = (out or []) + h
         return out
+
+    @property
+    def wants_first_chunk(self) -> bool:
+        """Whether any plugin wants to hear when a streamed answer's first chunk arrives."""
+        return bool(self._first_chunk)
+
+    def response_first_chunk(self, request: LLMRequest, result: SchedulingResult, elapsed: float) -> None:
+        for hook in self._first_chunk:
+            hook.response_first_chunk(request, result, elapsed)
 
     def response_complete(self, request: LLMRequest, result: SchedulingResult, status: int | None,
                           usage=None) -> None:

@@ -26,6 +26,7 @@ class LLMRequest:
 
 
 DEFER = "defer"  # cycle-state key: a call_soon-like function for work the answer need not wait for
+CANDIDATES = "candidates"  # cycle-state key: the endpoints this request was scheduled over (before any filter)
 HIT_RATIO = "prefix/hit-ratio"  # cycle-state key: the prefix hit ratio of the primary pick, for its metric
 PREDICTION = "prefix/prediction"  # cycle-state key: the prefix producer's CachePrediction for the pick
 SERVED_ATTR = "destination-endpoint-served"  # request attribute: the proxy's report of the endpoint that served

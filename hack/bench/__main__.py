@@ -6,6 +6,8 @@
     hack/bench.sh overhead [--quick]                                     # added latency, instant backends
     hack/bench.sh epp-overhead [--quick] [--sizes 1,16,256] [--endpoints 8,64]   # epp's own costs, in depth
     hack/bench.sh pinned [--quick] [--configs ...] [--sizes 16k,256k,1m] [--sse 256]  # closed loop, one core
+    hack/bench.sh run heterogeneous --repeat 3                          # 3 whole runs and their medians
+    hack/bench.sh median OUT run1/results.json run2/results.json ...    # medians of runs made separately
     hack/bench.sh plot out/bench/<run>/results.json                      # redraw plots, rewrite report.md
     hack/bench.sh list                                                   # scenarios and routers
 
@@ -39,6 +41,8 @@ def main(argv=None) -> int:
                    help="install: matplotlib into out/bench-venvs when missing (default); auto: only if present "
                         "(default with --quick); never")
     r.add_argument("--envoy-concurrency", type=int, default=2)
+    r.add_argument("--repeat", type=int, default=1, help="whole runs, one after another; the report shows their "
+                                                         "medians (hack/bench/repeat.py)")
     r.add_argument("--client", choices=("bench", "inference-perf"), default="bench",
                    help="the load generator: ours, or kubernetes-sigs' inference-perf (Python >= 3.12, installed "
                         "into out/bench-venvs/inference-perf)")
@@ -57,6 +61,9 @@ def main(argv=None) -> int:
     pl = sub.add_parser("plot", help="(re)draw a run's plots and rewrite its report.md")
     pl.add_argument("results", help="out/bench/<run>/results.json")
     sub.add_parser("list", help="scenarios and routers")
+    md = sub.add_parser("median", help="medians of runs already made (results.json files of one scenario)")
+    md.add_argument("out", help="directory for the combined results.json and report.md")
+    md.add_argument("results", nargs="+")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["epp-overhead"]:  # every flag after the word is its own parser's
         from . import epp_overhead
@@ -80,6 +87,10 @@ def main(argv=None) -> int:
         from . import harness
         print(harness.replot(a.results))
         return 0
+    if a.cmd == "median":
+        from . import repeat
+        print(repeat.recombine(a.results, a.out))
+        return 0
     if a.cmd == "overhead":
         from . import overhead
         return overhead.main(a)
@@ -98,7 +109,11 @@ def main(argv=None) -> int:
     a.routers = [x for x in a.routers.split(",") if x]
     a.plots = a.plots or ("auto" if a.quick else "install")
     try:
-        res, outdir = harness.run(s, a)
+        if a.repeat > 1:
+            from . import repeat
+            res, outdir = repeat.run(s, a, a.repeat)
+        else:
+            res, outdir = harness.run(s, a)
     except KeyboardInterrupt as e:
         print(f"\nbench: stopped ({e}); every child was stopped", file=sys.stderr)
         return 130

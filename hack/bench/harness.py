@@ -19,7 +19,7 @@ from testbed.children import Children
 from testbed.procstat import cpu_model
 
 from . import ROOT
-from . import loadgen, pool as poolmod, report, routers
+from . import agentic, events as eventsmod, loadgen, pool as poolmod, report, routers
 from testbed.scenario import Scenario, stages, tenant_rates
 from .sysmon import Monitor
 from testbed.workload import Workload
@@ -48,7 +48,8 @@ async def settle_kv_events(http: aiohttp.ClientSession, running: routers.Running
     deadline = time.monotonic() + timeout
     i = 0
     while time.monotonic() < deadline:
-        if routers.epp_sample(running.epp_metrics, "epp_kv_event_publishers") >= len(pool.addresses):
+        if all(routers.epp_sample(port, "epp_kv_event_publishers") >= len(pool.addresses)
+               for port in running.epp_metrics_all):
             return
         for a in pool.addresses:
             i += 1
@@ -90,25 +91,44 @@ def _queues(running) -> dict | None:
         return None
 
 
+def _start_pool(kids: Children, s: Scenario, name: str, tries: int = 3):
+    """The scenario's pool; started again (new ports) when a sim lost its port to another process on a
+    shared machine between the harness choosing it and the sim binding it."""
+    for attempt in range(tries):
+        try:
+            return poolmod.start(kids, s.pool, name, kv_endpoints=s.router_replicas, respawn=eventsmod.needs_respawn(s))
+        except RuntimeError as e:
+            log = kids.log(f"{name}-pool")
+            text = open(log, errors="replace").read() if os.path.exists(log) else ""
+            if attempt + 1 == tries or "address already in use" not in text:
+                raise
+            print(f"  {name}: a sim's port was taken ({e}); starting the pool again", flush=True)
+            for n, p in list(kids.procs):
+                if n == f"{name}-pool":
+                    kids.stop(p)
+    raise RuntimeError("unreachable")
+
+
 async def run_router(s: Scenario, name: str, kids: Children, opts) -> dict:
     ts = s.pool.time_scale
     ld = s.load
     out: dict = {"status": "ok", "stages": []}
     t0 = time.time()
-    pool = poolmod.start(kids, s.pool, routers.file_label(name))
+    pool = _start_pool(kids, s, routers.file_label(name))
     running = None
     try:
         running = routers.start(kids, name, pool, install=opts.install, envoy_concurrency=opts.envoy_concurrency,
-                                epp_args=s.epp_args)
+                                epp_args=s.epp_args, replicas=s.router_replicas)
         out["info"] = running.info
         async with loadgen.session(ld.request_timeout_s / ts) as http:
             await wait_ready(http, running.url, s.pool.model, running.pids)
             if running.epp_metrics and routers.needs_kv_events(name):
                 await settle_kv_events(http, running, pool)
             render0 = await poolmod.render_calls(http, pool.addresses)
-            wl = Workload(s)
+            sessions = ld.mode == "sessions"
+            wl = agentic.AgenticWorkload(s) if sessions else Workload(s)
             url = running.url + ("/v1/chat/completions" if s.workload.api == "chat" else "/v1/completions")
-            if ld.warmup_requests:
+            if ld.warmup_requests and not sessions:
                 first = stages(s)[0]
                 level = first * ts if ld.mode == "poisson" else first
                 await loadgen.run_stage(http, url, wl, ld.mode, level, 1e9, ld.warmup_requests, ld.drain_timeout_s / ts,
@@ -122,17 +142,32 @@ async def run_router(s: Scenario, name: str, kids: Children, opts) -> dict:
                 queue0 = _queues(running) if s.workload.tenants else None
                 snap0 = mon.snapshot()
                 sampler = asyncio.create_task(mon.run())
-                wall_level = level * ts if ld.mode == "poisson" else level
-                st = await loadgen.run_stage(http, url, wl, ld.mode, wall_level, ld.duration_s / ts, ld.max_requests,
-                                             ld.drain_timeout_s / ts, s.workload.seed + i,
-                                             f"{name} {'rate' if ld.mode == 'poisson' else 'concurrency'} {level:g}",
-                                             tenants=tenant_rates(s, i) if s.workload.tenants else None)
+                wall_level = level * ts if ld.mode != "concurrency" else level
+                side = eventsmod.StageEvents(s, i + 1, pool, http, lambda seed: Workload(s))
+                side.start()
+                try:
+                    if sessions:
+                        st = await agentic.run_stage(http, url, wl, wall_level, ld.duration_s / ts,
+                                                     ld.drain_timeout_s / ts, s.workload.seed + i,
+                                                     f"{name} sessions/s {level:g}", s.workload.turns,
+                                                     s.workload.think_s / ts)
+                    else:
+                        st = await loadgen.run_stage(http, url, wl, ld.mode, wall_level, ld.duration_s / ts,
+                                                     ld.max_requests, ld.drain_timeout_s / ts, s.workload.seed + i,
+                                                     f"{name} {'rate' if ld.mode == 'poisson' else 'concurrency'} "
+                                                     f"{level:g}",
+                                                     tenants=tenant_rates(s, i) if s.workload.tenants else None,
+                                                     on_s=ld.on_s / ts, off_s=ld.off_s / ts)
+                finally:
+                    await side.stop()
                 snap1 = mon.snapshot()
                 sampler.cancel()
                 after = await poolmod.scrape(http, pool.addresses)
                 summary = report.summarize(st, before, after, mon.summary(snap0, snap1), ts, level, ld.mode)
                 if s.workload.tenants:
                     summary["tenants"] = report.tenants(st, s.workload.tenants, ts, queue0, _queues(running))
+                if side.active:
+                    summary["events"] = side.summary()
                 out["stages"].append(summary)
                 print(f"  {name} {level:g}: {summary['completed']}/{summary['sent']} ok, "
                       f"{summary['output_tok_per_s']:.0f} out tok/s, TTFT p90 {summary['ttft_p90_s']:.3f} s, "

@@ -18,6 +18,8 @@ import orjson
 
 from testbed.workload import Item, Workload
 
+from .arrivals import Arrivals
+
 perf = time.perf_counter
 
 
@@ -55,7 +57,11 @@ async def one(http: aiohttp.ClientSession, url: str, item: Item, rec: Rec, want_
     last = None
     parts: list[str] = []
     try:
-        async with http.post(url, data=item.body, headers={"content-type": "application/json", **item.headers}) as r:
+        headers = {"content-type": "application/json"}
+        extra = getattr(item, "headers", None)      # a tenant's headers, an agentic session's x-session-id
+        if extra:
+            headers.update(extra)
+        async with http.post(url, data=item.body, headers=headers) as r:
             rec.status = r.status
             if r.status != 200:
                 rec.reason = r.headers.get("x-llm-d-request-dropped-reason", "")
@@ -136,10 +142,11 @@ class Stage:
 
 async def run_stage(http: aiohttp.ClientSession, url: str, wl: Workload, mode: str, level: float, wall_duration: float,
                     max_requests: int, drain_timeout: float, seed: int, label: str,
-                    tenants: dict[str, float] | None = None) -> Stage:
-    """One stage: open loop at `level` wall req/s (Poisson) or closed loop with `level` requests in
-    flight, arrivals for wall_duration seconds (or max_requests), then waits for the stragglers. With
-    tenants (name -> share of level), each tenant has its own Poisson arrivals at its share."""
+                    tenants: dict[str, float] | None = None, on_s: float = 0.0, off_s: float = 0.0) -> Stage:
+    """One stage: open loop at `level` wall req/s (Poisson, or bursts: on_s of every on_s + off_s wall
+    seconds at the rate that keeps the mean at `level`) or closed loop with `level` requests in flight,
+    arrivals for wall_duration seconds (or max_requests), then waits for the stragglers. With tenants
+    (name -> share of level), each tenant has its own Poisson arrivals at its share."""
     st = Stage()
     rng = random.Random(seed)
     tasks: set[asyncio.Task] = set()
@@ -173,9 +180,9 @@ async def run_stage(http: aiohttp.ClientSession, url: str, wl: Workload, mode: s
         await asyncio.gather(*(arrivals(n, level * x, random.Random(f"{seed}/{n}"))
                                for n, x in tenants.items() if x > 0))
     elif mode == "poisson":
-        t_next = st.t_start
+        arrivals = Arrivals(rng, level, st.t_start, on_s, off_s)
         while len(st.recs) < cap:
-            t_next += rng.expovariate(level)
+            t_next = arrivals.next()
             if t_next >= end:
                 break
             delay = t_next - perf()

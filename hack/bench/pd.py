@@ -1,12 +1,14 @@
 """P/D benchmark: one workload over N pods served aggregated and split prefill:decode, in one run.
 
-    .venv/bin/python -m hack.bench.pd hack/bench/scenarios/pd/long-input.yaml [--quick] [--variants a,b]
+    .venv/bin/python -m hack.bench.pd hack/bench/scenarios/pd/long-input.yaml [--quick] [--variants a,b] [--repeat 3]
 
 A P/D scenario is a harness scenario plus `variants: {name: overrides}`; each variant (e.g. roles
 `decode` with a load-aware epp, roles `prefill,decode` with config/pd.yaml) runs as its own scenario
 on fresh pods (decode sims behind epp-sidecar: hack/bench/pd_pool.py). Prints and writes one table:
 per variant and rate, output tok/s, TTFT, ITL and E2E p50/p90, and the change against the first
-variant (the aggregated baseline).
+variant (the aggregated baseline). With --repeat N every variant runs N times (all variants in turn,
+then again) and the table shows the medians (hack/bench/repeat.py), each repeat's own table in
+<out>/rep-K/.
 """
 from __future__ import annotations
 
@@ -62,19 +64,27 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--variants", default="", help="comma list: run only these")
     ap.add_argument("--out", default="")
+    ap.add_argument("--repeat", type=int, default=1)
     a = ap.parse_args(argv)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = a.out or os.path.join(ROOT, "out", "bench", f"pd-{stamp}")
     os.makedirs(outdir, exist_ok=True)
-    results = {}
-    for name, s in scenario.variants(a.scenario, a.quick, [v for v in a.variants.split(",") if v]):
-        print(f"## variant {name}: roles {s.pool.roles}, {s.pool.count} pods, routers {s.routers}", flush=True)
-        opts = argparse.Namespace(out=os.path.join(outdir, name.replace(":", "to")), routers=[], install=False,
-                                  plots="never", envoy_concurrency=2, quick=a.quick, client="bench")
-        res, _ = harness.run(s, opts)
-        results[name] = res
+    runs: dict[str, list] = {}
+    todo = scenario.variants(a.scenario, a.quick, [v for v in a.variants.split(",") if v])
+    for k in range(1, a.repeat + 1):
+        for name, s in todo:
+            print(f"## variant {name}: roles {s.pool.roles}, {s.pool.count} pods, routers {s.routers}"
+                  + (f" (repeat {k}/{a.repeat})" if a.repeat > 1 else ""), flush=True)
+            sub = os.path.join(outdir, f"rep-{k}" if a.repeat > 1 else "", name.replace(":", "to"))
+            opts = argparse.Namespace(out=sub, routers=[], install=False, plots="never", envoy_concurrency=2,
+                                      quick=a.quick, client="bench")
+            res, _ = harness.run(s, opts)
+            runs.setdefault(name, []).append(res)
+    from .repeat import combine
+    results = {name: (rs[0] if len(rs) == 1 else combine(rs)) for name, rs in runs.items()}
     md = "\n".join(["# P/D benchmark", "", f"scenario {os.path.relpath(a.scenario, ROOT)}"
-                    + (" (quick)" if a.quick else ""), "", *rows(results)])
+                    + (" (quick)" if a.quick else "") + (f", medians of {a.repeat} runs" if a.repeat > 1 else ""),
+                    "", *rows(results)])
     with open(os.path.join(outdir, "report.md"), "w") as fh:
         fh.write(md + "\n")
     with open(os.path.join(outdir, "results.json"), "w") as fh:

@@ -20,7 +20,7 @@ def plot(results_path: str) -> list[str]:
         res = json.load(f)
     outdir = os.path.dirname(os.path.abspath(results_path))
     mode = res["scenario"]["load"]["mode"]
-    xlabel = "offered rate (engine req/s)" if mode == "poisson" else "concurrency"
+    xlabel = {"poisson": "offered rate (engine req/s)", "sessions": "sessions/s (engine)"}.get(mode, "concurrency")
     made = []
     for key, label, fname, log in (("ttft_p90_s", "TTFT p90 (engine s)", "ttft_p90.png", True),
                                    ("output_tok_per_s", "output tokens/s (engine time)", "throughput.png", False),

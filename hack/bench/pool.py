@@ -29,9 +29,11 @@ GAUGES = {"waiting": "vllm:num_requests_waiting", "running": "vllm:num_requests_
 
 
 class PoolHandle:
-    def __init__(self, spec: PoolSpec, proc, addresses: list[str], endpoints_file: str, kv_port: int) -> None:
+    def __init__(self, spec: PoolSpec, proc, addresses: list[str], endpoints_file: str, kv_port: int,
+                 kv_ports: list[int] | None = None) -> None:
         self.spec, self.proc, self.addresses = spec, proc, addresses
         self.endpoints_file, self.kv_port = endpoints_file, kv_port
+        self.kv_ports = kv_ports or [kv_port]     # one per router replica: every pod publishes to each
         self.model, self.block_size = spec.model, spec.block_size
 
     def sim_pids(self) -> list[int]:
@@ -48,29 +50,35 @@ class PoolHandle:
         return out
 
 
-def sim_flags(spec: PoolSpec, kv_port: int) -> list[str]:
+def sim_flags(spec: PoolSpec, kv_port: int, more_kv_ports: list[int] = ()) -> list[str]:
     args = ["--time-scale", str(spec.time_scale)]
     if spec.kv_events:
         args += ["--kv-events-config", json.dumps({
-            "enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://127.0.0.1:{kv_port}",
+            "enable_kv_cache_events": True, "publisher": "zmq",
+            "endpoint": ",".join(f"tcp://127.0.0.1:{p}" for p in (kv_port, *more_kv_ports)),
             "topic": "kv@127.0.0.1:{port}@" + spec.model})]
     return args + engine_flags(spec)
 
 
-def start(kids: Children, spec: PoolSpec, name: str, timeout: float = 90.0) -> PoolHandle:
+def start(kids: Children, spec: PoolSpec, name: str, timeout: float = 90.0, kv_endpoints: int = 1,
+          respawn: bool = False) -> PoolHandle:
+    """kv_endpoints: addresses every pod publishes KV events to (one per epp replica); respawn: the pool
+    restarts a sim that dies (the churn scenario kills one)."""
     if "prefill" in (r.strip() for r in spec.roles.split(",")):   # P/D: decode sims behind epp-sidecar
         from . import pd_pool
         return pd_pool.start(kids, spec, name, timeout, PoolHandle, sim_flags)
     base, kv_port = free_range(spec.count), free_listen_port()
+    more = [free_listen_port() for _ in range(kv_endpoints - 1)]
+    pool_flags = (["--profiles", ",".join(spec.profiles)] if spec.profiles else []) + (["--respawn"] if respawn else [])
     efile = os.path.join(kids.logdir, f"{name}-endpoints.yaml")
     if os.path.exists(efile):
         os.remove(efile)
     p = kids.start(f"{name}-pool", [PY, "-m", "vllm_sim.pool", "--count", str(spec.count), "--base-port", str(base),
-                                    "--roles", spec.roles, "--endpoints-file", efile,
-                                    "--startup-timeout", str(timeout), "--", *sim_flags(spec, kv_port)])
+                                    "--roles", spec.roles, "--endpoints-file", efile, *pool_flags,
+                                    "--startup-timeout", str(timeout), "--", *sim_flags(spec, kv_port, more)])
     # written once every sim answers /health
     wait_file(efile, timeout + 5, p, f"the sim pool (log: {kids.log(name + '-pool')})", every=0.1)
-    return PoolHandle(spec, p, [f"127.0.0.1:{base + i}" for i in range(spec.count)], efile, kv_port)
+    return PoolHandle(spec, p, [f"127.0.0.1:{base + i}" for i in range(spec.count)], efile, kv_port, [kv_port, *more])
 
 
 def _parse(text: str) -> dict[str, float]:

@@ -28,8 +28,10 @@ def summarize(st: Stage, before: list[dict], after: list[dict], cpu: dict, time_
         if not r.ok:
             k = (r.error or f"http {r.status}").split(":")[0]
             errors[k] = errors.get(k, 0) + 1
-    pods = [{k: a[k] - b[k] for k in ("hits", "queries", "requests", "preemptions", "prompt_tokens", "ttft_sum",
-                                       "ttft_count", "queue_sum", "queue_count", "generation_tokens")}
+    # a counter that went down belongs to a pod that restarted during the stage: count from its restart
+    pods = [{k: (a[k] - b[k] if a[k] >= b[k] else a[k]) for k in ("hits", "queries", "requests", "preemptions",
+                                                                   "prompt_tokens", "ttft_sum", "ttft_count",
+                                                                   "queue_sum", "queue_count", "generation_tokens")}
             for a, b in zip(after, before)]
     q = sum(p["queries"] for p in pods)
     reqs = [p["requests"] for p in pods]
@@ -189,13 +191,14 @@ def _lat(v: float) -> str:
     return f"{v * 1e3:.0f} ms" if v < 1 else f"{v:.2f} s"
 
 
+LEVEL_LABEL = {"poisson": "rate (req/s)", "concurrency": "concurrency", "sessions": "sessions/s"}
 HEADER = ("| router | {lvl} | req/s | out tok/s | TTFT p50 | TTFT p90 | ITL p50 | ITL p90 | E2E p50 | E2E p90 "
           "| hit rate | max/mean pod load | errors | CPU |")
 
 
 def table(res: dict) -> list[str]:
     mode = res["scenario"]["load"]["mode"]
-    lines = [HEADER.format(lvl="rate (req/s)" if mode == "poisson" else "concurrency"),
+    lines = [HEADER.format(lvl=LEVEL_LABEL.get(mode, "concurrency")),
              "|" + "---|" * 14]
     for name, r in res["routers"].items():
         if r["status"] != "ok":
@@ -238,15 +241,23 @@ def markdown(res: dict) -> str:
     s = res["scenario"]
     p, w, ld = s["pool"], s["workload"], s["load"]
     lines = [f"# {s['name']}", "", s.get("description", "").strip(), "",
-             f"pool: {p['count']} x vllm_sim `{p['profile']}`, time scale {p['time_scale']:g} (engine s per wall s), "
+             f"pool: {p['count']} x vllm_sim `{', '.join(p.get('profiles') or []) or p['profile']}`"
+             f"{' (cycled over the pods)' if p.get('profiles') else ''}, time scale {p['time_scale']:g} (engine s per wall s), "
              f"GPU blocks {p['gpu_blocks'] or 'profile default'} x {p['block_size']} tokens, CPU offload blocks "
              f"{p['offload_blocks']}, max_num_seqs {p['max_num_seqs']}; pool restarted per router (cold caches)",
-             f"workload: {describe_workload(w)}; load: {ld['mode']} {'rates' if ld['mode'] == 'poisson' else 'concurrency'} "
-             f"{', '.join(f(float(x), 'g') for x in (ld['rates'] if ld['mode'] == 'poisson' else ld['concurrency']))}, "
+             f"workload: {describe_workload(w)}; load: {ld['mode']} {'concurrency' if ld['mode'] == 'concurrency' else 'rates'} "
+             f"{', '.join(f(float(x), 'g') for x in (ld['concurrency'] if ld['mode'] == 'concurrency' else ld['rates']))}"
+             f"{' (bursts: on %gs / off %gs)' % (ld.get('on_s', 0), ld.get('off_s', 0)) if ld.get('off_s') else ''}, "
              f"{ld['duration_s']:g} engine s per stage (stages in order, caches kept)",
              f"load generator: {res.get('client', 'bench')}" + (" (kubernetes-sigs/inference-perf: its own prompts; "
                                                                   "hit rate per run only, in the routers' info)"
                                                                   if res.get("client") == "inference-perf" else ""),
+             *([f"routers: {s['router_replicas']} replicas each behind Envoy (each sees 1/{s['router_replicas']} of the "
+                f"requests)"] if s.get("router_replicas", 1) > 1 else []),
+             *(["events: " + "; ".join(f"stage {e['stage']} at {e['at_s']:g} s: {e['action']} pod {e['pod']}"
+                                        for e in s["events"])] if s.get("events") else []),
+             *([f"side client: {s['side_client']['rate']:g} req/s straight to pods {s['side_client']['pods']} in "
+                f"stages {s['side_client'].get('stages')}"] if s.get("side_client") else []),
              "", "All times and rates are engine time (wall x time scale). hit rate: the sims' prefix-cache hits / "
              "queries (tokens, GPU + CPU tier) during the stage. max/mean pod load: requests on the busiest pod over "
              "the mean. CPU: machine busy share during the stage.", ""]
@@ -256,6 +267,8 @@ def markdown(res: dict) -> str:
                       "flow-control queue, from its histogram; routers without flow control have none):", ""]
         lines += tenant_table(res)
     lines += [""] + goal(res)
+    from .goals import lines as goal_lines
+    lines += goal_lines(res)
     for name, r in res["routers"].items():
         if r["status"] == "ok" and r.get("info"):
             lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in r["info"].items() if k != "cmd"))
@@ -270,10 +283,17 @@ def describe_workload(w: dict) -> str:
     t = w["type"]
     if t == "shared_prefix":
         return (f"shared_prefix {w['groups']} groups x {w['prompts_per_group']} prompts, system {w['system_len']} + "
-                f"question {w['question_len']} tokens, output {w['output_len']} ({w['api']})")
+                f"question {w['question_len']} tokens, output {out_len(w)} ({w['api']})")
+    if t == "agentic":
+        return (f"agentic sessions of {w['turns']} turns (x-session-id), {w['groups']} agents' system prompts of "
+                f"{w['system_len']} tokens, task {w['question_len']}, tool results {w['tool_min']}-{w['tool_max']}, "
+                f"output {out_len(w)} (chat)")
     if t == "multi_turn":
         return (f"multi_turn {w['sessions']} sessions x {w['turns']} turns, system {w['system_len']} (one per "
                 f"{w['groups']} groups), question {w['question_len']}, output {w['output_len']} (chat)")
-    out = f"{w['output_min']}-{w['output_max']}" if w.get("output_max") else w["output_len"]
     tenants = "; tenants " + ", ".join(f"{x['name']} x{x.get('rate_x', 1)}" for x in w["tenants"]) if w.get("tenants") else ""
-    return f"{t} input {w['input_min']}-{w['input_max']} tokens, output {out} ({w['api']}){tenants}"
+    return f"{t} input {w['input_min']}-{w['input_max']} tokens, output {out_len(w)} ({w['api']}){tenants}"
+
+
+def out_len(w: dict) -> str:
+    return f"{w.get('output_min') or 1}-{w['output_max']}" if w.get("output_max") else str(w["output_len"])

@@ -6,6 +6,7 @@
                               (epp-sticky: llm-d's "sticky until saturated", config/sticky.yaml)
     epp-flow                  epp with flow control (hack/bench/configs/noisy-neighbor-flow.yaml)
     epp-approx-pw             the approximate scorer with precise.yaml's weights (a control)
+    epp-latency, epp-latency-precise   the predicted-latency scorer (ours) on approximate / precise prefixes
     epp:PATH                  Envoy + epp with any EndpointPickerConfig file
     sglang-cache-aware, sglang-rr                     sglang-router (PyPI `sglang-router`)
     vllm-router-cache-aware, vllm-router-rr           vllm-router (PyPI `vllm-router`)
@@ -47,8 +48,11 @@ class Unavailable(Exception):
 
 
 class Running:
-    def __init__(self, name: str, url: str, pids: dict[str, int], info: dict, epp_metrics: int | None = None):
+    def __init__(self, name: str, url: str, pids: dict[str, int], info: dict, epp_metrics: int | None = None,
+                 epp_metrics_all: list[int] | None = None):
         self.name, self.url, self.pids, self.info, self.epp_metrics = name, url, pids, info, epp_metrics
+        # every epp replica's metrics port (one unless the scenario runs replicas)
+        self.epp_metrics_all = epp_metrics_all or ([epp_metrics] if epp_metrics else [])
 
 
 def file_label(name: str) -> str:
@@ -62,7 +66,9 @@ def check(name: str) -> None:
 
 
 def needs_kv_events(name: str) -> bool:
-    return name == "epp-precise" or (name.startswith("epp:") and "precise" in _config_text(name[4:]))
+    if name.startswith("epp:"):
+        return "precise" in _config_text(name[4:])
+    return name in CONFIGS and "precise-prefix-cache" in _config_text(os.path.join(ROOT, CONFIGS[name]))
 
 
 def _config_text(path: str) -> str:
@@ -120,7 +126,7 @@ def round_robin_bootstrap(port: int, addresses: list[str]) -> dict:
 
 # ------------------------------------------------------------------ epp
 
-def epp_config(name: str, pool, logdir: str) -> str:
+def epp_config(name: str, pool, logdir: str, kv_port: int | None = None, suffix: str = "") -> str:
     """The config file for an epp router. precise.yaml is the repo's file with only what depends on this
     machine replaced: the tokenizer directory (the sims'), the model name, the block size and the
     address epp binds for the pods' KV events."""
@@ -140,8 +146,8 @@ def epp_config(name: str, pool, logdir: str) -> str:
             params["modelName"] = pool.model
         if plugin["type"] in ("precise-prefix-cache-producer", "precise-prefix-cache-scorer"):
             params.setdefault("tokenProcessorConfig", {})["blockSize"] = pool.block_size
-            params.setdefault("kvEventsConfig", {})["zmqEndpoint"] = f"tcp://127.0.0.1:{pool.kv_port}"
-    out = os.path.join(logdir, f"{os.path.basename(path).rsplit('.', 1)[0]}-bench.yaml")
+            params.setdefault("kvEventsConfig", {})["zmqEndpoint"] = f"tcp://127.0.0.1:{kv_port or pool.kv_port}"
+    out = os.path.join(logdir, f"{os.path.basename(path).rsplit('.', 1)[0]}-bench{suffix}.yaml")
     with open(out, "w") as f:
         yaml.safe_dump(doc, f, sort_keys=False)
     return out
@@ -244,8 +250,9 @@ def listening_addresses(pid: int) -> list[str]:
     return out
 
 
-def start_peer(kids: Children, name: str, pool, install: bool, wrap: list[str] | None = None) -> Running:
-    """wrap prefixes the command (the pinned benchmark's taskset)."""
+def start_peer(kids: Children, name: str, pool, install: bool, wrap: list[str] | None = None,
+               label: str = "") -> Running:
+    """wrap prefixes the command (the pinned benchmark's taskset); label names its log (replicas)."""
     package, policy = PEERS[name]
     py, version = peer_python(package, install)
     port, prom = free_port(), free_port()
@@ -256,7 +263,7 @@ def start_peer(kids: Children, name: str, pool, install: bool, wrap: list[str] |
         cmd = [py, "-m", "sglang_router.launch_router", *common, "--log-level", "warn"]
     else:
         cmd = [os.path.join(os.path.dirname(py), "vllm-router"), *common, "--log-level", "warning"]
-    p = kids.start(name, [*(wrap or []), *cmd])
+    p = kids.start(label or name, [*(wrap or []), *cmd])
     wait_port(port, 120, p, name)
     time.sleep(0.3)
     bad = [a for a in listening_addresses(p.pid) if not a.startswith(("127.0.0.1:", "::1:"))]
@@ -270,7 +277,10 @@ def start_peer(kids: Children, name: str, pool, install: bool, wrap: list[str] |
 # ------------------------------------------------------------------ start any
 
 def start(kids: Children, name: str, pool, install: bool = True, envoy_concurrency: int = 2,
-          epp_args: list | None = None) -> Running:
+          epp_args: list | None = None, replicas: int = 1) -> Running:
+    if replicas > 1:
+        from .replicas import start_replicas
+        return start_replicas(kids, name, pool, install, envoy_concurrency, replicas)
     if name in PEERS:
         return start_peer(kids, name, pool, install)
     port = free_port()

@@ -149,7 +149,7 @@ def render_calls(pool) -> int:
 
 def test_precise_hit_rate_at_least_approximate(tmp_path, pool):
     from vllm_sim.tokenizer import DEFAULT_DIR
-    approximate = open(os.path.join(ROOT, "config", "default.yaml")).read()
+    approximate = open(os.path.join(ROOT, "config", "upstream-default.yaml")).read()
     precise = precise_config(pool, f"{{local: {{path: {DEFAULT_DIR}}}}}")
     approx_rate, _ = run(str(tmp_path), pool, approximate, "epp-approximate")
     precise_rate, seen = run(str(tmp_path), pool, precise, "epp-precise")

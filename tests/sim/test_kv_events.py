@@ -217,3 +217,37 @@ async def test_lora_blocks_carry_lora_id_and_name():
     finally:
         sub.close(0)
         ctx.term()
+
+
+def test_a_comma_list_of_endpoints_publishes_to_each():
+    """Ours, for two EPP replicas that each bind their own address: every message reaches both."""
+    from vllm_sim.kv_events import KVEventPublisher, KVEventsConfig
+    from vllm_sim.engine.kv_cache import Cleared
+
+    async def go():
+        ctx = zmq.asyncio.Context()
+        ports = [free_port(), free_port()]
+        subs = []
+        for p in ports:
+            s = ctx.socket(zmq.SUB)
+            s.setsockopt(zmq.SUBSCRIBE, b"")
+            s.bind(f"tcp://127.0.0.1:{p}")
+            subs.append(s)
+        pub = KVEventPublisher(KVEventsConfig(endpoint=",".join(f"tcp://127.0.0.1:{p}" for p in ports), topic="kv@x@m"))
+        await pub.start()
+        try:
+            got = [None, None]
+            for _ in range(int(TIMEOUT * 10)):          # PUB drops until each connection is up: publish until heard
+                pub.publish(0.0, [Cleared()])
+                for i, s in enumerate(subs):
+                    if got[i] is None and await s.poll(100):
+                        got[i] = await s.recv_multipart()
+                if all(got):
+                    break
+            assert all(g is not None and g[0] == b"kv@x@m" for g in got), got
+        finally:
+            pub.close()
+            for s in subs:
+                s.close(0)
+            ctx.term()
+    asyncio.run(go())

@@ -76,3 +76,40 @@ def test_per_sim_substitution():
     from vllm_sim.pool import substitute
     cfg = '{"endpoint": "tcp://*:{port+1000}", "topic": "kv@127.0.0.1:{port}@m", "i": {index}}'
     assert substitute(cfg, 8200, 3) == '{"endpoint": "tcp://*:9200", "topic": "kv@127.0.0.1:8200@m", "i": 3}'
+
+
+def test_profiles_cycle_and_a_killed_sim_comes_back_empty(tmp_path):
+    """--profiles gives each sim its profile in turn; --respawn restarts a sim that dies, on its port."""
+    import json
+    base = free_range(2)
+    ep = tmp_path / "endpoints.yaml"
+    proc = subprocess.Popen([sys.executable, "-m", "vllm_sim.pool", "--count", "2", "--base-port", str(base),
+                             "--endpoints-file", str(ep), "--profiles", "llama-8b-h100,llama-8b-a100-40gb",
+                             "--respawn", "--", "--time-scale", "10"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def engine(i: int) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{base + i}/debug/engine", timeout=TIMEOUT) as r:
+            return json.loads(r.read())
+
+    def wait(pred) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                if pred():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("timed out")
+    try:
+        wait(ep.exists)
+        assert [engine(i)["profile"]["name"] for i in range(2)] == ["llama-8b-h100", "llama-8b-a100-40gb"]
+        first = engine(1)["engine_id"]
+        (victim,) = [k for k in children(proc.pid) if f"{base + 1}".encode() in open(f"/proc/{k}/cmdline", "rb").read()]
+        os.kill(victim, signal.SIGKILL)
+        wait(lambda: engine(1)["engine_id"] != first)       # a new process on the same port
+        assert engine(1)["profile"]["name"] == "llama-8b-a100-40gb" and engine(1)["requests_served"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(TIMEOUT)

@@ -158,8 +158,20 @@ def test_each_example_loads(path):
     assert c.profiles and all(p.picker is not None for p in c.profiles)
 
 
-def test_default_example_equals_built_in_default():
-    from epp.scheduling.config import DEFAULT_CONFIG
+def test_shipped_default_is_upstreams_profile_with_the_prefix_cap():
+    """config/default.yaml (stack, manifests) is upstream's default profile, the approximate producer
+    matching at most 4,096 prompt tokens (docs/benchmarks.md: the cap keeps prefix affinity on long prompts)."""
     a = load(open(os.path.join(ROOT, "config", "default.yaml")).read())
+    b = load(open(os.path.join(ROOT, "config", "upstream-default.yaml")).read())
+    assert a.describe() == b.describe()
+    text = open(os.path.join(ROOT, "config", "default.yaml")).read()
+    assert "maxPrefixTokensToMatch: 4096" in text
+    assert "maxPrefixTokensToMatch" not in open(os.path.join(ROOT, "config", "upstream-default.yaml")).read()
+
+
+def test_upstream_default_example_equals_built_in_default():
+    """epp with no --config-file runs upstream's default (drop-in fidelity); upstream-default.yaml spells it out."""
+    from epp.scheduling.config import DEFAULT_CONFIG
+    a = load(open(os.path.join(ROOT, "config", "upstream-default.yaml")).read())
     b = load(DEFAULT_CONFIG)
     assert a.describe() == b.describe()

@@ -59,9 +59,11 @@ def test_inflight_load_counts_uncached_tokens_and_releases_them():
     st = S()
     r = req(prompt + b"y" * 256 * 2, stream=True)                  # 12 blocks, 10 of them on pod 1
     assert p.uncached_tokens(st, r, eps[0]) == 2 * 64 and p.uncached_tokens(st, r, eps[1]) == 12 * 64
+    gauge = INFLIGHT_TOKENS.labels("pod-1", "default", "inflight-load-producer", "default-flow", "0")._value
+    before = gauge.get()     # the gauge is process-wide: other tests' pods may share the name
     p.pre_request(st, r, result(eps[0], prefill=[eps[1]]))
     assert p.load(eps[0].address) == (1, 128) and p.load(eps[1].address) == (1, 768)
-    assert INFLIGHT_TOKENS.labels("pod-1", "default", "inflight-load-producer", "default-flow", "0")._value.get() == 128
+    assert gauge.get() - before == 128
     p.response_headers(r, None, 200)          # first bytes: prefill over; a streamed request's tokens are spent
     assert p.load(eps[0].address) == (1, 0) and p.load(eps[1].address) == (0, 0)
     p.response_complete(r, None, 200)

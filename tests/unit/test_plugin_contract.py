@@ -8,10 +8,10 @@ from epp.scheduling.plugins import load_all
 
 # every hook class of the contract, and the methods it declares
 HOOKS = [fw.Filter, fw.Scorer, fw.Picker, fw.ProfileHandler, fw.PrepareRequest, fw.PreRequest, fw.ResponseHeaders,
-         fw.ResponseComplete, fw.BindsPlugins, fw.HasSubPlugins, fw.EndpointLifecycle, fw.BackgroundTask,
-         fw.PrefixMatchProducer, fw.PrefixMatchConsumer, fw.IndexSize, fw.SaturationDetector, fw.StateDumper,
-         fw.KVEventStatus, fw.InFlightLoad, fw.InFlightLoadConsumer, fw.TokenizedPromptConsumer, fw.Parser,
-         fw.DataSource, fw.DataExtractor, fw.Discovery, fw.Admitter, fw.OrderingPolicy, fw.FairnessPolicy,
+         fw.ResponseFirstChunk, fw.ResponseComplete, fw.BindsPlugins, fw.HasSubPlugins, fw.EndpointLifecycle,
+         fw.BackgroundTask, fw.PrefixMatchProducer, fw.PrefixMatchConsumer, fw.IndexSize, fw.SaturationDetector,
+         fw.StateDumper, fw.KVEventStatus, fw.InFlightLoad, fw.InFlightLoadConsumer, fw.TokenizedPromptConsumer,
+         fw.Parser, fw.DataSource, fw.DataExtractor, fw.Discovery, fw.Admitter, fw.OrderingPolicy, fw.FairnessPolicy,
          fw.UsageLimitPolicy]
 
 

@@ -15,6 +15,7 @@ from .test_plugins import (ActiveRequestScorer, ContextLengthAware, KVCacheUtili
                            LoraAffinityScorer, NoHitLRUScorer, PrefixCacheScorer, RunningRequestsSizeScorer,
                            SessionAffinityScorer)
 from epp.scheduling.plugins.precise_prefix_cache_scorer import PrecisePrefixCacheScorer
+from epp.scheduling.plugins.epp_predicted_latency_scorer import PredictedLatencyScorer
 from epp.scheduling.plugins.queue_scorer import QueueScorer
 
 number = st.one_of(st.floats(allow_nan=False, allow_infinity=False, min_value=-10, max_value=1e4),
@@ -76,7 +77,8 @@ def _attribute_scorer():
 SCORERS = [QueueScorer(), KVCacheUtilizationScorer(), RunningRequestsSizeScorer(), LoadAwareScorer(),
            ActiveRequestScorer(), LoraAffinityScorer(), SessionAffinityScorer(), PrefixCacheScorer(),
            NoHitLRUScorer(), ContextLengthAware(), PrecisePrefixCacheScorer(), _token_load_scorer(),
-           _header_label_scorer(), _attribute_scorer()]
+           _header_label_scorer(), _attribute_scorer(), PredictedLatencyScorer(),
+           PredictedLatencyScorer(itlBudgetMs=30, affinitySlack=0.5)]
 
 
 def test_every_scorer_that_skips_clamping_is_checked_here():

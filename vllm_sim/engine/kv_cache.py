@@ -185,7 +185,6 @@ class KVCache:
         keys = self.request_keys(req, full * self.block_size)
         out = []
         new_keys: list[int] = []
-        parent = keys[done - 1] if done else None
         for i in range(done, full):
             b, k = blocks[i], keys[i]
             out.append((i, b, k))

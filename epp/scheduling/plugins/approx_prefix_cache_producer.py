@@ -129,6 +129,10 @@ class ApproxPrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, Endpoin
         if self.auto_tune and chosen and chosen[0].metrics.block_size > 0:
             self._tune_block(chosen[0].metrics.block_size)
 
+    def occupancy(self, address: str) -> float:
+        """How full our record of the endpoint's cache is (0..1): a nearly full one evicts to take more."""
+        return self.index.occupancy(address)
+
     def endpoints_removed(self, addresses: list[str]) -> None:
         for a in addresses:
             self.index.remove_endpoint(a)

@@ -304,6 +304,21 @@ class TokenProducer(Plugin, PrepareRequest, BackgroundTask):
                 st[1] = None
         return ids
 
+    def count(self, state: dict, request: Any) -> int | None:
+        """The prompt's length in tokens without tokenizing more than consumers already asked for: exact
+        once tokenized to the end, else the tokens so far plus the rest of the text at the same
+        characters per token. None with the estimate backend or when the prompt cannot be tokenized."""
+        ids = self.tokens(state, request, 1)
+        if ids is None:
+            return None
+        st = state.get(STATE_TOKENS) or request.tokenization
+        text, pos = (st[1], st[2]) if st is not None else (None, 0)
+        if text is None or pos >= len(text):
+            return len(ids)
+        if not ids or not pos:
+            return len(ids) + (len(text) - pos + 3) // 4
+        return len(ids) + round((len(text) - pos) * len(ids) / pos)
+
     def _start(self, request: Any) -> list:
         body = request.body or {}
         if request.api == "completions":
