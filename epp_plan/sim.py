@@ -456,6 +456,10 @@ class Simulation:
         f.cached_tokens = f.reported_cached if f.reported_cached is not None else max(0, r.num_cached_tokens)
         if self.load.wants_text():
             self.load.done(f.item, self.prompts.text(r.output_token_ids))
+        if f.result is not None and self.scheduler.wants_first_chunk:
+            # the first-chunk hook (the predicted-latency scorer learns prefill speed from it), told at the
+            # answer's end with the TTFT epp would have seen: its learning lags by one answer's decode
+            self.scheduler.response_first_chunk(f.request, f.result, f.t_first - f.t_send)
         self._epp_done(f, 200, Usage(f.prompt_tokens, f.out_tokens, f.cached_tokens, True))
         self._finish_flight(f)
 
