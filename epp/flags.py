@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add("grpc-max-header-list-size", "largest gRPC call metadata (HTTP/2 header list); larger is "
           "RESOURCE_EXHAUSTED on its stream, more than twice it closes the connection", 64 << 10, size)
     f.add("grpc-max-concurrent-streams", "ext_proc calls per connection (SETTINGS_MAX_CONCURRENT_STREAMS); "
-          "more are refused (REFUSED_STREAM); below Envoy's 1,000 queued control frames, see docs/transport.md", 900, positive)
+          "more are refused (REFUSED_STREAM)", 1024, positive)
     f.add("grpc-max-glitches-per-second", "per connection: resets before a first message, refused streams, "
           "SETTINGS, PRIORITY, empty and unknown frames; more is GOAWAY(ENHANCE_YOUR_CALM); 0: no limit", 1000, count)
     f.add("grpc-keepalive-min-time", "pings closer than this without reply data in between are strikes; the "

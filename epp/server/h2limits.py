@@ -18,13 +18,8 @@ class Limits:
     max_send_msg_size: int = (1 << 31) - 1
     # Envoy's own request-header limit is 60 KiB; ext_proc call metadata is a few hundred bytes
     max_header_list_size: int = 64 << 10
-    # Envoy opens another connection past this. Below 1,000 on purpose: Envoy resets every ext_proc
-    # stream that ends with an immediate response, and its HTTP/2 codec lets at most 1,000 control frames
-    # (RST_STREAM, PING, SETTINGS) queue on a connection (max_outbound_control_frames) before it calls
-    # the peer a flood and drops the connection. With 1,024 calls on one connection all ended at once
-    # (flow control answering its queue at shutdown) Envoy's resets overflowed that and it lost the
-    # last few dozen answers; 900 leaves room for its pings and settings.
-    max_concurrent_streams: int = 900
+    # one Envoy worker multiplexes all its ext_proc calls on one connection: room for 1,000 in flight
+    max_concurrent_streams: int = 1024
     # frames that cost work without carrying a call forward (see Connection._glitch), per second
     max_glitches_per_second: int = 1000
     # grpc-go's keepalive EnforcementPolicy.MinTime: pings closer than this, with no reply data in

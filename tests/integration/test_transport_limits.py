@@ -77,7 +77,7 @@ def test_limits_are_advertised(epps, transport):
     c = H2Client(epps(transport).ports["grpc"])
     try:
         assert c.pump(lambda: S_MAX_HEADER_LIST in c.server_settings)
-        assert c.server_settings[S_MAX_CONCURRENT] == 900
+        assert c.server_settings[S_MAX_CONCURRENT] == 1024
         # grpc-core advertises its hard limit, 1.25 times the soft one it is given
         assert c.server_settings[S_MAX_HEADER_LIST] == (64 << 10 if transport == "native" else 80 << 10)
     finally:

@@ -22,7 +22,7 @@ def test_bad_transport_flags_exit_with_usage(argv):
 def test_defaults_and_zero_means_default():
     lim = Limits.from_args(flags.parse(["--endpoints-file", "f"]))
     assert lim == Limits()
-    assert (lim.max_recv_msg_size, lim.max_header_list_size, lim.max_concurrent_streams) == (4 << 20, 64 << 10, 900)
+    assert (lim.max_recv_msg_size, lim.max_header_list_size, lim.max_concurrent_streams) == (4 << 20, 64 << 10, 1024)
     assert (lim.max_glitches_per_second, lim.keepalive_min_time, lim.header_block_cap) == (1000, 300.0, 128 << 10)
     assert Limits.from_args(flags.parse(["--endpoints-file", "f", "--grpc-max-recv-msg-size", "0"])) == Limits()
     custom = Limits.from_args(flags.parse(["--endpoints-file", "f", "--grpc-max-recv-msg-size", "10MiB",
@@ -41,7 +41,7 @@ def test_grpcio_gets_the_same_bounds():
 def test_memory_bound_is_the_documented_arithmetic():
     b = Limits().memory_bound()
     assert b["stream"] == (4 << 20) + (2 << 20)
-    assert b["connection"] == 900 * b["stream"] + (1 << 20) + (256 << 10) + (1 << 20)
+    assert b["connection"] == 1024 * b["stream"] + (1 << 20) + (256 << 10) + (1 << 20)
     assert Limits(max_concurrent_streams=16).memory_bound()["connection"] < 100 << 20
 
 
