@@ -57,7 +57,7 @@ class Flight:
 
     __slots__ = ("i", "stage", "item", "t_send", "request", "result", "tokens", "pod", "prefill", "prefill_open",
                  "rid", "pre_rid", "eng", "pre_eng", "status", "error", "t_first", "t_done", "itl", "out_tokens",
-                 "prompt_tokens", "cached_tokens", "open", "reported_cached")
+                 "prompt_tokens", "cached_tokens", "open", "reported_cached", "first_told")
 
     def __init__(self, i: int, stage: "StageRun", item, t: float) -> None:
         self.i, self.stage, self.item, self.t_send = i, stage, item, t
@@ -70,6 +70,7 @@ class Flight:
         self.out_tokens = self.prompt_tokens = self.cached_tokens = self.tokens = 0
         self.open = True           # counted in flight by epp, not yet done
         self.reported_cached = None
+        self.first_told = False    # the first-chunk hook has run
 
 
 class StageRun:
@@ -276,6 +277,12 @@ class Simulation:
         if f.result is not None and f.open:
             self.scheduler.response_headers(f.request, f.result, 200)
 
+    def _first_chunk(self, f: Flight) -> None:
+        """The answer's first chunk passes epp: the first-chunk hook (the predicted-latency scorer learns
+        each pod's prefill speed from these TTFTs)."""
+        if f.result is not None and f.open:
+            self.scheduler.response_first_chunk(f.request, f.result, self.now - f.t_send)
+
     def _prefill_done(self, f: Flight) -> None:
         if f.prefill_open:
             f.prefill_open = False
@@ -375,7 +382,14 @@ class Simulation:
     def _step_end(self, arg) -> None:
         pod, out = arg
         pod.busy = False
+        first_hook = self.scheduler.wants_first_chunk
         for o in out.outputs:
+            if first_hook and o.request.output_token_ids:
+                got = self.flights_by_rid.get(o.request.request_id)
+                if got is not None and not got[1] and not got[0].first_told:
+                    f = got[0]   # its first token: the chunk reaches epp after the way back
+                    f.first_told = True
+                    self.at(self.now + self.d_ret + (self.d_hop if f.prefill else 0.0), self._first_chunk, f)
             if o.finished:
                 got = self.flights_by_rid.pop(o.request.request_id, None)
                 if got is None:
@@ -456,10 +470,6 @@ class Simulation:
         f.cached_tokens = f.reported_cached if f.reported_cached is not None else max(0, r.num_cached_tokens)
         if self.load.wants_text():
             self.load.done(f.item, self.prompts.text(r.output_token_ids))
-        if f.result is not None and self.scheduler.wants_first_chunk:
-            # the first-chunk hook (the predicted-latency scorer learns prefill speed from it), told at the
-            # answer's end with the TTFT epp would have seen: its learning lags by one answer's decode
-            self.scheduler.response_first_chunk(f.request, f.result, f.t_first - f.t_send)
         self._epp_done(f, 200, Usage(f.prompt_tokens, f.out_tokens, f.cached_tokens, True))
         self._finish_flight(f)
 
