@@ -11,7 +11,7 @@ request the TTFT of prefilling on d itself and on each prefill pod p:
     disaggregate  iff  u(d) >= minUncachedTokens        the uncached part is long enough to stall d's batch
                   and  remote <= headroom x local        the prefill pods have headroom now
 
-Otherwise the decode pod prefills the request itself. headroom (default 2) is what a first token may
+Otherwise the decode pod prefills the request itself. headroom (default 3) is what a first token may
 cost in extra wait to keep a long prefill out of the decode pod's batch: a prefill on d stalls every
 decode running there for as long as it takes (min(u, maxNumBatchedTokens) x b(d) per step), which the
 request's own TTFT does not show. At light and moderate load the prefill pods have headroom and long
@@ -19,7 +19,7 @@ prompts go there (the decode pods' ITL and E2E stay those of pure decode); when 
 grow past headroom x what the decode pod would take, prefill work flows back to the decode pods instead
 of queueing on too few prefill pods, so throughput stays near the same pods aggregated.
 
-Parameters: minUncachedTokens (default 512), headroom (default 2.0), latencyScorerName (the
+Parameters: minUncachedTokens (default 512), headroom (default 3.0), latencyScorerName (the
 epp-predicted-latency-scorer whose model to share; default: the configured one, else a model of the
 decider's own), prefixMatchInfoProducerName (for a model of its own), maxNumBatchedTokens (same).
 Decisions are counted with reasons: uncached (disaggregated), below_threshold, prefill_busy,
@@ -41,7 +41,7 @@ PREFILL_BUSY = "prefill_busy"        # the prefill pods' queues would make the f
 class AdaptivePDDecider(PDDecider, BindsPlugins):
     type_name = "epp-adaptive-pd-decider"
 
-    def __init__(self, name: str | None = None, minUncachedTokens: int = 512, headroom: float = 2.0,
+    def __init__(self, name: str | None = None, minUncachedTokens: int = 512, headroom: float = 3.0,
                  latencyScorerName: str = "", prefixMatchInfoProducerName: str = "",
                  maxNumBatchedTokens: int = 8192) -> None:
         super().__init__(name)
