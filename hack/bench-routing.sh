@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The routing scenarios of docs/benchmarks.md ("Where routers differ"), every router of each, medians of
+# The routing scenarios of docs/benchmarks.md ("Routing scenarios"), every router of each, medians of
 # 3 runs, then the P/D long-input variants (medians of 3): the published tables, rerun in one command.
 #
 #   hack/bench-routing.sh                       # everything (~6 h on 2 cores)
