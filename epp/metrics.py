@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -36,6 +37,28 @@ _FAST_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 
 
 OVERFLOW = "other"
 MAX_LABEL_VALUES = 1000
+
+
+class LiveCollector:
+    """A custom collector over every live instance of one kind (plugins that report their state at scrape
+    time instead of updating metrics per request or per event). Subclasses implement collect() over
+    cls.live; the first track() registers one instance of the subclass in the default registry, so each
+    metric name is registered once however many instances run."""
+
+    live: "weakref.WeakSet"
+    _registered = False
+
+    def __init_subclass__(cls, **kw) -> None:
+        super().__init_subclass__(**kw)
+        cls.live = weakref.WeakSet()
+        cls._registered = False
+
+    @classmethod
+    def track(cls, obj) -> None:
+        if not cls._registered:
+            REGISTRY.register(cls())
+            cls._registered = True
+        cls.live.add(obj)
 
 
 class BoundedLabel:

@@ -70,3 +70,13 @@ async def until(probe, what: str = "condition", timeout: float = HANG, *, test=b
             await asyncio.wait_for(wake.wait(), left)
         except asyncio.TimeoutError:
             pass
+
+
+def wait_for(cond, timeout: float = 10.0, what: str = "") -> None:
+    """The blocking form of until() for tests that run no event loop: returns once cond() is true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise Timeout(f"timed out: {what}")

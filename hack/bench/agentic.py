@@ -106,21 +106,7 @@ async def run_stage(http, url: str, wl: AgenticWorkload, rate: float, wall_durat
         t = asyncio.create_task(session())
         sessions.add(t)
         t.add_done_callback(sessions.discard)
-    st.t_arrivals_end = perf()
-    if sessions:
-        _, pending = await asyncio.wait(set(sessions), timeout=drain_timeout)
-        for t in pending:
-            t.cancel()
-        if pending:
-            st.drained = False
-            await asyncio.gather(*pending, return_exceptions=True)
-            for r in st.recs:
-                if r.e2e != r.e2e and not r.error:
-                    r.error = "not finished at drain timeout"
-    st.t_end = perf()
-    ticker.cancel()
-    prog.show(st, end="\n")
-    return st
+    return await loadgen.finish_stage(st, sessions, drain_timeout, ticker, prog)
 
 
 __all__ = ["AgenticWorkload", "run_stage", "SESSION_HEADER", "loadgen"]

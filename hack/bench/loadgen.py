@@ -202,9 +202,15 @@ async def run_stage(http: aiohttp.ClientSession, url: str, wl: Workload, mode: s
         workers = [asyncio.create_task(worker()) for _ in range(int(level))]
         await asyncio.wait(workers, timeout=max(0.0, end - perf()))
         tasks.update(w for w in workers if not w.done())      # each finishes its last request in the drain
+    return await finish_stage(st, tasks, drain_timeout, ticker, prog)
+
+
+async def finish_stage(st: Stage, tasks: set, drain_timeout: float, ticker: asyncio.Task, prog: Progress) -> Stage:
+    """Arrivals are over: wait up to drain_timeout for what is in flight, cancel the rest (its requests
+    count as not finished), stop the progress line."""
     st.t_arrivals_end = perf()
     if tasks:
-        done, pending = await asyncio.wait(set(tasks), timeout=drain_timeout)
+        _, pending = await asyncio.wait(set(tasks), timeout=drain_timeout)
         for t in pending:
             t.cancel()
         if pending:

@@ -21,13 +21,13 @@ import pytest
 from envoy.config.core.v3 import base_pb2 as core
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 
 from testbed.endpoints import write_endpoints
+from testbed.grpc_health import health
 from testbed.http1 import post
 from testbed.ports import free_port
 from testbed.standin_pod import Pod
+from testbed.wait import wait_for
 
 from .fake_kube import FakeKube, inference_pool, pod
 from .stack import Envoy, Epp, PodGroup, landed_right
@@ -36,22 +36,6 @@ pytestmark = pytest.mark.envoy
 MODE = "FULL_DUPLEX_STREAMED"
 
 
-def health(port: int, service: str) -> str:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        try:
-            r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=3)
-            return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
-        except grpc.RpcError as e:
-            return e.code().name
-
-
-def wait_for(cond, timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out: {what}")
 
 
 def make_cert(org: str) -> tuple[bytes, bytes]:
@@ -319,7 +303,10 @@ class _Collector:
     """An OTLP/gRPC trace collector on loopback that keeps every span it receives."""
 
     def __init__(self) -> None:
-        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+        from opentelemetry.proto.collector.trace.v1 import (
+            trace_service_pb2,
+            trace_service_pb2_grpc,
+        )
         spans, resources = self.spans, self.resources = [], []
 
         class Service(trace_service_pb2_grpc.TraceServiceServicer):

@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from testbed.http1 import post
 from testbed.ports import free_port
 from testbed.standin_pod import Pod
+from testbed.wait import wait_for
 
 from .fake_kube import FakeKube, inference_pool, pod
 from .stack import Envoy, Epp, PodGroup
@@ -64,14 +65,6 @@ def ready(port: int) -> str:
         except grpc.RpcError as e:
             return e.code().name
 
-
-def wait_for(cond, timeout=10.0, what=""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out: {what}")
 
 
 @pytest.fixture

@@ -6,25 +6,16 @@ import sys
 import threading
 import time
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from testbed.endpoints import write_endpoints
+from testbed.grpc_health import health
 from testbed.http1 import post
 
 from .stack import Envoy, Epp, PodGroup, landed_right
 
 pytestmark = pytest.mark.envoy
 
-
-def health(port: int, service: str) -> str:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        try:
-            r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=3)
-            return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
-        except grpc.RpcError as e:
-            return e.code().name
 
 
 def test_invalid_endpoints_file_fails_start_with_the_reason(tmp_path):

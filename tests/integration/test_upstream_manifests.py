@@ -9,19 +9,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-import grpc
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from epp import flags
-
+from testbed.grpc_health import health
 from testbed.http1 import post
 from testbed.ports import free_port
 from testbed.standin_pod import Pod
-from testbed.wait import wait_port
+from testbed.wait import wait_for, wait_port
 
 from .fake_kube import FakeKube, inference_pool, pod
 from .stack import Envoy, PodGroup, landed_right
@@ -33,22 +30,6 @@ with open(os.path.join(HERE, "epp_args.yaml")) as _f:
     FIXTURES = yaml.safe_load(_f)
 
 
-def health(port: int, service: str) -> str:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        try:
-            r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=3)
-            return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
-        except grpc.RpcError as e:
-            return e.code().name
-
-
-def wait_for(cond, timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out: {what}")
 
 
 def set_flag(args: list[str], name: str, value: str, append: bool = True) -> None:
@@ -123,7 +104,7 @@ def test_upstream_argument_list(tmp_path, pods, entry):
         wait_port(ports["grpc-port"], 20, proc, "epp")
         hp = ports["grpc-health-port"]
         probes = entry["probes"]
-        wait_for(lambda: health(hp, probes["readiness"]) == "SERVING", what=f"readiness probe {probes}")
+        wait_for(lambda: health(hp, probes["readiness"]) == "SERVING", timeout=15, what=f"readiness probe {probes}")
         assert health(hp, probes["liveness"]) == "SERVING"
 
         envoy = Envoy(str(tmp_path), [MODE], ports["grpc-port"], epp_tls=parsed.secure_serving)

@@ -42,17 +42,26 @@ wall clock.
 from __future__ import annotations
 
 import time
-import weakref
 from collections import deque
 from typing import Sequence
 
-from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ..framework import (BindsPlugins, EndpointLifecycle, Plugin, PreRequest, PrefixMatchProducer, ResponseComplete,
-                         ResponseFirstChunk)
+from ...metrics import LiveCollector
+from ..framework import (
+    BindsPlugins,
+    EndpointLifecycle,
+    Plugin,
+    PrefixMatchProducer,
+    PreRequest,
+    ResponseComplete,
+    ResponseFirstChunk,
+)
 from ..types import SchedulingResult
-from .approx_prefix_cache_producer import ApproxPrefixCacheProducer, find_prefix_producer
+from .approx_prefix_cache_producer import (
+    ApproxPrefixCacheProducer,
+    find_prefix_producer,
+)
 from .token_producer import TokenProducer
 
 _EPS = 1e-12
@@ -345,19 +354,9 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
         self._pool_dirty = True
 
 
-class _Collector:
+class _Collector(LiveCollector):
     """Predicted and observed TTFT per endpoint (and the learned fit), read at scrape time: no per-request
     metric updates on the hot path."""
-
-    live: "weakref.WeakSet[LatencyModel]" = weakref.WeakSet()
-    _registered = False
-
-    @classmethod
-    def track(cls, model: LatencyModel) -> None:
-        if not cls._registered:
-            REGISTRY.register(cls())
-            cls._registered = True
-        cls.live.add(model)
 
     def collect(self):
         labels = ["plugin_name", "endpoint"]

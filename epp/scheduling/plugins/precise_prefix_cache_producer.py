@@ -18,15 +18,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 
-from prometheus_client import REGISTRY, Counter
+from prometheus_client import Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ...datalayer.address import host_port
-from ..framework import (BackgroundTask, BindsPlugins, EndpointLifecycle, HasSubPlugins, KVEventStatus, Plugin,
-                         PrefixMatchProducer, PreRequest, ResponseComplete, StateDumper, need_bool, need_duration,
-                         need_int, params_error, register)
+from ...metrics import LiveCollector
+from ..framework import (
+    BackgroundTask,
+    BindsPlugins,
+    EndpointLifecycle,
+    HasSubPlugins,
+    KVEventStatus,
+    Plugin,
+    PrefixMatchProducer,
+    PreRequest,
+    ResponseComplete,
+    StateDumper,
+    need_bool,
+    need_duration,
+    need_int,
+    params_error,
+    register,
+)
 from ..types import DEFER, PREDICTION, CachePrediction, MatchInfo
 from .approx_prefix_cache_producer import ApproxPrefixCacheProducer
 from .token_producer import TokenProducer
@@ -290,19 +304,9 @@ class PrecisePrefixCacheProducer(Plugin, PrefixMatchProducer, PreRequest, Endpoi
                         usage.prompt_tokens, request.request_id)
 
 
-class _Collector:
+class _Collector(LiveCollector):
     """KV-event ingestion and index state of every running producer, read at scrape time (no
     per-event metric updates). One collector for all of them: metric names are registered once."""
-
-    live: "weakref.WeakSet[PrecisePrefixCacheProducer]" = weakref.WeakSet()
-    _registered = False
-
-    @classmethod
-    def track(cls, producer: PrecisePrefixCacheProducer) -> None:
-        if not cls._registered:
-            REGISTRY.register(cls())
-            cls._registered = True
-        cls.live.add(producer)
 
     def collect(self):
         labels = ["plugin_name"]
