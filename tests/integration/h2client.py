@@ -72,7 +72,8 @@ class Call:
 
 
 class H2Client:
-    def __init__(self, port: int, window: int = 1 << 30, initial: bool = True, timeout: float = 10.0) -> None:
+    def __init__(self, port: int, window: int = 1 << 30, initial: bool = True, timeout: float = 10.0,
+                 ack_pings: bool = True) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.timeout = timeout
@@ -85,6 +86,8 @@ class H2Client:
         self.closed = False
         self.pings_acked = 0
         self.ping_acks: list[bytes] = []
+        self.ack_pings = ack_pings       # as HTTP/2 requires; off to play a peer that never does
+        self.pings: list[bytes] = []     # the server's own pings
         self.next_sid = 1
         self._block: tuple[int, int, bytearray] | None = None
         if initial:
@@ -205,6 +208,10 @@ class H2Client:
         elif ftype == PING and flags & ACK:
             self.pings_acked += 1
             self.ping_acks.append(payload)
+        elif ftype == PING:
+            self.pings.append(payload)
+            if self.ack_pings:
+                self.send(frame(PING, ACK, 0, payload))
 
 
 def rss_kib(pid: int) -> int:

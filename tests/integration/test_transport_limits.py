@@ -264,6 +264,37 @@ def test_concurrent_streams_over_the_limit_are_refused(epps, transport):
     served(epp)
 
 
+def test_stream_ends_wait_for_the_peer_to_acknowledge_a_fence(epps):
+    """A peer that reads a burst of answers in one go must not be handed more than FENCE_LIMIT (512)
+    call ends it has not caught up with (Envoy drops the connection past 1,000 resets queued): a PING
+    goes out with each write that brings 128 ends or more and what follows the 512th unacknowledged end waits for its ACK. The ends
+    held count as open calls, so a peer that never acknowledges gets its new calls refused."""
+    from epp.server.h2connection import FENCE_LIMIT
+    epp = epps("native")
+    c = H2Client(epp.ports["grpc"], ack_pings=False)
+    try:
+        n = 1600
+        sids = [c.open(message=hello(), end=True) for _ in range(n)]
+        done = lambda: sum(c.calls[s].done for s in sids)       # noqa: E731
+        assert c.pump(lambda: done() >= FENCE_LIMIT)
+        assert not c.pump(lambda: done() > FENCE_LIMIT, 0.5)     # the rest waits for an ACK
+        assert all(c.calls[s].status == 0 for s in sids[:FENCE_LIMIT]) 
+        assert int.from_bytes(c.pings[-1], "big") == FENCE_LIMIT   # a PING marks the 512th end
+        c.ack_pings = True
+        for p in c.pings:
+            c.send(frame(PING, 1, 0, p))
+        assert c.pump(lambda: done() == n)
+        ok = [s for s in sids if c.calls[s].status == 0]
+        refused = [s for s in sids if c.calls[s].rst == REFUSED_STREAM]
+        # the first 1,024 calls fit the stream limit; at most 512 + 1,024 could end while held
+        assert len(ok) + len(refused) == n and n - FENCE_LIMIT - 1024 <= len(refused) <= n - 1024, len(refused)
+        assert alive(c)
+        assert c.call(c.open(message=hello(), end=True)).status == 0
+    finally:
+        c.close()
+    served(epp)
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_window_overflow(epps, transport):
     epp = epps(transport)
