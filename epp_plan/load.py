@@ -44,6 +44,11 @@ class Load:
 
 def from_scenario(s: Scenario, max_stages: int = 0) -> Load:
     ld = s.load
+    if ld.mode not in ("poisson", "concurrency"):
+        # agentic sessions (turns sent as answers complete) are not simulated: without this their stages
+        # came out empty, a plan of nothing that looked like one
+        raise ValueError(f"{s.path}: epp-plan does not simulate load mode {ld.mode!r} (agentic sessions) yet; "
+                         f"run it on the wall clock: hack/bench.sh run {s.name}")
     plans = [StagePlan(level=lvl, mode=ld.mode, duration_s=ld.duration_s, drain_timeout_s=ld.drain_timeout_s,
                        seed=s.workload.seed + i, max_requests=ld.max_requests)
              for i, lvl in enumerate(stages(s)[:max_stages or None])]

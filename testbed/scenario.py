@@ -27,6 +27,8 @@ ROUTER_CONFIGS = {"epp-random": "config/random.yaml", "epp-load-only": "config/l
                   # ours: the predicted-latency scorer on the approximate producer, and on the precise one
                   "epp-latency": "config/predicted-latency.yaml",
                   "epp-latency-precise": "config/predicted-latency-precise.yaml",
+                  # ours: the same with upstream's prefix scorer beside it (prefix affinity under load)
+                  "epp-latency-affinity": "config/predicted-latency-affinity.yaml",
                   "epp-pd-adaptive": "config/pd-adaptive.yaml"}
 
 

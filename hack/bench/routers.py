@@ -7,6 +7,7 @@
     epp-flow                  epp with flow control (hack/bench/configs/noisy-neighbor-flow.yaml)
     epp-approx-pw             the approximate scorer with precise.yaml's weights (a control)
     epp-latency, epp-latency-precise   the predicted-latency scorer (ours) on approximate / precise prefixes
+    epp-latency-affinity      the same with upstream's prefix scorer beside it (ours)
     epp:PATH                  Envoy + epp with any EndpointPickerConfig file
     sglang-cache-aware, sglang-rr                     sglang-router (PyPI `sglang-router`)
     vllm-router-cache-aware, vllm-router-rr           vllm-router (PyPI `vllm-router`)
