@@ -1,5 +1,7 @@
 """What the simulated clients send: the stages of a benchmark scenario (the very request bodies, arrival
-draws and stage structure of the wall-clock harness) or one stage replaying a trace.
+draws and stage structure of the wall-clock harness) or one stage replaying a trace. Agentic sessions
+(load mode `sessions`) arrive as the harness draws them; each sends its turns one after another, the
+next a think time after the previous answer, with the answer's text in its context.
 
 A scenario's arrivals are drawn as the harness's load generator draws them: per stage a
 random.Random(seed + stage), exponential gaps at the stage's rate in engine time (the harness draws at
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from testbed.agentic import AgenticWorkload
 from testbed.scenario import Scenario, stages
 from testbed.workload import Item, Workload
 
@@ -23,6 +26,8 @@ class StagePlan:
     drain_timeout_s: float = 600.0
     seed: int = 0
     max_requests: int = 0
+    turns: int = 0                    # sessions: turns per session, sent one after another
+    think_s: float = 0.0              # sessions: engine seconds between an answer and the next turn
     trace: list = field(default_factory=list)   # (offset s, Item) for a trace stage
 
 
@@ -44,15 +49,14 @@ class Load:
 
 def from_scenario(s: Scenario, max_stages: int = 0) -> Load:
     ld = s.load
-    if ld.mode not in ("poisson", "concurrency"):
-        # agentic sessions (turns sent as answers complete) are not simulated: without this their stages
-        # came out empty, a plan of nothing that looked like one
-        raise ValueError(f"{s.path}: epp-plan does not simulate load mode {ld.mode!r} (agentic sessions) yet; "
-                         f"run it on the wall clock: hack/bench.sh run {s.name}")
+    if ld.mode not in ("poisson", "concurrency", "sessions"):
+        raise ValueError(f"{s.path}: epp-plan does not simulate load mode {ld.mode!r}")
+    sessions = ld.mode == "sessions"
     plans = [StagePlan(level=lvl, mode=ld.mode, duration_s=ld.duration_s, drain_timeout_s=ld.drain_timeout_s,
-                       seed=s.workload.seed + i, max_requests=ld.max_requests)
+                       seed=s.workload.seed + i, max_requests=ld.max_requests,
+                       turns=s.workload.turns if sessions else 0, think_s=s.workload.think_s if sessions else 0.0)
              for i, lvl in enumerate(stages(s)[:max_stages or None])]
-    return Load(plans, Workload(s), s.pool.model, s.workload.api, s.name)
+    return Load(plans, AgenticWorkload(s) if sessions else Workload(s), s.pool.model, s.workload.api, s.name)
 
 
 class _TraceSource:

@@ -75,7 +75,7 @@ class Flight:
 
 class StageRun:
     __slots__ = ("index", "plan", "t_start", "t_arrivals_end", "t_end", "flights", "outstanding", "arrivals_done",
-                 "counters0", "counters1", "rng", "t_next", "ended", "drain_seq", "drained")
+                 "counters0", "counters1", "rng", "t_next", "ended", "drain_seq", "drained", "sessions")
 
     def __init__(self, index: int, plan) -> None:
         self.index, self.plan = index, plan
@@ -88,6 +88,7 @@ class StageRun:
         self.rng = random.Random(plan.seed)
         self.t_next = 0.0
         self.drain_seq = 0
+        self.sessions = 0          # agentic sessions started and not over (a turn in flight or thinking)
 
 
 class Simulation:
@@ -162,6 +163,8 @@ class Simulation:
         mode = st.plan.mode
         if mode == "poisson":
             self._next_arrival(st)
+        elif mode == "sessions":
+            self._next_session(st)
         elif mode == "concurrency":
             for _ in range(int(st.plan.level)):
                 self._send(st, self.load.next_item())
@@ -185,6 +188,27 @@ class Simulation:
         self._send(st, self.load.next_item())
         self._next_arrival(st)
 
+    def _next_session(self, st: StageRun) -> None:
+        """Agentic sessions arrive as the harness draws them (hack/bench/agentic.py): exponential gaps at
+        the stage's rate; each sends its first turn at once, the next ones as answers come."""
+        p = st.plan
+        st.t_next += st.rng.expovariate(p.level)
+        if st.t_next >= st.t_start + p.duration_s:
+            self._arrivals_over(st)
+            return
+        self.at(st.t_next, self._session_start, st)
+
+    def _session_start(self, st: StageRun) -> None:
+        st.sessions += 1
+        s = self.load.source.new_session()
+        self._send(st, self.load.source.turn(s, 0))
+        self._next_session(st)
+
+    def _next_turn(self, arg) -> None:
+        st, session, k = arg
+        if not st.ended:
+            self._send(st, self.load.source.turn(session, k))
+
     def _trace_send(self, arg) -> None:
         st, item = arg
         self._send(st, item)
@@ -198,7 +222,7 @@ class Simulation:
         self._maybe_end(st)
 
     def _maybe_end(self, st: StageRun) -> None:
-        if st.arrivals_done and st.outstanding == 0 and not st.ended:
+        if st.arrivals_done and st.outstanding == 0 and st.sessions == 0 and not st.ended:
             self._end_stage(st)
 
     def _end_stage(self, st: StageRun) -> None:
@@ -214,7 +238,7 @@ class Simulation:
         for f in st.flights:
             if f.open and f.status == 0:
                 self._cut(f)
-        st.outstanding = 0
+        st.outstanding = st.sessions = 0
         self._end_stage(st)
 
     def _send(self, st: StageRun, item) -> None:
@@ -231,7 +255,7 @@ class Simulation:
         body, model, prompt, stream, salt = parse_body(api, f.item.body)
         priority = getattr(f.item, "priority", 0)
         req = LLMRequest(request_id=f"plan-{next(self.ids)}", model=model, target_model=model, api=api,
-                         prompt=prompt, headers={}, body=body, priority=priority, cache_salt=salt, stream=stream)
+                         prompt=prompt, headers=dict(getattr(f.item, "headers", None) or {}), body=body, priority=priority, cache_salt=salt, stream=stream)
         f.request = req
         candidates = self._candidates()
         if priority < 0 and self.saturation.saturation(candidates) >= 1.0:
@@ -468,7 +492,9 @@ class Simulation:
         f.out_tokens = len(r.output_token_ids)
         f.prompt_tokens = r.num_prompt_tokens
         f.cached_tokens = f.reported_cached if f.reported_cached is not None else max(0, r.num_cached_tokens)
-        if self.load.wants_text():
+        if f.stage.plan.mode == "sessions":
+            self.load.source.answered(f.item.session, self.prompts.text(r.output_token_ids))
+        elif self.load.wants_text():
             self.load.done(f.item, self.prompts.text(r.output_token_ids))
         self._epp_done(f, 200, Usage(f.prompt_tokens, f.out_tokens, f.cached_tokens, True))
         self._finish_flight(f)
@@ -495,6 +521,12 @@ class Simulation:
         st.outstanding -= 1
         if st.plan.mode == "concurrency" and not st.arrivals_done:
             self._send(st, self.load.next_item())
+        elif st.plan.mode == "sessions":
+            k = f.item.turn + 1
+            if f.status == 200 and k < st.plan.turns:
+                self.at(self.now + st.plan.think_s, self._next_turn, (st, f.item.session, k))
+            else:
+                st.sessions -= 1       # done, or an agent whose call failed gives up the task
         self._maybe_end(st)
 
     # ------------------------------------------------------------------ counters
