@@ -9,8 +9,6 @@ from epp.scheduling.config import load as load_config
 from epp_plan import cli
 from epp_plan.candidates import CandidateError, expand, parse_pd, set_non_cached, set_weight
 from epp_plan.plan import judge, pareto, recommend
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from epp_plan.trace import TraceError, read
 
 PD = open(os.path.join(os.path.dirname(__file__), "..", "..", "config", "pd.yaml")).read()
@@ -121,10 +119,6 @@ def test_command_line_reports_bad_input(tmp_path, capsys):
     assert cli.main([str(tmp_path / "missing.jsonl"), "--no-plots", "--out", str(tmp_path)]) == 2
     assert "epp-plan:" in capsys.readouterr().err
     assert cli.main([str(tmp_path / "x.jsonl"), "--slo", "ttft=1"]) == 2
-    # agentic sessions are not simulated: refused by name, not planned as empty stages
-    agentic = os.path.join(ROOT, "hack", "bench", "scenarios", "agentic.yaml")
-    assert cli.main([agentic, "--no-plots", "--out", str(tmp_path)]) == 2
-    assert "does not simulate load mode 'sessions'" in capsys.readouterr().err
 
 
 def test_near_ties_go_to_fewer_gpus_then_lower_latency():

@@ -137,3 +137,35 @@ def test_repeats_give_medians_and_ranges(tiny):
     st = r["stages"][0]
     lo, hi = st["spread"]["ttft_p90_s"]
     assert r["repeats"] == 3 and lo <= st["ttft_p90_s"] <= hi
+
+
+def test_agentic_sessions_send_their_turns_in_order_with_the_answers(tmp_path):
+    """Load mode sessions, as the harness runs it: each session sends its turns one after another, the
+    next a think time after the previous answer, its context grown by that answer (and a tool result),
+    every turn with the session's x-session-id."""
+    from testbed.agentic import SESSION_HEADER
+    path = write_scenario(tmp_path / "agentic.yaml",
+                          workload={"type": "agentic", "api": "chat", "groups": 2, "system_len": 150, "question_len": 20,
+                                    "tool_min": 10, "tool_max": 20, "output_min": 4, "output_max": 8, "turns": 3,
+                                    "think_s": 0.1},
+                          load={"mode": "sessions", "rates": [4], "duration_s": 2})
+    s = load(path)
+    wl = Workload("scenario", path)
+    pods = [PodSpec("decode", engine_flags(s.pool)) for _ in range(2)]
+    sim = Simulation(pods, adapt(_cfg("epp-approx"), s.pool.model, s.pool.block_size), wl.build(), Stack()).run()
+    st = sim.stages[0]
+    done = [f for f in st.flights if f.status == 200]
+    by_session = {}
+    for f in st.flights:
+        by_session.setdefault(f.item.session.sid, []).append(f)
+    assert len(by_session) >= 4 and len(done) == len(st.flights) == 3 * len(by_session)
+    for sid, flights in by_session.items():
+        assert [f.item.turn for f in flights] == [0, 1, 2]
+        assert all(f.item.headers == {SESSION_HEADER: sid} for f in flights)
+        for prev, f in zip(flights, flights[1:]):
+            assert f.t_send >= prev.t_done + 0.1 - 1e-9           # after the answer, plus the think time
+            before, after = json.loads(prev.item.body)["messages"], json.loads(f.item.body)["messages"]
+            assert after[:len(before)] == before and after[len(before)]["role"] == "assistant"
+            assert after[len(before)]["content"]                   # the answer's text, resent
+    later = [f for f in done if f.item.turn]
+    assert sum(f.cached_tokens for f in later) > 0.5 * sum(f.prompt_tokens for f in later)   # each turn finds the last
