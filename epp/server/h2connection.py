@@ -449,13 +449,15 @@ class Connection(asyncio.Protocol):
         if self.goaway_sent or self.peer_goaway or self.srv.draining:
             self._out_end(rst(sid, REFUSED_STREAM))
             return
-        if too_big:
-            self._refuse(sid, flags, GRPC_RESOURCE_EXHAUSTED,
-                         f"header list of {size} bytes exceeds the limit of {self.lim.max_header_list_size}")
-            return
+        # first, so that answers held for a fence (end_marks) stay bounded: a call refused for its
+        # headers or path would otherwise add its trailers to them without limit
         if len(self.streams) + self.orphans + len(self.end_marks) >= self.lim.max_concurrent_streams:
             self._glitch("refused streams")
             self._out_end(rst(sid, REFUSED_STREAM))
+            return
+        if too_big:
+            self._refuse(sid, flags, GRPC_RESOURCE_EXHAUSTED,
+                         f"header list of {size} bytes exceeds the limit of {self.lim.max_header_list_size}")
             return
         path = next((v for k, v in headers if k == b":path"), b"")
         if path != self.srv.path:

@@ -280,6 +280,9 @@ def test_stream_ends_wait_for_the_peer_to_acknowledge_a_fence(epps):
         assert not c.pump(lambda: done() > FENCE_LIMIT, 0.5)     # the rest waits for an ACK
         assert all(c.calls[s].status == 0 for s in sids[:FENCE_LIMIT]) 
         assert int.from_bytes(c.pings[-1], "big") == FENCE_LIMIT   # a PING marks the 512th end
+        # with every slot held, calls the server would answer itself (an unknown method) are refused
+        # too: what waits for the fence stays within the stream limit
+        bad = [c.open(message=hello(), end=True, path="/no.Such/Method") for _ in range(50)]
         c.ack_pings = True
         for p in c.pings:
             c.send(frame(PING, 1, 0, p))
@@ -288,6 +291,8 @@ def test_stream_ends_wait_for_the_peer_to_acknowledge_a_fence(epps):
         refused = [s for s in sids if c.calls[s].rst == REFUSED_STREAM]
         # the first 1,024 calls fit the stream limit; at most 512 + 1,024 could end while held
         assert len(ok) + len(refused) == n and n - FENCE_LIMIT - 1024 <= len(refused) <= n - 1024, len(refused)
+        assert c.pump(lambda: all(c.calls[s].done for s in bad))
+        assert all(c.calls[s].rst == REFUSED_STREAM for s in bad)
         assert alive(c)
         assert c.call(c.open(message=hello(), end=True)).status == 0
     finally:
