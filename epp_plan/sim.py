@@ -161,10 +161,8 @@ class Simulation:
         st.t_start = st.t_next = self.now
         st.counters0 = self._counters()
         mode = st.plan.mode
-        if mode == "poisson":
+        if mode in ("poisson", "sessions"):
             self._next_arrival(st)
-        elif mode == "sessions":
-            self._next_session(st)
         elif mode == "concurrency":
             for _ in range(int(st.plan.level)):
                 self._send(st, self.load.next_item())
@@ -176,33 +174,24 @@ class Simulation:
             self.at(st.t_start + last, self._arrivals_over, st)
 
     def _next_arrival(self, st: StageRun) -> None:
-        """The harness's open loop: the next send is an exponential gap after the previous planned one."""
+        """The harness's open loop: the next send (with sessions, the next session's first turn; the rest
+        follow as answers come, hack/bench/agentic.py) is an exponential gap after the previous planned one."""
         p = st.plan
         st.t_next += st.rng.expovariate(p.level)
         if st.t_next >= st.t_start + p.duration_s or (p.max_requests and len(st.flights) >= p.max_requests):
             self._arrivals_over(st)
             return
-        self.at(st.t_next, self._poisson_send, st)
+        self.at(st.t_next, self._session_start if p.mode == "sessions" else self._poisson_send, st)
 
     def _poisson_send(self, st: StageRun) -> None:
         self._send(st, self.load.next_item())
         self._next_arrival(st)
 
-    def _next_session(self, st: StageRun) -> None:
-        """Agentic sessions arrive as the harness draws them (hack/bench/agentic.py): exponential gaps at
-        the stage's rate; each sends its first turn at once, the next ones as answers come."""
-        p = st.plan
-        st.t_next += st.rng.expovariate(p.level)
-        if st.t_next >= st.t_start + p.duration_s:
-            self._arrivals_over(st)
-            return
-        self.at(st.t_next, self._session_start, st)
-
     def _session_start(self, st: StageRun) -> None:
         st.sessions += 1
         s = self.load.source.new_session()
         self._send(st, self.load.source.turn(s, 0))
-        self._next_session(st)
+        self._next_arrival(st)
 
     def _next_turn(self, arg) -> None:
         st, session, k = arg
@@ -254,8 +243,9 @@ class Simulation:
         api = self.load.api
         body, model, prompt, stream, salt = parse_body(api, f.item.body)
         priority = getattr(f.item, "priority", 0)
+        headers = dict(getattr(f.item, "headers", None) or {})     # agentic turns carry x-session-id
         req = LLMRequest(request_id=f"plan-{next(self.ids)}", model=model, target_model=model, api=api,
-                         prompt=prompt, headers=dict(getattr(f.item, "headers", None) or {}), body=body, priority=priority, cache_salt=salt, stream=stream)
+                         prompt=prompt, headers=headers, body=body, priority=priority, cache_salt=salt, stream=stream)
         f.request = req
         candidates = self._candidates()
         if priority < 0 and self.saturation.saturation(candidates) >= 1.0:

@@ -109,7 +109,6 @@ class Connection(asyncio.Protocol):
         self.ends_sent = 0                    # stream ends written, in all
         self.ends_pinged = 0                  # ...as of the last PING we sent
         self.ends_acked = 0                   # ...as of the last PING the peer acknowledged
-        self.end_when_flushed = False         # our FIN waits for held output
 
     # ---------------------------------------------------------------- connection life
 
@@ -174,8 +173,7 @@ class Connection(asyncio.Protocol):
         t = self.transport
         if t is None or self.eof_sent or t.is_closing():
             return
-        if self.out:   # output held for a fence: FIN once it is written
-            self.end_when_flushed = True
+        if self.out:   # output held for a fence: FIN once it is written (_ping_ack)
             return
         if t.can_write_eof():
             self.eof_sent = True
@@ -329,8 +327,8 @@ class Connection(asyncio.Protocol):
         self.ends_acked = mark
         if self.out:
             self._flush()
-            if self.end_when_flushed and not self.out:
-                self._end()
+            if not self.out and (self.goaway_sent or self.peer_goaway) and not self.streams:
+                self._end()   # the FIN that waited for held output
 
     def _settings(self, payload: memoryview) -> None:
         if len(payload) % 6:
@@ -737,20 +735,21 @@ class Connection(asyncio.Protocol):
 
     def _out_end(self, f: bytes) -> None:
         self.out.append(f)
-        self.end_marks.append(len(self.out))
+        self._mark_end()
 
     def _flush(self) -> None:
         if self.eof_sent:
             self.out = []   # nothing may follow our FIN (the peer's late frames need no answer)
-            self.end_marks = []
+            self.end_marks.clear()
             return
         if not self.out or self.transport is None or self.closed:
             return
         marks = self.end_marks
         room = FENCE_LIMIT - (self.ends_sent - self.ends_acked)
         if len(marks) <= room or self.failed:   # a failing connection's GOAWAY goes out at once
-            out, self.out, self.end_marks = self.out, [], []
+            out, self.out = self.out, []
             ends = len(marks)
+            marks.clear()
         elif room <= 0:
             return          # held until the peer acknowledges a fence (_ping_ack)
         else:               # what follows the room-th end waits

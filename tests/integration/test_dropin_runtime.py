@@ -36,8 +36,6 @@ pytestmark = pytest.mark.envoy
 MODE = "FULL_DUPLEX_STREAMED"
 
 
-
-
 def make_cert(org: str) -> tuple[bytes, bytes]:
     """A self-signed certificate for localhost and 127.0.0.1, and its key (PEM)."""
     from cryptography import x509

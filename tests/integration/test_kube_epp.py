@@ -66,7 +66,6 @@ def ready(port: int) -> str:
             return e.code().name
 
 
-
 @pytest.fixture
 def cluster(tmp_path):
     c = Cluster(str(tmp_path), 3)

@@ -17,7 +17,6 @@ from .stack import Envoy, Epp, PodGroup, landed_right
 pytestmark = pytest.mark.envoy
 
 
-
 def test_invalid_endpoints_file_fails_start_with_the_reason(tmp_path):
     f = tmp_path / "eps.yaml"
     f.write_text('endpoints: [{address: "not-an-ip:80"}]')

@@ -12,6 +12,7 @@ import pytest
 
 from testbed.http1 import post
 from testbed.ports import free_listen_port, free_port, free_range
+from testbed.wait import wait_for
 
 from .stack import Envoy, Epp
 
@@ -95,11 +96,8 @@ def idle(epp) -> None:
     last scrape; one taken while the previous request still ran makes its pod look busy, which can
     outweigh a full prefix score (3 x ~0.9 against up to 2 + 2) for either producer. The comparison is
     of prefix knowledge, so each request is routed on an idle pool's metrics."""
-    deadline = time.monotonic() + 10
-    while (epp.sample("inference_pool_average_kv_cache_utilization") or 0) > 0 or \
-            (epp.sample("inference_pool_average_queue_size") or 0) > 0:
-        assert time.monotonic() < deadline, "the pool never looked idle to epp"
-        time.sleep(0.01)
+    wait_for(lambda: not (epp.sample("inference_pool_average_kv_cache_utilization") or 0)
+             and not (epp.sample("inference_pool_average_queue_size") or 0), what="the pool idle in epp's view")
 
 
 def run(tmp, pool, config_text: str, name: str, *extra: str, samples=()) -> tuple[float, dict]:

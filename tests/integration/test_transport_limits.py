@@ -267,8 +267,9 @@ def test_concurrent_streams_over_the_limit_are_refused(epps, transport):
 def test_stream_ends_wait_for_the_peer_to_acknowledge_a_fence(epps):
     """A peer that reads a burst of answers in one go must not be handed more than FENCE_LIMIT (512)
     call ends it has not caught up with (Envoy drops the connection past 1,000 resets queued): a PING
-    goes out with each write that brings 128 ends or more and what follows the 512th unacknowledged end waits for its ACK. The ends
-    held count as open calls, so a peer that never acknowledges gets its new calls refused."""
+    goes out with each write that brings 128 ends or more, and what follows the 512th unacknowledged end
+    waits for its ACK. The ends held count as open calls, so a peer that never acknowledges gets its new
+    calls refused."""
     from epp.server.h2connection import FENCE_LIMIT
     epp = epps("native")
     c = H2Client(epp.ports["grpc"], ack_pings=False)
@@ -278,7 +279,7 @@ def test_stream_ends_wait_for_the_peer_to_acknowledge_a_fence(epps):
         done = lambda: sum(c.calls[s].done for s in sids)       # noqa: E731
         assert c.pump(lambda: done() >= FENCE_LIMIT)
         assert not c.pump(lambda: done() > FENCE_LIMIT, 0.5)     # the rest waits for an ACK
-        assert all(c.calls[s].status == 0 for s in sids[:FENCE_LIMIT]) 
+        assert all(c.calls[s].status == 0 for s in sids[:FENCE_LIMIT])
         assert int.from_bytes(c.pings[-1], "big") == FENCE_LIMIT   # a PING marks the 512th end
         # with every slot held, calls the server would answer itself (an unknown method) are refused
         # too: what waits for the fence stays within the stream limit

@@ -30,8 +30,6 @@ with open(os.path.join(HERE, "epp_args.yaml")) as _f:
     FIXTURES = yaml.safe_load(_f)
 
 
-
-
 def set_flag(args: list[str], name: str, value: str, append: bool = True) -> None:
     """Gives flag `name` the value `value` where the list sets it (either spelling), else appends it."""
     for i, a in enumerate(args):
