@@ -1,14 +1,25 @@
 """Free loopback ports for the servers a test, the stack or a benchmark starts."""
 from __future__ import annotations
 
+import collections
 import random
 import socket
 
+# Ports handed out recently, never handed out again: two servers started back to back each take a free
+# port before either binds, and the kernel may offer the same one twice (seen: a P/D test's prefill and
+# decode sims on one port, each answering half the requests).
+_GIVEN: collections.deque = collections.deque(maxlen=4096)
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            break
+    _GIVEN.append(port)
+    return port
 
 
 def free_listen_port() -> int:
