@@ -4,7 +4,7 @@
 (response_started, the first chunk, done). Configs are timed in alternation, round after round, so a
 busy machine slows them alike; prints the median and p90 microseconds per request of each.
 
-    .venv/bin/python -m hack.bench_decide [--config config/default.yaml --config config/predicted-latency.yaml]
+    .venv/bin/python -m hack.bench_decide [--config config/approx-capped.yaml --config config/predicted-latency.yaml]
                                           [--endpoints 8] [--prompt-kb 16] [--requests 2000] [--rounds 5]
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args()
-    configs = a.config or [os.path.join(ROOT, "config", "default.yaml"),
+    configs = a.config or [os.path.join(ROOT, "config", "approx-capped.yaml"),
                            os.path.join(ROOT, "config", "predicted-latency.yaml")]
     reqs = bodies(a.prompt_kb, a.requests)
     dirs = {c: director(c, a.endpoints) for c in configs}

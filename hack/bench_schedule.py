@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--groups", type=int, default=32)
     ap.add_argument("--config", nargs="+", default=[os.path.join(ROOT, "config", c) for c in
-                                                     ("default.yaml", "prefix-heavy.yaml", "load-only.yaml")])
+                                                     ("default.yaml", "approx-capped.yaml", "prefix-heavy.yaml", "load-only.yaml")])
     ap.add_argument("--tokenizer", default=None, help="also run the default config with this tokenizer.json dir")
     args = ap.parse_args()
     rng = random.Random(1)

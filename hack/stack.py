@@ -172,7 +172,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--no-demo", action="store_true")
     ap.add_argument("--response-headers-only", action="store_true",
                     help="Envoy sends epp the response headers only (response_body_mode NONE): cheaper per "
-                         "streamed chunk, no token metrics (docs/benchmarks.md, 'Response processing modes')")
+                         "streamed chunk, no token metrics, and nothing for the default config's "
+                         "predicted-latency scorer to learn from: pair it with --config config/approx-capped.yaml "
+                         "(docs/benchmarks.md, 'Response processing modes')")
     args = ap.parse_args(argv[:cut])
     args.epp_flags = argv[cut + 1:]
     if args.ui_port is None:

@@ -16,7 +16,7 @@ import yaml
 
 # the benchmark's epp routers: the EndpointPickerConfig each runs (paths from the repository root)
 ROUTER_CONFIGS = {"epp-random": "config/random.yaml", "epp-load-only": "config/load-only.yaml",
-                  "epp-approx": "config/default.yaml", "epp-prefix-heavy": "config/prefix-heavy.yaml",
+                  "epp-approx": "config/approx-capped.yaml", "epp-prefix-heavy": "config/prefix-heavy.yaml",
                   "epp-precise": "config/precise.yaml", "epp-pd": "config/pd.yaml", "epp-sticky": "config/sticky.yaml",
                   # flow control sized for the noisy-neighbor scenario's pool (maxConcurrency = its max_num_seqs)
                   "epp-flow": "hack/bench/configs/noisy-neighbor-flow.yaml",
@@ -27,8 +27,8 @@ ROUTER_CONFIGS = {"epp-random": "config/random.yaml", "epp-load-only": "config/l
                   # ours: the predicted-latency scorer on the approximate producer, and on the precise one
                   "epp-latency": "config/predicted-latency.yaml",
                   "epp-latency-precise": "config/predicted-latency-precise.yaml",
-                  # ours: the same with upstream's prefix scorer beside it (prefix affinity under load)
-                  "epp-latency-affinity": "config/predicted-latency-affinity.yaml",
+                  # ours: the same with upstream's prefix scorer beside it (the shipped default)
+                  "epp-latency-affinity": "config/default.yaml",
                   "epp-pd-adaptive": "config/pd-adaptive.yaml"}
 
 

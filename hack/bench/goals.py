@@ -32,19 +32,23 @@ def _ok(res: dict) -> dict:
     return {n: r for n, r in res["routers"].items() if r.get("status") == "ok" and r.get("stages")}
 
 
-def _stage(r: dict, level) -> dict | None:
-    return next((s for s in r["stages"] if s["level"] == level), None)
+def _stage(r: dict, stage: tuple[int, float]) -> dict | None:
+    """Stage (position, rate) of a router's run: a scenario may hold one rate in two stages (churn's
+    second and third), so the position tells them apart; the rate guards against a run that stopped early."""
+    i, level = stage
+    return r["stages"][i] if i < len(r["stages"]) and r["stages"][i]["level"] == level else None
 
 
-def _levels(routers: dict) -> list:
-    levels = None
+def _levels(routers: dict) -> list[tuple[int, float]]:
+    """The stages (position, rate) every router ran."""
+    stages = None
     for r in routers.values():
-        ls = [s["level"] for s in r["stages"]]
-        levels = ls if levels is None else [x for x in levels if x in ls]
-    return levels or []
+        these = list(enumerate(s["level"] for s in r["stages"]))
+        stages = these if stages is None else [x for x in stages if x in these]
+    return stages or []
 
 
-def best_epp(routers: dict, level) -> tuple[str, dict] | None:
+def best_epp(routers: dict, level: tuple[int, float]) -> tuple[str, dict] | None:
     rows = {n: _stage(r, level) for n, r in routers.items()}
     rows = {n: s for n, s in rows.items() if s is not None}
     if not rows:
@@ -58,6 +62,10 @@ def best_epp(routers: dict, level) -> tuple[str, dict] | None:
         return None
     _, name = min(epps)
     return name, rows[name]
+
+
+def _name(stage: tuple[int, float]) -> str:
+    return f"stage {stage[0] + 1} ({stage[1]:g})"
 
 
 def check(res: dict) -> list[tuple[str, bool | None, str]]:
@@ -75,7 +83,7 @@ def check(res: dict) -> list[tuple[str, bool | None, str]]:
             for level in levels:
                 be = best_epp(routers, level)
                 if be is None:
-                    fails.append(f"{level:g}: no epp row")
+                    fails.append(f"{_name(level)}: no epp row")
                     continue
                 name, row = be
                 beaten = []
@@ -85,9 +93,9 @@ def check(res: dict) -> list[tuple[str, bool | None, str]]:
                         continue
                     if not (row["ttft_p90_s"] <= s["ttft_p90_s"] and at_least(row, s)):
                         beaten.append(f"{n} (TTFT p90 {s['ttft_p90_s'] * 1e3:.0f} ms, {s['output_tok_per_s']:.0f} tok/s)")
-                parts.append(f"{level:g}: {name} {row['ttft_p90_s'] * 1e3:.0f} ms / {row['output_tok_per_s']:.0f} tok/s")
+                parts.append(f"{_name(level)}: {name} {row['ttft_p90_s'] * 1e3:.0f} ms / {row['output_tok_per_s']:.0f} tok/s")
                 if beaten:
-                    fails.append(f"{level:g}: {name} not ahead of " + ", ".join(beaten))
+                    fails.append(f"{_name(level)}: {name} not ahead of " + ", ".join(beaten))
             out.append(("best epp config: lowest TTFT p90 at >= throughput, every stage", not fails,
                         "; ".join(fails) if fails else "; ".join(parts)))
         elif kind == "vs-peers":
@@ -101,7 +109,7 @@ def check(res: dict) -> list[tuple[str, bool | None, str]]:
             p90, peer = min(peers)
             x = p90 / be[1]["ttft_p90_s"] if be[1]["ttft_p90_s"] else math.nan
             want = g.get("min_ttft_p90_x", 1.5)
-            out.append((f"TTFT p90 >= {want}x lower than the best peer at {level:g}", x >= want,
+            out.append((f"TTFT p90 >= {want}x lower than the best peer at {_name(level)}", x >= want,
                         f"{be[0]} {be[1]['ttft_p90_s'] * 1e3:.0f} ms vs {peer} {p90 * 1e3:.0f} ms: {x:.2f}x"))
         elif kind == "pair":
             a, b = routers.get(g["router"]), routers.get(g["baseline"])
@@ -113,7 +121,7 @@ def check(res: dict) -> list[tuple[str, bool | None, str]]:
             tx = sa["output_tok_per_s"] / sb["output_tok_per_s"] if sb["output_tok_per_s"] else math.nan
             lx = sb["ttft_p90_s"] / sa["ttft_p90_s"] if sa["ttft_p90_s"] else math.nan
             wt, wl = g.get("min_throughput_x", math.inf), g.get("min_ttft_p90_x", math.inf)
-            out.append((f"{g['router']} vs {g['baseline']} at {level:g}: >= {wt}x tok/s or >= {wl}x lower TTFT p90",
+            out.append((f"{g['router']} vs {g['baseline']} at {_name(level)}: >= {wt}x tok/s or >= {wl}x lower TTFT p90",
                         tx >= wt or lx >= wl, f"{tx:.2f}x tok/s, {lx:.2f}x lower TTFT p90"))
         else:
             out.append((str(kind), None, "unknown goal kind"))

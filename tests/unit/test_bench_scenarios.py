@@ -76,8 +76,20 @@ def test_medians_of_repeats_and_cpu_flags():
     assert b["cpu"]["cpu_bound"] and b["cpu"]["why"].startswith("1/3 repeats")
     got = {g.split(":")[0]: met for g, met, _ in goals.check(med)}
     assert got["best epp config"] is True                 # epp-b 100 ms at 100 tok/s beats the peer's 210 ms
-    assert got["TTFT p90 >= 1.5x lower than the best peer at 10"] is True
-    assert got["epp-b vs epp-a at 10"] is True              # 4x lower TTFT p90 is enough (either ratio)
+    assert got["TTFT p90 >= 1.5x lower than the best peer at stage 1 (10)"] is True
+    assert got["epp-b vs epp-a at stage 1 (10)"] is True    # 4x lower TTFT p90 is enough (either ratio)
+
+
+def test_goals_tell_apart_two_stages_at_one_rate():
+    """churn runs 50 req/s twice (before and after the resets): the loaded stage is the last one, not the
+    first stage at its rate."""
+    res = _run({"epp-a": 0.1, "peer": 0.12}, [100, 100])
+    for r, last in zip(res["routers"].values(), (0.1, 0.5)):
+        r["stages"].append({**r["stages"][0], "ttft_p90_s": last})
+    res["scenario"]["goals"] = [{"kind": "vs-peers", "min_ttft_p90_x": 1.5}, {"kind": "best-epp"}]
+    (peers, met, detail), (best, best_met, best_detail) = goals.check(res)
+    assert peers.endswith("stage 2 (10)") and met is True and "5.00x" in detail
+    assert best_met is True and "stage 1 (10): epp-a 100 ms" in best_detail and "stage 2 (10): epp-a 100 ms" in best_detail
 
 
 def test_best_epp_must_not_buy_its_latency_with_throughput():

@@ -158,15 +158,27 @@ def test_each_example_loads(path):
     assert c.profiles and all(p.picker is not None for p in c.profiles)
 
 
-def test_shipped_default_is_upstreams_profile_with_the_prefix_cap():
-    """config/default.yaml (stack, manifests) is upstream's default profile, the approximate producer
-    matching at most 4,096 prompt tokens (docs/benchmarks.md: the cap keeps prefix affinity on long prompts)."""
-    a = load(open(os.path.join(ROOT, "config", "default.yaml")).read())
+def test_approx_capped_is_upstreams_profile_with_the_prefix_cap():
+    """config/approx-capped.yaml (the bench's epp-approx) is upstream's default profile, the approximate
+    producer matching at most 4,096 prompt tokens (docs/benchmarks.md: the cap keeps prefix affinity on long
+    prompts)."""
+    a = load(open(os.path.join(ROOT, "config", "approx-capped.yaml")).read())
     b = load(open(os.path.join(ROOT, "config", "upstream-default.yaml")).read())
     assert a.describe() == b.describe()
-    text = open(os.path.join(ROOT, "config", "default.yaml")).read()
+    text = open(os.path.join(ROOT, "config", "approx-capped.yaml")).read()
     assert "maxPrefixTokensToMatch: 4096" in text
     assert "maxPrefixTokensToMatch" not in open(os.path.join(ROOT, "config", "upstream-default.yaml")).read()
+
+
+def test_shipped_default_is_predicted_latency_with_prefix_affinity():
+    """config/default.yaml (stack, manifests/base) is the config the routing benchmarks picked
+    (docs/benchmarks.md, "The shipped default"): the predicted-latency scorer 2, upstream's prefix scorer 1.5
+    on the capped approximate producer, KV-cache use 1."""
+    c = load(open(os.path.join(ROOT, "config", "default.yaml")).read())
+    (profile,) = c.profiles
+    assert sorted((type(s.scorer).__name__, s.weight) for s in profile.scorers) == sorted(
+        [("PredictedLatencyScorer", 2), ("PrefixCacheScorer", 1.5), ("KVCacheUtilizationScorer", 1)])
+    assert "maxPrefixTokensToMatch: 4096" in open(os.path.join(ROOT, "config", "default.yaml")).read()
 
 
 def test_upstream_default_example_equals_built_in_default():
