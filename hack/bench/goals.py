@@ -35,11 +35,11 @@ def _ok(res: dict) -> dict:
 def _stage(r: dict, stage: tuple[int, float]) -> dict | None:
     """Stage (position, rate) of a router's run: a scenario may hold one rate in two stages (churn's
     second and third), so the position tells them apart; the rate guards against a run that stopped early."""
-    i, level = stage
-    return r["stages"][i] if i < len(r["stages"]) and r["stages"][i]["level"] == level else None
+    i, rate = stage
+    return r["stages"][i] if i < len(r["stages"]) and r["stages"][i]["level"] == rate else None
 
 
-def _levels(routers: dict) -> list[tuple[int, float]]:
+def _stages(routers: dict) -> list[tuple[int, float]]:
     """The stages (position, rate) every router ran."""
     stages = None
     for r in routers.values():
@@ -48,8 +48,8 @@ def _levels(routers: dict) -> list[tuple[int, float]]:
     return stages or []
 
 
-def best_epp(routers: dict, level: tuple[int, float]) -> tuple[str, dict] | None:
-    rows = {n: _stage(r, level) for n, r in routers.items()}
+def best_epp(routers: dict, stage: tuple[int, float]) -> tuple[str, dict] | None:
+    rows = {n: _stage(r, stage) for n, r in routers.items()}
     rows = {n: s for n, s in rows.items() if s is not None}
     if not rows:
         return None
@@ -74,54 +74,54 @@ def check(res: dict) -> list[tuple[str, bool | None, str]]:
     out = []
     for g in res["scenario"].get("goals") or []:
         kind = g.get("kind")
-        levels = _levels(routers)
-        if not levels:
+        stages = _stages(routers)
+        if not stages:
             out.append((kind, None, "no stage every router completed"))
             continue
         if kind == "best-epp":
             fails, parts = [], []
-            for level in levels:
-                be = best_epp(routers, level)
+            for stage in stages:
+                be = best_epp(routers, stage)
                 if be is None:
-                    fails.append(f"{_name(level)}: no epp row")
+                    fails.append(f"{_name(stage)}: no epp row")
                     continue
                 name, row = be
                 beaten = []
                 for n, r in routers.items():
-                    s = _stage(r, level)
+                    s = _stage(r, stage)
                     if n == name or s is None or n.startswith("epp"):
                         continue
                     if not (row["ttft_p90_s"] <= s["ttft_p90_s"] and at_least(row, s)):
                         beaten.append(f"{n} (TTFT p90 {s['ttft_p90_s'] * 1e3:.0f} ms, {s['output_tok_per_s']:.0f} tok/s)")
-                parts.append(f"{_name(level)}: {name} {row['ttft_p90_s'] * 1e3:.0f} ms / {row['output_tok_per_s']:.0f} tok/s")
+                parts.append(f"{_name(stage)}: {name} {row['ttft_p90_s'] * 1e3:.0f} ms / {row['output_tok_per_s']:.0f} tok/s")
                 if beaten:
-                    fails.append(f"{_name(level)}: {name} not ahead of " + ", ".join(beaten))
+                    fails.append(f"{_name(stage)}: {name} not ahead of " + ", ".join(beaten))
             out.append(("best epp config: lowest TTFT p90 at >= throughput, every stage", not fails,
                         "; ".join(fails) if fails else "; ".join(parts)))
         elif kind == "vs-peers":
-            level = levels[-1]
-            be = best_epp(routers, level)
+            stage = stages[-1]
+            be = best_epp(routers, stage)
             peers = [(s["ttft_p90_s"], n) for n, r in routers.items() if not n.startswith("epp")
-                     and (s := _stage(r, level)) is not None]
+                     and (s := _stage(r, stage)) is not None]
             if be is None or not peers:
                 out.append((kind, None, "no epp or no peer row"))
                 continue
             p90, peer = min(peers)
             x = p90 / be[1]["ttft_p90_s"] if be[1]["ttft_p90_s"] else math.nan
             want = g.get("min_ttft_p90_x", 1.5)
-            out.append((f"TTFT p90 >= {want}x lower than the best peer at {_name(level)}", x >= want,
+            out.append((f"TTFT p90 >= {want}x lower than the best peer at {_name(stage)}", x >= want,
                         f"{be[0]} {be[1]['ttft_p90_s'] * 1e3:.0f} ms vs {peer} {p90 * 1e3:.0f} ms: {x:.2f}x"))
         elif kind == "pair":
             a, b = routers.get(g["router"]), routers.get(g["baseline"])
-            level = levels[-1]
-            sa, sb = (_stage(a, level) if a else None), (_stage(b, level) if b else None)
+            stage = stages[-1]
+            sa, sb = (_stage(a, stage) if a else None), (_stage(b, stage) if b else None)
             if sa is None or sb is None:
                 out.append((f"{g['router']} vs {g['baseline']}", None, "not measured"))
                 continue
             tx = sa["output_tok_per_s"] / sb["output_tok_per_s"] if sb["output_tok_per_s"] else math.nan
             lx = sb["ttft_p90_s"] / sa["ttft_p90_s"] if sa["ttft_p90_s"] else math.nan
             wt, wl = g.get("min_throughput_x", math.inf), g.get("min_ttft_p90_x", math.inf)
-            out.append((f"{g['router']} vs {g['baseline']} at {_name(level)}: >= {wt}x tok/s or >= {wl}x lower TTFT p90",
+            out.append((f"{g['router']} vs {g['baseline']} at {_name(stage)}: >= {wt}x tok/s or >= {wl}x lower TTFT p90",
                         tx >= wt or lx >= wl, f"{tx:.2f}x tok/s, {lx:.2f}x lower TTFT p90"))
         else:
             out.append((str(kind), None, "unknown goal kind"))

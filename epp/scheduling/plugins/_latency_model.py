@@ -208,9 +208,10 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
             self._pool_dirty = False
         return self._pool
 
-    def fit(self, pod: _Pod) -> tuple[float, float]:
-        """(a, b) of an endpoint, shrunk toward the pool's while it has few observations."""
-        pa, pb = self.pool_fit()
+    def fit(self, pod: _Pod, pool: tuple[float, float] | None = None) -> tuple[float, float]:
+        """(a, b) of an endpoint, shrunk toward the pool's while it has few observations (pool: the
+        pool's fit when the caller has it already)."""
+        pa, pb = pool or self.pool_fit()
         if not pod.fitted:
             return pa, pb
         w, k = pod.sw, self.warmup
@@ -239,9 +240,9 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
     def _estimate(self, cache: dict, state, request, endpoints: Sequence) -> None:
         """The model's formulas (docs/predicted-latency.md) for each endpoint, into cache.
 
-        One loop with everything it reads bound once (the shrunk fit of fit() and the producer's
-        cached_tokens inlined): `python -m hack.bench_decide --config config/default.yaml --endpoints 64`
-        (decide + response hooks) measured 165 us per request with a call per endpoint per step, 135 us so;
+        One loop with everything it reads bound once (the pool's fit, the producer's matches, the
+        parameters): `python -m hack.bench_decide --config config/default.yaml --endpoints 64` (decide +
+        response hooks) measured 165 us per request with a call per endpoint per step, 139 us so;
         upstream's profile (config/approx-capped.yaml) takes 65 us there."""
         prompt = self.prompt_tokens(state, request)
         info = self.producer.match_info(state, request) if self.producer is not None else None
@@ -253,8 +254,9 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
         now = self.clock()
         mean_u = self.mean_uncached
         occ = getattr(self.producer, "occupancy", None) if self.evict_weight else None
-        pa, pb = self.pool_fit()
-        pods, warmup, kv_full, chunk = self.pods, self.warmup, self.kv_full, self.chunk
+        pool = self.pool_fit()
+        pb = pool[1]
+        fit, pods, kv_full, chunk = self.fit, self.pods, self.kv_full, self.chunk
         mean_output, penalty = self.mean_output, self.failure_penalty
         compute, evict = self.compute_weight, self.evict_weight
         for ep in endpoints:
@@ -263,13 +265,7 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
             if uncached < 0:
                 uncached = 0
             pod = pods.get(address) or self._pod(address)
-            if not pod.fitted:
-                a, b = pa, pb
-            elif pod.sw >= warmup:
-                a, b = pod.a, pod.b
-            else:   # few observations yet: shrunk toward the pool's fit (fit())
-                w = pod.sw
-                a, b = (w * pod.a + (warmup - w) * pa) / warmup, (w * pod.b + (warmup - w) * pb) / warmup
+            a, b = fit(pod, pool)
             m = ep.metrics
             others = m.waiting - pod.pending_n
             if others > 0 and pod.started:
