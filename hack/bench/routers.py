@@ -67,9 +67,22 @@ def check(name: str) -> None:
 
 
 def needs_kv_events(name: str) -> bool:
+    """The router's epp config declares a precise-prefix-cache plugin (so the run waits for every pod's KV
+    events first). Read from the plugin types, not the text: a comment naming precise-kv is no subscriber."""
     if name.startswith("epp:"):
-        return "precise" in _config_text(name[4:])
-    return name in CONFIGS and "precise-prefix-cache" in _config_text(os.path.join(ROOT, CONFIGS[name]))
+        path = name[4:]
+    elif name in CONFIGS:
+        path = os.path.join(ROOT, CONFIGS[name])
+    else:
+        return False
+    try:
+        doc = yaml.safe_load(_config_text(path)) or {}
+    except yaml.YAMLError:
+        return False
+    plugins = doc.get("plugins") if isinstance(doc, dict) else None
+    if not isinstance(plugins, list):
+        return False
+    return any(isinstance(p, dict) and "precise-prefix-cache" in str(p.get("type", "")) for p in plugins)
 
 
 def _config_text(path: str) -> str:

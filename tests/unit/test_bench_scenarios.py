@@ -1,5 +1,6 @@
 """The harness pieces behind issue 17's scenarios, without processes: bursts, scenario keys, agentic
 sessions, medians of repeats and the goal checks."""
+import os
 import random
 
 import pytest
@@ -113,3 +114,22 @@ def test_sims_publish_kv_events_to_every_replica():
     flags = sim_flags(scenario.from_dict(BASE).pool, 5557, [5558])
     cfg = __import__("json").loads(flags[flags.index("--kv-events-config") + 1])
     assert cfg["endpoint"] == "tcp://127.0.0.1:5557,tcp://127.0.0.1:5558"
+
+
+def test_kv_event_wait_follows_the_plugin_types_not_the_words(tmp_path):
+    """A run waits for KV events only for configs that declare a precise-prefix-cache plugin: the shipped
+    default's comments name precise-kv, and an epp:PATH copy of it once stalled on events nobody sends."""
+    from hack.bench import routers
+    assert routers.needs_kv_events("epp-precise") and routers.needs_kv_events("epp-latency-precise")
+    assert not routers.needs_kv_events("epp-latency-affinity") and not routers.needs_kv_events("envoy-rr")
+    copy = tmp_path / "default-copy.yaml"
+    copy.write_text(open(os.path.join(os.path.dirname(__file__), "..", "..", "config", "default.yaml")).read())
+    assert "precise" in copy.read_text()
+    assert not routers.needs_kv_events(f"epp:{copy}")
+    precise = tmp_path / "p.yaml"
+    precise.write_text("plugins:\n- type: precise-prefix-cache-producer\n")
+    assert routers.needs_kv_events(f"epp:{precise}")
+    for bad in ("plugins: [", "just text", "plugins: 3"):
+        precise.write_text(bad)
+        assert not routers.needs_kv_events(f"epp:{precise}")
+    assert not routers.needs_kv_events(f"epp:{tmp_path / 'missing.yaml'}")
