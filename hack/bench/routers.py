@@ -69,11 +69,8 @@ def check(name: str) -> None:
 def needs_kv_events(name: str) -> bool:
     """The router's epp config declares a precise-prefix-cache plugin (so the run waits for every pod's KV
     events first). Read from the plugin types, not the text: a comment naming precise-kv is no subscriber."""
-    if name.startswith("epp:"):
-        path = name[4:]
-    elif name in CONFIGS:
-        path = os.path.join(ROOT, CONFIGS[name])
-    else:
+    path = config_path(name)
+    if path is None:
         return False
     try:
         doc = yaml.safe_load(_config_text(path)) or {}
@@ -83,6 +80,13 @@ def needs_kv_events(name: str) -> bool:
     if not isinstance(plugins, list):
         return False
     return any(isinstance(p, dict) and "precise-prefix-cache" in str(p.get("type", "")) for p in plugins)
+
+
+def config_path(name: str) -> str | None:
+    """The epp config file a router runs (epp:PATH or a named config); None for the other routers."""
+    if name.startswith("epp:"):
+        return name[4:]
+    return os.path.join(ROOT, CONFIGS[name]) if name in CONFIGS else None
 
 
 def _config_text(path: str) -> str:
@@ -144,7 +148,7 @@ def epp_config(name: str, pool, logdir: str, kv_port: int | None = None, suffix:
     """The config file for an epp router. precise.yaml is the repo's file with only what depends on this
     machine replaced: the tokenizer directory (the sims'), the model name, the block size and the
     address epp binds for the pods' KV events."""
-    path = name[4:] if name.startswith("epp:") else os.path.join(ROOT, CONFIGS[name])
+    path = config_path(name)
     text = _config_text(path)
     if not text:
         raise Unavailable(f"config {path} not readable")
