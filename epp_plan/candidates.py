@@ -15,6 +15,8 @@ import yaml
 
 from testbed.scenario import ROUTER_CONFIGS
 
+FLEX_ROLES = ("prefill-decode", "both")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DECIDER = "prefix-based-pd-decider"
 
@@ -38,6 +40,14 @@ class Candidate:
         for r in self.roles:
             out[r] = out.get(r, 0) + 1
         return out
+
+
+def pd_label(counts: dict[str, int]) -> str:
+    """'P:D' of a pool's role counts (prefill-only : the rest), then '+N flex' for the pods that take
+    both roles (prefill-decode or both), which the P:D split alone would count as decode pods."""
+    flex = sum(v for k, v in counts.items() if k in FLEX_ROLES)
+    pd = f"{counts.get('prefill', 0)}:{sum(v for k, v in counts.items() if k != 'prefill' and k not in FLEX_ROLES)}"
+    return f"{pd} +{flex} flex" if flex else pd
 
 
 def config_path(ref: str) -> str:
@@ -135,7 +145,7 @@ def expand(bases: list[tuple], pds: list[str], non_cached: list[int],
         for pd in pds or [None]:
             r = parse_pd(pd) if pd else roles
             # without prefill pods the decider's threshold changes nothing: one candidate, not one per value
-            no_prefill = "prefill" not in r
+            no_prefill = not any(x == "prefill" or x in FLEX_ROLES for x in r)
             for nct in (non_cached[:1] if no_prefill else non_cached) or [None]:
                 for combo in itertools.product(*weight_axes) if weight_axes else [()]:
                     t = text
@@ -143,7 +153,7 @@ def expand(bases: list[tuple], pds: list[str], non_cached: list[int],
                     parts = [label]
                     if pd:
                         settings["pd"] = pd
-                    parts.append(f"P:D {sum(x == 'prefill' for x in r)}:{sum(x != 'prefill' for x in r)}")
+                    parts.append(f"P:D {pd_label({x: r.count(x) for x in set(r)})}")
                     if nct is not None:
                         t = set_non_cached(t, nct)
                         if not no_prefill:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 import os
 
+from .candidates import pd_label
+
 
 def _f(v, spec=".2f", scale=1.0) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -17,8 +19,7 @@ def table(results: list[dict], front: list[str], rec: str | None) -> list[str]:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in results:
         st = r["judged"] or {}
-        roles = r["roles"]
-        pd = f"{roles.get('prefill', 0)}:{sum(v for k, v in roles.items() if k != 'prefill')}"
+        pd = pd_label(r["roles"])
         mark = "**recommended**" if r["name"] == rec else ("Pareto" if r["name"] in front else "")
         slo = "met" if r.get("meets_slo") else "; ".join(r.get("why") or ["-"])
         lines.append(
@@ -67,8 +68,7 @@ def markdown(doc: dict) -> str:
 
 def short_label(r: dict) -> str:
     """P:D, then what the sweep set (n = nonCachedTokens), for crowded plots."""
-    roles = r["roles"]
-    parts = [f"{roles.get('prefill', 0)}:{sum(v for k, v in roles.items() if k != 'prefill')}"]
+    parts = [pd_label(r["roles"])]
     st = r.get("settings") or {}
     if "nonCachedTokens" in st:
         parts.append(f"n{st['nonCachedTokens']}")

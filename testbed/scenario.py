@@ -29,7 +29,7 @@ ROUTER_CONFIGS = {"epp-random": "config/random.yaml", "epp-load-only": "config/l
                   "epp-latency-precise": "config/predicted-latency-precise.yaml",
                   # ours: the same with upstream's prefix scorer beside it (the shipped default)
                   "epp-latency-affinity": "config/default.yaml",
-                  "epp-pd-adaptive": "config/pd-adaptive.yaml"}
+                  "epp-pd-adaptive": "config/pd-adaptive.yaml", "epp-pd-flex": "config/pd-flex.yaml"}
 
 
 class ScenarioError(ValueError):

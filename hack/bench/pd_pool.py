@@ -1,7 +1,7 @@
 """A P/D pool for the benchmark: the scenario's sims with vLLM's NixlConnector, every decode sim behind
 its own epp-sidecar (the product's routing sidecar), and the EPP's endpoints file naming prefill sims
 by their own address and decode pods by their sidecar's. Chosen by pool.start when the scenario's
-roles include prefill."""
+roles include a prefill role (prefill, prefill-decode)."""
 from __future__ import annotations
 
 import os
@@ -14,6 +14,7 @@ from testbed.ports import free_listen_port, free_port, free_range
 from testbed.wait import wait_file
 
 PY = sys.executable
+DECODING = ("decode", "prefill-decode", "both")
 
 
 def start(kids: Children, spec, name: str, timeout: float, handle_cls, sim_flags) -> object:
@@ -33,7 +34,9 @@ def start(kids: Children, spec, name: str, timeout: float, handle_cls, sim_flags
         raise RuntimeError("epp-sidecar not installed (pip install -e .)")
     # the endpoints file is written before the sidecars start: each loads its SSRF allowlist at start,
     # so the first prefill target epp names is already allowed
-    fronts = {i: free_port() for i in range(spec.count) if roles[i % len(roles)] == "decode"}
+    # every pod that decodes (decode, and flex pods: prefill-decode) sits behind its sidecar; a flex pod
+    # is also named by its sidecar's address when another pod's sidecar sends it a prefill leg
+    fronts = {i: free_port() for i in range(spec.count) if roles[i % len(roles)] in DECODING}
     write_endpoints(efile, [(f"{name}-{roles[i % len(roles)]}-{i}",
                              f"127.0.0.1:{fronts[i] if i in fronts else base + i}",
                              {"app": "sim", "llm-d.ai/role": roles[i % len(roles)]}) for i in range(spec.count)])

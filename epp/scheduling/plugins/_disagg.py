@@ -60,5 +60,9 @@ class PDDecider(Plugin, HasSubPlugins):
         """Told the decode profile (and a prefix-match producer named by the handler, if any) once the
         configuration is complete."""
 
+    def attach_prefill(self, prefill_profile) -> None:
+        """Told the prefill profile once the configuration is complete (a decider may weigh only the
+        endpoints its filters would keep)."""
+
     def sub_plugins(self) -> list:
         return []

@@ -80,7 +80,7 @@ class _Pod:
     """What the model knows of one endpoint."""
     __slots__ = ("sw", "sx", "sy", "sxx", "sxy", "a", "b", "fitted", "pending_tokens", "pending_n", "answering",
                  "d", "d_seen", "down_until", "observations", "failures", "pred_ewma", "obs_ewma", "err_ewma",
-                 "started")
+                 "started", "decoding")
 
     def __init__(self) -> None:
         self.sw = self.sx = self.sy = self.sxx = self.sxy = 0.0
@@ -89,6 +89,7 @@ class _Pod:
         self.pending_tokens = 0.0     # uncached tokens routed here, first token not seen yet
         self.pending_n = 0
         self.answering = 0            # requests here past their first token
+        self.decoding = 0             # requests whose answer this pod streams, from the pick to the end
         self.d = 0.0                  # seconds per output token (EWMA)
         self.d_seen = False
         self.down_until = 0.0
@@ -300,9 +301,13 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
             old = self.pods.get(stale.prefill)
             if old is not None and not stale.first:
                 self._release(old, stale)
+            gone = self.pods.get(stale.decode)
+            if gone is not None:
+                gone.decoding = max(0, gone.decoding - 1)
         pod = self._pod(endpoint.address)
         pod.pending_tokens += est.uncached
         pod.pending_n += 1
+        self._pod((decode or endpoint).address).decoding += 1
         self.mean_uncached += 0.05 * (est.uncached - self.mean_uncached)
         self._inflight[id(request)] = _InFlight(endpoint.address, (decode or endpoint).address, est)
 
@@ -347,6 +352,7 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
         dec = self.pods.get(entry.decode)
         if dec is None:
             return
+        dec.decoding = max(0, dec.decoding - 1)
         if entry.first:
             dec.answering -= 1
             n = usage.completion_tokens if usage is not None and usage.seen else 0
@@ -364,6 +370,11 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
     def _release(pod: _Pod, entry: "_InFlight") -> None:
         pod.pending_tokens = max(0.0, pod.pending_tokens - entry.uncached)
         pod.pending_n = max(0, pod.pending_n - 1)
+
+    def decoding(self, address: str) -> int:
+        """Requests whose answer the endpoint streams (its decodes, P/D or not), by the EPP's own count."""
+        pod = self.pods.get(address)
+        return pod.decoding if pod is not None else 0
 
     def endpoints_removed(self, addresses: list[str]) -> None:
         for a in addresses:

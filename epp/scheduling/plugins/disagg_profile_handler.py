@@ -118,6 +118,7 @@ class DisaggProfileHandler(ProfileHandler, PreRequest, BindsPlugins, HasSubPlugi
                                  f"{self.prefill!r} for the prefill stage (profiles.prefill); "
                                  f"profiles: {sorted(profiles)}")
             self.decider.attach(profiles[self.decode], self._producer)
+            self.decider.attach_prefill(profiles[self.prefill])
 
     def sub_plugins(self) -> list:
         return [self.decider] if self.decider is not None else []

@@ -53,6 +53,7 @@ class AdaptivePDDecider(PDDecider, BindsPlugins):
         self.chunk = need_int(t, "maxNumBatchedTokens", maxNumBatchedTokens, 1)
         self.model: LatencyModel | None = None
         self._own: list = []
+        self._prefill_filters: list = []
 
     def bind(self, plugins: dict) -> None:
         if self.scorer_name:
@@ -73,6 +74,9 @@ class AdaptivePDDecider(PDDecider, BindsPlugins):
             own.bind(plugins)
         self._own = [self.model] + ([own] if own is not None else [])
 
+    def attach_prefill(self, prefill_profile) -> None:
+        self._prefill_filters = list(prefill_profile.filters)
+
     def sub_plugins(self) -> list:
         return list(self._own)
 
@@ -86,6 +90,10 @@ class AdaptivePDDecider(PDDecider, BindsPlugins):
                                             f"minUncachedTokens {self.min_uncached}")
         prefill = [ep for ep in state.get(CANDIDATES) or () if ep.labels.get(ROLE_LABEL) in PREFILL_ROLES
                    and ep.address != endpoint.address]
+        for f in self._prefill_filters:       # only the pods the prefill profile could pick
+            if not prefill:
+                break
+            prefill = f.filter(state, request, prefill)
         if not prefill:
             return False, NO_PREFILL_POD, "no prefill endpoint among the candidates"
         remote = min(model.estimates(state, request, prefill), key=lambda e: e.ttft)
