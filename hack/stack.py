@@ -2,6 +2,7 @@
 
     hack/stack.sh [--pods 3] [--backend sim|standin] [--port 8081] [--demo-only | --no-demo]
     hack/stack.sh --topology pd [--prefill 2] [--decode 2]     # P/D: prefill pods, decode pods + sidecars
+    hack/stack.sh --topology pd --prefill 0 --flex 2           # P/D with flex pods (config/pd-flex.yaml)
     hack/stack.sh --config config/prefix-heavy.yaml            # any EndpointPickerConfig file
     hack/stack.sh -- --max-num-of-endpoints 2 --objective batch=-1    # any epp flag, after --
     hack/stack.sh --sim-args "--time-scale 5 --seed 1"         # flags for every vllm-sim
@@ -142,7 +143,8 @@ def demo_pd(port: int, model: str, pods: dict) -> None:
             continue
         print(f"{label:12} {decode_pick:17} {prefill_pick:17} {usage.get('prompt_tokens', '-'):>6} {cached:>6} "
               f"{ms:7.1f}  {json.dumps(reasons) if reasons else ''}")
-    print(f"\nprefill pods {', '.join(pods['prefill'])}; decode pods {', '.join(pods['decode'])} "
+    flex = f"; flex pods (prefill-decode) {', '.join(pods['flex'])}" if pods.get("flex") else ""
+    print(f"\nprefill pods {', '.join(pods['prefill']) or '-'}{flex}; decode pods {', '.join(pods['decode'])} "
           f"(sidecar: {pods['sidecar']}). A long uncached prompt is prefilled on a prefill pod and its KV "
           f"pulled by the decode pod; `cached` is what the prefill leg found cached, as llm-d's sidecar reports "
           f"it. epp counts tokens as ~4 bytes each unless a token-producer has the model's tokenizer.")
@@ -158,6 +160,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="pd: --prefill prefill pods and --decode decode pods behind routing sidecars (sim only)")
     ap.add_argument("--prefill", type=int, default=2)
     ap.add_argument("--decode", type=int, default=2)
+    ap.add_argument("--flex", type=int, default=0,
+                    help="pd: pods that prefill and decode (role prefill-decode), with config/pd-flex.yaml")
     ap.add_argument("--backend", choices=("sim", "standin"), default="sim" if sim_available() else "standin")
     ap.add_argument("--config", metavar="FILE", help="epp's scheduling config (--config-file)")
     ap.add_argument("--sim-args", default="", metavar="'FLAGS'", type=shlex.split,
@@ -212,11 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         efile = os.path.join(logdir, "endpoints.yaml")
         pd = args.topology == "pd"
         if pd:
-            pods_pd = pd_pods.start(kids, args.prefill, args.decode, efile, args.sim_args)
-            pods = pods_pd["prefill"] + pods_pd["decode"]
+            pods_pd = pd_pods.start(kids, args.prefill, args.decode, efile, args.sim_args, flex=args.flex)
+            pods = pods_pd["prefill"] + pods_pd["flex"] + pods_pd["decode"]
         else:
             pods = start_pods(kids, args, efile)
-        config = args.config or (pd_pods.EPP_CONFIG if pd else SHIPPED_DEFAULT)
+        config = args.config or ((pd_pods.FLEX_CONFIG if args.flex else pd_pods.EPP_CONFIG) if pd else SHIPPED_DEFAULT)
         grpc_port, metrics_port = free_port(), free_port()
         epp = start_epp(kids, efile, grpc_port, extra=["--decision-header", "--metrics-port", str(metrics_port),
                                                        "--ui", "--ui-port", str(args.ui_port),
