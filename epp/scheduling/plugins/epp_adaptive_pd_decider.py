@@ -6,6 +6,7 @@ request the TTFT of prefilling on d itself and on each prefill pod p:
     u(d)   = prompt tokens - tokens d already holds
     local  = TTFT(d) = a(d) + b(d) x (prefill queued on d + u(d))
     remote = min over prefill pods p of TTFT(p) = a(p) + b(p) x (prefill queued on p + u(p))
+             (the prefill pods: those the prefill profile's filters keep, d excepted)
              (a(p) is learned from disaggregated requests, so it includes the KV transfer)
 
     disaggregate  iff  u(d) >= minUncachedTokens        the uncached part is long enough to stall d's batch

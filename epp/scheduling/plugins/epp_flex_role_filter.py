@@ -17,8 +17,9 @@ take whole requests too, so every pod prefills and decodes as in an aggregated p
 A flex pod that streams answers takes no remote prefill: that prefill would stall its own decodes,
 which is what the separate prefill is for. Measured in docs/benchmarks.md (P/D that never loses).
 
-Parameters: phase (decode or prefill), queuedPrompts (default 1.5: with prompts of one size, two queued), latencyScorerName (the
-epp-predicted-latency-scorer whose model to read; default the configured one: the config needs one).
+Parameters: phase (decode or prefill), queuedPrompts (default 1.5: with prompts of one size, two
+queued), latencyScorerName (the epp-predicted-latency-scorer whose model to read; default the configured
+one: the config needs one).
 """
 from __future__ import annotations
 
