@@ -8,7 +8,7 @@ from epp.datalayer.metrics_parse import MetricNames, parse_metrics
 from epp_plan.candidates import Candidate, adapt, config_path
 from epp_plan.load import from_scenario
 from epp_plan.pods import Pod, PodSpec
-from epp_plan.plan import Workload, run_candidate
+from epp_plan.plan import Workload, run_candidate, summarize
 from epp_plan.sim import Simulation
 from epp_plan.stack import Stack
 from testbed.scenario import engine_flags, load
@@ -169,3 +169,22 @@ def test_agentic_sessions_send_their_turns_in_order_with_the_answers(tmp_path):
             assert after[len(before)]["content"]                   # the answer's text, resent
     later = [f for f in done if f.item.turn]
     assert sum(f.cached_tokens for f in later) > 0.5 * sum(f.prompt_tokens for f in later)   # each turn finds the last
+
+
+def test_epps_latency_model_reads_the_virtual_clock(tiny):
+    """The model learns each pod's decode time per token from its own clock: in a simulation that must be
+    the virtual one (a clock bound at import kept the wall clock: ~0.5 ms per token learned against a
+    simulated ITL of tens of ms)."""
+    from epp.scheduling.plugins._latency_model import LatencyModel
+    from epp_plan.plan import pod_flags_for
+    s = load(tiny)
+    wl = Workload("scenario", tiny)
+    text = adapt(_cfg("epp-latency-affinity"), s.pool.model, s.pool.block_size)
+    flags = pod_flags_for(wl, [])[0]
+    sim = Simulation([PodSpec("decode", flags)] * 2, text, wl.build(), Stack()).run()
+    models = [p for p in sim.scheduler.plugins if isinstance(p, LatencyModel)]
+    learned = [pod.d * 1e3 for m in models for pod in m.pods.values() if pod.d_seen]
+    flights = [f for st in sim.stages for f in st.flights]
+    assert models and learned and flights
+    itl = summarize(sim.stages[0], sim.pods)["itl_p50_ms"]
+    assert all(0.5 * itl < d < 5 * itl for d in learned), (learned, itl)

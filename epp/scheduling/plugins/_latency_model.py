@@ -67,6 +67,10 @@ from .token_producer import TokenProducer
 _EPS = 1e-12
 
 
+def _monotonic() -> float:
+    return time.monotonic()
+
+
 class Estimate:
     """What the model predicts for one request on one endpoint."""
     __slots__ = ("uncached", "work", "ttft", "itl", "stall", "cost")
@@ -150,7 +154,7 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
     def __init__(self, name: str | None = None, prefix_producer: str = "", prefill_tokens_per_s: float = 10_000.0,
                  a0: float = 0.02, forget: float = 0.97, warmup: float = 4.0, max_batched_tokens: int = 8192,
                  failure_penalty: float = 2.0, compute_weight: float = 1.0, evict_weight: float = 0.0,
-                 kv_full: float = 0.9, clock=time.monotonic) -> None:
+                 kv_full: float = 0.9, clock=None) -> None:
         super().__init__(name)
         self.producer_name = prefix_producer
         self.producer: PrefixMatchProducer | None = None
@@ -163,7 +167,10 @@ class LatencyModel(Plugin, PreRequest, ResponseFirstChunk, ResponseComplete, End
         self.failure_penalty = failure_penalty
         self.compute_weight = compute_weight
         self.evict_weight = evict_weight
-        self.clock = clock
+        # looked up at each call, not bound here: the planner (epp_plan/vtime.py) points time.monotonic at
+        # its virtual clock while a simulation runs; a bound reference kept the wall clock and learned a
+        # decode time per token of ~0.5 ms there (the simulated ITL was 18 ms)
+        self.clock = clock if clock is not None else _monotonic
         self.pods: dict[str, _Pod] = {}
         self.mean_uncached = 0.0
         self.mean_output = 0.0        # output tokens per answer (EWMA, from usage)
