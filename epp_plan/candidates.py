@@ -8,14 +8,14 @@ the config a candidate ran is exactly the one written out for it.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 import os
 from dataclasses import dataclass, field
 
 import yaml
 
+from epp.scheduling.plugins._roles import FLEX_ROLES, PREFILL_ROLES
 from testbed.scenario import ROUTER_CONFIGS
-
-FLEX_ROLES = ("prefill-decode", "both")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DECIDER = "prefix-based-pd-decider"
@@ -145,7 +145,7 @@ def expand(bases: list[tuple], pds: list[str], non_cached: list[int],
         for pd in pds or [None]:
             r = parse_pd(pd) if pd else roles
             # without prefill pods the decider's threshold changes nothing: one candidate, not one per value
-            no_prefill = not any(x == "prefill" or x in FLEX_ROLES for x in r)
+            no_prefill = not PREFILL_ROLES.intersection(r)
             for nct in (non_cached[:1] if no_prefill else non_cached) or [None]:
                 for combo in itertools.product(*weight_axes) if weight_axes else [()]:
                     t = text
@@ -153,7 +153,7 @@ def expand(bases: list[tuple], pds: list[str], non_cached: list[int],
                     parts = [label]
                     if pd:
                         settings["pd"] = pd
-                    parts.append(f"P:D {pd_label({x: r.count(x) for x in set(r)})}")
+                    parts.append(f"P:D {pd_label(Counter(r))}")
                     if nct is not None:
                         t = set_non_cached(t, nct)
                         if not no_prefill:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
+from epp.scheduling.plugins._roles import DECODE_ROLES
 from testbed.children import Children
 from testbed.endpoints import write_endpoints
 from testbed.pd import KV_TRANSFER, find_sidecar, start_sidecar
@@ -14,7 +15,6 @@ from testbed.ports import free_listen_port, free_port, free_range
 from testbed.wait import wait_file
 
 PY = sys.executable
-DECODING = ("decode", "prefill-decode", "both")
 
 
 def start(kids: Children, spec, name: str, timeout: float, handle_cls, sim_flags) -> object:
@@ -36,7 +36,7 @@ def start(kids: Children, spec, name: str, timeout: float, handle_cls, sim_flags
     # so the first prefill target epp names is already allowed
     # every pod that decodes (decode, and flex pods: prefill-decode) sits behind its sidecar; a flex pod
     # is also named by its sidecar's address when another pod's sidecar sends it a prefill leg
-    fronts = {i: free_port() for i in range(spec.count) if roles[i % len(roles)] in DECODING}
+    fronts = {i: free_port() for i in range(spec.count) if roles[i % len(roles)] in DECODE_ROLES}
     write_endpoints(efile, [(f"{name}-{roles[i % len(roles)]}-{i}",
                              f"127.0.0.1:{fronts[i] if i in fronts else base + i}",
                              {"app": "sim", "llm-d.ai/role": roles[i % len(roles)]}) for i in range(spec.count)])

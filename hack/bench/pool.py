@@ -12,9 +12,8 @@ from testbed.children import Children
 from testbed.ports import free_listen_port, free_range
 from testbed.wait import wait_file
 
+from epp.scheduling.plugins._roles import PREFILL_ROLES
 from testbed.scenario import Pool as PoolSpec, engine_flags
-
-PD_ROLES = {"prefill", "prefill-decode", "both"}   # a pool with any of these runs P/D (hack/bench/pd_pool.py)
 
 PY = sys.executable
 
@@ -66,7 +65,7 @@ def start(kids: Children, spec: PoolSpec, name: str, timeout: float = 90.0, kv_e
           respawn: bool = False) -> PoolHandle:
     """kv_endpoints: addresses every pod publishes KV events to (one per epp replica); respawn: the pool
     restarts a sim that dies (the churn scenario kills one)."""
-    if PD_ROLES & {r.strip() for r in spec.roles.split(",")}:   # P/D: decode sims behind epp-sidecar
+    if PREFILL_ROLES.intersection(r.strip() for r in spec.roles.split(",")):   # P/D: decode sims behind epp-sidecar
         from . import pd_pool
         return pd_pool.start(kids, spec, name, timeout, PoolHandle, sim_flags)
     base, kv_port = free_range(spec.count), free_listen_port()

@@ -1,7 +1,8 @@
 """P/D end to end through the real Envoy: epp with config/pd.yaml picks the decode pod and, for a long
 uncached prompt, a prefill pod; the epp-sidecar in front of the decode sim runs the prefill leg; the
 decode sim pulls the KV cache from the prefill sim (NIXL where installed, else the sims' HTTP side
-channel). The pods are started by the local stack's own code (testbed.pd, as hack/stack.sh --topology pd)."""
+channel). The pods are started by the local stack's own code (testbed.pd, as hack/stack.sh --topology pd).
+The last test runs config/pd-flex.yaml on a flex pod (prefill-decode) beside a decode pod."""
 from __future__ import annotations
 
 import json
@@ -26,26 +27,27 @@ LONG = "the customer asks about the invoice, the refund and the shipping policy 
 SHORT = "What is the capital of France?"                                                          # < nonCachedTokens
 
 
-@pytest.fixture(scope="module")
-def pd(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pd-envoy")
+def _stack(tmp_path_factory, name: str, prefill: int, decode: int, config: str, flex: int = 0):
+    """The pods (testbed.pd), an aggregated sim to compare answers with, epp with `config` and Envoy."""
+    tmp = tmp_path_factory.mktemp(name)
     kids = Children(str(tmp))
     efile = str(tmp / "endpoints.yaml")
     try:
-        pods = pd_pods.start(kids, 1, 1, efile, ["--time-scale", "5", "--seed", "1"])
+        pods = pd_pods.start(kids, prefill, decode, efile, ["--time-scale", "5", "--seed", "1"], flex=flex)
         assert pods["sidecar"] == "epp-sidecar"
         agg_port = free_port()
         agg = kids.start("aggregated", [PY, "-m", "vllm_sim", "--port", str(agg_port), "--time-scale", "20", "--seed", "1"])
         wait_port(agg_port, HANG, agg, "aggregated sim")
-        epp = Epp(str(tmp), efile, "--config-file", pd_pods.EPP_CONFIG, "--decision-header",
-                  "--refresh-metrics-interval", "50ms")
+        epp = Epp(str(tmp), efile, "--config-file", config, "--decision-header", "--refresh-metrics-interval", "50ms")
         envoy = Envoy(str(tmp), [MODE], epp.ports["grpc"])
 
         class PD:
             pass
         s = PD()
         s.kids, s.epp, s.envoy = kids, epp, envoy
-        s.prefill, s.decode = pods["prefill"][0], pods["decode"][0]
+        s.prefill = pods["prefill"][0] if prefill else None
+        s.flex = pods["flex"][0] if flex else None
+        s.decode = pods["decode"][0]
         s.url = f"http://127.0.0.1:{envoy.ports[MODE]}"
         s.aggregated = f"http://127.0.0.1:{agg_port}"
         s.sims = pods["sims"]
@@ -54,6 +56,17 @@ def pd(tmp_path_factory):
         epp.stop()
     finally:
         kids.stop_all()
+
+
+@pytest.fixture(scope="module")
+def pd(tmp_path_factory):
+    yield from _stack(tmp_path_factory, "pd-envoy", 1, 1, pd_pods.EPP_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def pd_flex(tmp_path_factory):
+    """A flex pod (prefill-decode) beside a decode pod, epp with config/pd-flex.yaml."""
+    yield from _stack(tmp_path_factory, "pd-flex-envoy", 0, 1, pd_pods.FLEX_CONFIG, flex=1)
 
 
 async def engine(http, address):
@@ -147,3 +160,26 @@ async def test_prefill_pods_down_decode_alone(pd):
                                    HANG, test=lambda r: prefill_pick(r[2]) == [])
         assert st == 200, raw
         assert why.get("reasons"), why        # the decider says why it did not disaggregate
+
+
+async def test_a_flex_pod_prefills_for_the_decode_pod_through_its_sidecar(pd_flex):
+    """config/pd-flex.yaml: a long prompt decodes on the decode-only pod and its prefill leg goes to the
+    flex pod through the flex pod's own sidecar; the answer matches an aggregated sim's. (When flex pods
+    decode, and which prefill legs they take then, is decided from epp's own counts:
+    tests/unit/test_flex_pd.py.)"""
+    pd = pd_flex
+    body = {"model": "sim-model", "prompt": "1 " + LONG, "max_tokens": 8, "ignore_eos": True, "seed": 7}
+    async with aiohttp.ClientSession() as http:
+        await until(lambda: complete(http, pd.url, {"model": "sim-model", "prompt": "warm", "max_tokens": 1}),
+                    "the stack answers", HANG, test=lambda r: r[0] == 200)
+        f0, d0 = await idle(http, pd.sims["flex"][0]), await idle(http, pd.sims["decode"][0])
+        status, raw, why = await complete(http, pd.url, body)
+        assert status == 200, raw
+        decode = (((why.get("profiles") or {}).get("decode") or {}).get("pick") or [None])[0]
+        assert (decode, prefill_pick(why)) == (pd.decode, [pd.flex]), why
+        _, agg, _ = await complete(http, pd.aggregated, body)
+        assert orjson.loads(raw)["choices"][0]["text"] == orjson.loads(agg)["choices"][0]["text"]
+        f1, d1 = await idle(http, pd.sims["flex"][0]), await idle(http, pd.sims["decode"][0])
+        assert f1["requests_served"] - f0["requests_served"] == 1
+        assert f1["pd"]["released"] - f0["pd"]["released"] == 1
+        assert d1["pd"]["pulls"] - d0["pd"]["pulls"] == 1

@@ -8,4 +8,6 @@ encode-decode too ("both encode and decode") but its filters omit it; here it de
 ROLE_LABEL = "llm-d.ai/role"
 DECODE_ROLES = frozenset({"decode", "prefill-decode", "both", "encode-prefill-decode", "encode-decode"})
 PREFILL_ROLES = frozenset({"prefill", "encode-prefill", "prefill-decode", "both", "encode-prefill-decode"})
+# flex: takes both phases (a prefill-decode pod; epp-flex-role-filter decides when it acts as which)
+FLEX_ROLES = PREFILL_ROLES & DECODE_ROLES
 ENCODE_ROLES = frozenset({"encode", "encode-prefill", "encode-decode", "encode-prefill-decode"})

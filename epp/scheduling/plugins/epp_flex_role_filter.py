@@ -24,7 +24,7 @@ one: the config needs one).
 from __future__ import annotations
 
 from ..framework import BindsPlugins, Filter, need_number, need_str, register
-from ._roles import DECODE_ROLES, PREFILL_ROLES, ROLE_LABEL
+from ._roles import FLEX_ROLES, ROLE_LABEL
 from .epp_predicted_latency_scorer import PredictedLatencyScorer
 
 PHASES = ("decode", "prefill")
@@ -74,5 +74,4 @@ class FlexRoleFilter(Filter, BindsPlugins):
 
 
 def _flex(ep) -> bool:
-    role = ep.labels.get(ROLE_LABEL)
-    return role in PREFILL_ROLES and role in DECODE_ROLES
+    return ep.labels.get(ROLE_LABEL) in FLEX_ROLES
