@@ -293,11 +293,13 @@ class SimServer:
         async def send(obj) -> None:
             await resp.write(b"data: " + orjson.dumps(obj) + b"\n\n")
 
-        if g.chat:      # vLLM opens a chat stream with the role
-            await send(openai_api.chunk(g, created, "", None, True))
-            first = False
         while True:
             o = await q.get()
+            if first and g.chat:
+                # vLLM opens a chat stream with the role on the engine's first output, so no body byte
+                # leaves before the first token (headers do, at once): a router's TTFT is the first chunk
+                await send(openai_api.chunk(g, created, "", None, True))
+                first = False
             text = self._text([i for i in o.new_token_ids if i != self.tok.eos_token_id])
             if first and g.echo:
                 text = prompt_text + text

@@ -407,14 +407,16 @@ class Director:
                 req.attrs = {}
             req.attrs[SERVED_ATTR] = served
         self.prefill_done(decision)
-        first = None
-        if sse and decision.result is not None and self.scheduler.wants_first_chunk:
-            def first() -> None:
-                self.scheduler.response_first_chunk(decision.request, decision.result,
-                                                    time.perf_counter() - decision.started)
+        # TTFT runs to the first body byte, as upstream's: vLLM sends the headers as soon as it takes the
+        # request, before any prefill, and a streamed answer's first chunk comes with its first token
+        hook = sse and decision.result is not None and self.scheduler.wants_first_chunk
+
+        def first() -> None:
+            t = decision.first_byte = time.perf_counter()
+            if hook:
+                self.scheduler.response_first_chunk(decision.request, decision.result, t - decision.started)
         decision.usage = (UsageReader(sse, first) if decision.trace is None
                           else self.observe.usage_reader(decision.trace, sse, first))
-        decision.first_byte = time.perf_counter()
         if decision.result is None:
             return None
         return self.scheduler.response_headers(decision.request, decision.result, status)

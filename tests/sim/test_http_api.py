@@ -63,6 +63,35 @@ async def test_streaming_completion_and_chat_with_usage():
         assert all("usage" not in c for c in chunks)        # no include_usage: no usage field
 
 
+async def test_a_chat_stream_sends_no_body_before_its_first_token():
+    """vLLM writes the stream's headers at once but its first chunk (the role) only with the engine's first
+    output, so a router that times the first chunk sees the TTFT. One sequence at a time: a chat stream sent
+    behind a running request gets its headers, and no body byte until that request is done."""
+    async with InProcSim("--time-scale", "2", "--max-num-seqs", "1") as sim:
+        loop = asyncio.get_running_loop()
+        ahead = asyncio.ensure_future(sim.post("/v1/completions", {"prompt": "first in line", "max_tokens": 200,
+                                                                   "ignore_eos": True}))
+        ahead_done = None
+
+        def mark(_):
+            nonlocal ahead_done
+            ahead_done = loop.time()
+        ahead.add_done_callback(mark)
+        while (await sim.get("/debug/engine"))[1]["running"] == 0 and not ahead.done():
+            await asyncio.sleep(0.01)
+        async with sim.http.post(sim.url + "/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": "then me"}], "max_tokens": 2, "stream": True}) as r:
+            assert r.status == 200 and not ahead.done()      # the headers came while the engine was busy
+            first = await r.content.readany()
+            t_first = loop.time()
+            rest = await r.read()
+        assert (await ahead)[0] == 200
+        assert ahead_done is not None and t_first >= ahead_done
+        chunks = [orjson.loads(b[6:]) for b in (first + rest).split(b"\n\n") if b and b != b"data: [DONE]"]
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert sum(1 for c in chunks if c["choices"][0]["delta"].get("content")) == 2
+
+
 async def sim_events(sim, path, body):
     return await sse(sim, path, body)
 

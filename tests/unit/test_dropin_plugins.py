@@ -9,6 +9,7 @@ import pytest
 from epp.datalayer.endpoint import now
 from epp.datalayer.store import EndpointStore
 from epp.scheduling.config import load
+from epp.scheduling.framework import ResponseHeaders
 from epp.scheduling.plugins import load_all
 from epp.scheduling.plugins.approx_prefix_cache_producer import ApproxPrefixCacheProducer
 from epp.scheduling.plugins.burst_prefix_cache_producer import BurstPrefixCacheProducer
@@ -64,8 +65,10 @@ def test_inflight_load_counts_uncached_tokens_and_releases_them():
     p.pre_request(st, r, result(eps[0], prefill=[eps[1]]))
     assert p.load(eps[0].address) == (1, 128) and p.load(eps[1].address) == (1, 768)
     assert gauge.get() - before == 128
-    p.response_headers(r, None, 200)          # first bytes: prefill over; a streamed request's tokens are spent
+    assert not isinstance(p, ResponseHeaders)  # vLLM sends headers before any prefill: nothing is spent yet
+    p.response_first_chunk(r, None, 0.05)     # the first token: prefill over, a streamed request's tokens spent
     assert p.load(eps[0].address) == (1, 0) and p.load(eps[1].address) == (0, 0)
+    assert gauge.get() == before
     p.response_complete(r, None, 200)
     assert p.load(eps[0].address) == (0, 0)
     p.response_complete(r, None, 200)          # once only
@@ -79,7 +82,7 @@ def test_inflight_output_estimate_and_non_streaming_release():
     r = req(b"z" * 400, body={"max_tokens": 1000})              # 100 tokens in, min(150, 1000, 500) out
     p.pre_request(S(), r, result(ep))
     assert p.load(ep.address) == (1, 250)
-    p.response_headers(r, None, 200)                               # with the estimate: kept until the end
+    p.response_first_chunk(r, None, 0.05)                          # with the estimate: kept until the end
     assert p.load(ep.address) == (1, 250)
     r2 = req(b"z" * 400, body={"max_tokens": 20}, rid="r2")
     p.pre_request(S(), r2, result(ep))

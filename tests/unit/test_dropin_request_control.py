@@ -1,6 +1,7 @@
 """Request control as llm-d router v0.10 does it: parsers route paths, x-llm-d-* headers read first,
 endpoint scores for the proxy, admission refusals, and the llm_d_epp_* metrics (capped labels)."""
 import json
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -140,10 +141,12 @@ def test_llm_d_metrics_beside_the_legacy_names():
     s.on_message(req_headers(extra={"x-llm-d-inference-fairness-id": "team-a"}))
     s.on_message(req_body(raw))
     s.on_message(resp_headers(ctype="text/event-stream"))
+    time.sleep(0.05)     # vLLM's headers come at once; TTFT runs to the first body byte, as upstream's
     s.on_message(resp_body(b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}\n\n',
                            eos=True))
     reg = d.metrics.registry
     mfp = {"model_name": "m", "target_model_name": "m", "fairness_id": "team-a", "priority": "0"}
+    assert reg.get_sample_value("llm_d_epp_request_ttft_seconds_sum", {**mfp, "streaming": "true"}) >= 0.05
     assert reg.get_sample_value("llm_d_epp_request_total", mfp) == 1
     assert reg.get_sample_value("llm_d_epp_request_size_bytes_sum", mfp) == len(raw)
     assert reg.get_sample_value("llm_d_epp_request_output_tokens_sum", mfp) == 4

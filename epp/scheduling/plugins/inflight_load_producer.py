@@ -7,9 +7,12 @@ tokens on it: (blocks of the prompt the pick does not hold) x block size, plus a
 hashed blocks, from prefixMatchInfoProducerName's match (the approximate producer by default; the
 full prompt when there is none). With addEstimatedOutputTokens, also an output estimate:
 min(round(prompt tokens x outputRatio), the client's max_tokens / max_completion_tokens /
-max_output_tokens, maxEstimatedOutputTokens). Release: without the output estimate, a streamed
-request's tokens at its first response bytes (prefill is over) and a prefill-profile pick entirely
-then; everything else when the response ends or the stream is cancelled. Counts of an endpoint that
+max_output_tokens, maxEstimatedOutputTokens). Release, as upstream's: at the first body chunk of a
+streamed answer (the first token: prefill is over) a prefill-profile pick entirely and, without the
+output estimate, the other picks' tokens; everything else when the response ends or the stream is
+cancelled. Not at the response headers: vLLM writes those as soon as it accepts the request, before
+any prefill, so counting from them would leave the tokens of every queued prompt uncounted (with
+response headers only sent to the EPP, the tokens stay until the end). Counts of an endpoint that
 left the pool are dropped. Gauges llm_d_epp_inflight_requests / _inflight_tokens.
 syncCrossReplicaState is accepted: llm-d v0.10 has no cross-replica syncer to share counts with.
 """
@@ -20,8 +23,8 @@ from prometheus_client import Gauge
 from ...headers import FAIRNESS_ID, FAIRNESS_ID_OLD
 from ...metrics import capped_fairness_id
 from ..framework import (BindsPlugins, EndpointLifecycle, InFlightLoad, Plugin, PrefixMatchProducer, PreRequest,
-                         ResponseComplete, ResponseHeaders, TokenizedPromptConsumer, need_bool, need_int, need_number,
-                         register)
+                         ResponseComplete, ResponseFirstChunk, TokenizedPromptConsumer, need_bool, need_int,
+                         need_number, register)
 from .approx_prefix_cache_producer import find_prefix_producer
 from .token_producer import TokenProducer
 
@@ -44,7 +47,7 @@ class _Entry:
 
 
 @register
-class InFlightLoadProducer(Plugin, InFlightLoad, PreRequest, ResponseHeaders, ResponseComplete, EndpointLifecycle,
+class InFlightLoadProducer(Plugin, InFlightLoad, PreRequest, ResponseFirstChunk, ResponseComplete, EndpointLifecycle,
                            BindsPlugins, TokenizedPromptConsumer):
     type_name = "inflight-load-producer"
 
@@ -155,15 +158,13 @@ class InFlightLoadProducer(Plugin, InFlightLoad, PreRequest, ResponseHeaders, Re
             e.children[0].dec()
             e.requests = 0
 
-    def response_headers(self, request, result, status):
+    def response_first_chunk(self, request, result, elapsed):
         entries = request.attrs.get(self._key) if request.attrs else None
-        if entries:
-            for e in entries:
-                if e.profile == PREFILL:
-                    self._release(e)                              # the prefill leg is over
-                elif request.stream and not self.add_output:
-                    self._release(e, requests=False)              # prefill is done: its compute is spent
-        return None
+        for e in entries or ():
+            if e.profile == PREFILL:
+                self._release(e)                                  # the prefill leg is over
+            elif not self.add_output:
+                self._release(e, requests=False)                  # prefill is done: its compute is spent
 
     def response_complete(self, request, result, status, usage=None) -> None:
         entries = request.attrs.pop(self._key, None) if request.attrs else None
