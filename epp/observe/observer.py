@@ -27,9 +27,9 @@ class _TimedReader(UsageReader):
         self.record = record
 
     def feed(self, chunk: bytes) -> None:
-        if chunk and not self.record.first_byte:
-            self.record.first_byte = perf_counter()
         UsageReader.feed(self, chunk)
+        if not self.record.first_byte:
+            self.record.first_byte = self.first_at
 
 
 class Observer:

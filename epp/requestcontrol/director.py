@@ -407,14 +407,13 @@ class Director:
                 req.attrs = {}
             req.attrs[SERVED_ATTR] = served
         self.prefill_done(decision)
-        # TTFT runs to the first body byte, as upstream's: vLLM sends the headers as soon as it takes the
-        # request, before any prefill, and a streamed answer's first chunk comes with its first token
-        hook = sse and decision.result is not None and self.scheduler.wants_first_chunk
-
-        def first() -> None:
-            t = decision.first_byte = time.perf_counter()
-            if hook:
-                self.scheduler.response_first_chunk(decision.request, decision.result, t - decision.started)
+        # TTFT runs to the first body byte (the usage reader notes it), as upstream's: vLLM sends the
+        # headers as soon as it takes the request, before any prefill; a stream's first chunk is its first token
+        first = None
+        if sse and decision.result is not None and self.scheduler.wants_first_chunk:
+            def first() -> None:
+                self.scheduler.response_first_chunk(decision.request, decision.result,
+                                                    time.perf_counter() - decision.started)
         decision.usage = (UsageReader(sse, first) if decision.trace is None
                           else self.observe.usage_reader(decision.trace, sse, first))
         if decision.result is None:
@@ -427,8 +426,9 @@ class Director:
 
     def done(self, decision: Decision, status: int | None) -> None:
         """Once per decided request, when its stream ends (answered, failed or cancelled)."""
-        usage = decision.usage.finish() if decision.usage is not None else None
-        decision.usage = None
+        reader, decision.usage = decision.usage, None
+        usage = reader.finish() if reader is not None else None
+        first = reader.first_at if reader is not None else 0.0
         for ep in decision.targets[:1]:
             ep.in_flight -= 1
             ep.in_flight_tokens -= decision.tokens
@@ -458,7 +458,6 @@ class Director:
             end = time.perf_counter()
             e2e = end - decision.started
             s.duration.observe(e2e)
-            first = decision.first_byte
             if first:
                 s.ttft_streaming[req.stream].observe(first - decision.started)
             if usage is not None and usage.seen and usage.completion_tokens > 0:

@@ -57,7 +57,6 @@ class Decision:
     trace: object | None = None              # the web view's record of this decision (epp.observe), when on
     revoke: Callable[[EPPError], bool] | None = None   # set by the transport: ends the request now
     started: float = field(default_factory=time.perf_counter)   # when the request reached the EPP
-    first_byte: float = 0.0                  # when the first body byte came (for TTFT; 0: none yet)
 
     def response_mapper(self) -> ModelNameMapper | None:
         """Maps the rewritten model name back to the client's in the response body, when rewritten."""

@@ -7,6 +7,7 @@ are parsed once at the end.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from time import perf_counter
 
 import orjson
 
@@ -42,6 +43,7 @@ class UsageReader:
         self.sse = sse
         # called once with no argument when the first non-empty chunk arrives (the first token of a stream)
         self.on_first = on_first
+        self.first_at = 0.0        # perf_counter of the first non-empty chunk (TTFT, as upstream's); 0: none
         self.usage = Usage()
         self._carry = b""          # SSE: the incomplete last line of the previous chunk
         self._chunks: list[bytes] = []
@@ -51,9 +53,11 @@ class UsageReader:
         if not chunk:
             return
         self.usage.response_bytes += len(chunk)
-        if self.on_first is not None:
-            first, self.on_first = self.on_first, None
-            first()
+        if not self.first_at:
+            self.first_at = perf_counter()
+            if self.on_first is not None:
+                first, self.on_first = self.on_first, None
+                first()
         if not self.sse:
             if self._size <= MAX_JSON_ANSWER:
                 self._chunks.append(chunk)

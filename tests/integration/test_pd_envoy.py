@@ -84,19 +84,23 @@ async def complete(http, url, body, headers=None):
         return r.status, await r.read(), json.loads(r.headers.get("x-epp-decision") or "{}")
 
 
-def prefill_pick(why):
-    return ((why.get("profiles") or {}).get("prefill") or {}).get("pick") or []
+async def answering(http, url):
+    await until(lambda: complete(http, url, {"model": "sim-model", "prompt": "warm", "max_tokens": 1}),
+                "the stack answers", HANG, test=lambda r: r[0] == 200)
+
+
+def profile_pick(why, profile="prefill"):
+    return ((why.get("profiles") or {}).get(profile) or {}).get("pick") or []
 
 
 async def test_long_prompt_prefill_then_decode_same_output_as_aggregated(pd):
     body = {"model": "sim-model", "prompt": LONG, "max_tokens": 8, "ignore_eos": True, "seed": 7}
     async with aiohttp.ClientSession() as http:
-        await until(lambda: complete(http, pd.url, {"model": "sim-model", "prompt": "warm", "max_tokens": 1}),
-                    "the stack answers", HANG, test=lambda r: r[0] == 200)
+        await answering(http, pd.url)
         p0, d0 = await engine(http, pd.sims["prefill"][0]), await engine(http, pd.sims["decode"][0])
         status, raw, why = await complete(http, pd.url, body)
         assert status == 200, raw
-        assert prefill_pick(why) == [pd.prefill], why
+        assert profile_pick(why) == [pd.prefill], why
         doc = orjson.loads(raw)
         _, agg, _ = await complete(http, pd.aggregated, body)
         assert doc["choices"][0]["text"] == orjson.loads(agg)["choices"][0]["text"]
@@ -112,10 +116,10 @@ async def test_short_and_already_cached_prompts_decode_alone(pd):
     async with aiohttp.ClientSession() as http:
         p0 = await engine(http, pd.sims["prefill"][0])
         st, raw, why = await complete(http, pd.url, {"model": "sim-model", "prompt": SHORT, "max_tokens": 4})
-        assert st == 200 and prefill_pick(why) == [], why
+        assert st == 200 and profile_pick(why) == [], why
         # the long prompt of the test above is now cached on the decode pod: no prefill hop either
         st, raw, why = await complete(http, pd.url, {"model": "sim-model", "prompt": LONG, "max_tokens": 4})
-        assert st == 200 and prefill_pick(why) == [], why
+        assert st == 200 and profile_pick(why) == [], why
         assert orjson.loads(raw)["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
         assert (await engine(http, pd.sims["prefill"][0]))["requests_served"] == p0["requests_served"]
 
@@ -127,7 +131,7 @@ async def test_a_clients_prefill_header_is_not_trusted(pd):
     async with aiohttp.ClientSession() as http:
         st, raw, why = await complete(http, pd.url, {"model": "sim-model", "prompt": SHORT, "max_tokens": 2},
                                       {"x-prefiller-host-port": f"127.0.0.1:{trap}"})
-        assert st == 200 and prefill_pick(why) == [], why
+        assert st == 200 and profile_pick(why) == [], why
         st, raw, _ = await complete(http, f"http://{pd.decode}", {"model": "sim-model", "prompt": SHORT, "max_tokens": 2},
                                     {"x-prefiller-host-port": f"127.0.0.1:{trap}"})
         assert st == 403, raw
@@ -138,7 +142,7 @@ async def test_client_cancel_mid_stream_cancels_both_legs(pd):
             "max_tokens": 4000, "ignore_eos": True, "stream": True}
     async with aiohttp.ClientSession() as http:
         r = await http.post(pd.url + "/v1/completions", json=body)
-        assert r.status == 200 and prefill_pick(json.loads(r.headers.get("x-epp-decision") or "{}")) == [pd.prefill]
+        assert r.status == 200 and profile_pick(json.loads(r.headers.get("x-epp-decision") or "{}")) == [pd.prefill]
         await r.content.readline()           # the first token: decoding has started
         r.close()
         d = await idle(http, pd.sims["decode"][0])
@@ -157,7 +161,7 @@ async def test_prefill_pods_down_decode_alone(pd):
         return {"model": "sim-model", "prompt": f"document {next(n)} about pricing " * 60, "max_tokens": 4}
     async with aiohttp.ClientSession() as http:
         st, raw, why = await until(lambda: complete(http, pd.url, fresh()), "a decision without the stopped prefill pod",
-                                   HANG, test=lambda r: prefill_pick(r[2]) == [])
+                                   HANG, test=lambda r: profile_pick(r[2]) == [])
         assert st == 200, raw
         assert why.get("reasons"), why        # the decider says why it did not disaggregate
 
@@ -170,13 +174,12 @@ async def test_a_flex_pod_prefills_for_the_decode_pod_through_its_sidecar(pd_fle
     pd = pd_flex
     body = {"model": "sim-model", "prompt": "1 " + LONG, "max_tokens": 8, "ignore_eos": True, "seed": 7}
     async with aiohttp.ClientSession() as http:
-        await until(lambda: complete(http, pd.url, {"model": "sim-model", "prompt": "warm", "max_tokens": 1}),
-                    "the stack answers", HANG, test=lambda r: r[0] == 200)
+        await answering(http, pd.url)
         f0, d0 = await idle(http, pd.sims["flex"][0]), await idle(http, pd.sims["decode"][0])
         status, raw, why = await complete(http, pd.url, body)
         assert status == 200, raw
-        decode = (((why.get("profiles") or {}).get("decode") or {}).get("pick") or [None])[0]
-        assert (decode, prefill_pick(why)) == (pd.decode, [pd.flex]), why
+        decode = (profile_pick(why, "decode") or [None])[0]
+        assert (decode, profile_pick(why)) == (pd.decode, [pd.flex]), why
         _, agg, _ = await complete(http, pd.aggregated, body)
         assert orjson.loads(raw)["choices"][0]["text"] == orjson.loads(agg)["choices"][0]["text"]
         f1, d1 = await idle(http, pd.sims["flex"][0]), await idle(http, pd.sims["decode"][0])
